@@ -1,0 +1,48 @@
+package encap
+
+import (
+	"testing"
+
+	"github.com/gopacket/gopacket/layers"
+)
+
+// The per-packet path allocates nothing: each encapsulation, decapsulation
+// and reply, run on a loop's buffer.
+func TestPerPacketPathsDoNotAllocate(t *testing.T) {
+	e := newTestEncapsulator(t)
+	inner := buildInner(t, innerSpec{proto: layers.IPProtocolTCP, df: false, tos: ecnECT0, payloadLen: 1000})
+	buf, n := atHeadroom(inner)
+	ipip := append([]byte(nil), e.IPIP(buf, n, nodeB)...)
+	vxlan := append([]byte(nil), e.VXLAN(buf, n, nodeB, vtepMACB)...)
+	ceVXLAN := append([]byte(nil), vxlan...)
+	ceVXLAN[1] |= ecnCE
+	fixOuterChecksum(ceVXLAN)
+	payload := vxlan[28:]
+	arp := arpRequest(t, vtepMACB, nodeB, podA)
+	arpScratch := make([]byte, len(arp))
+	icmp := make([]byte, MaxFragNeededLen)
+
+	paths := []struct {
+		name string
+		run  func()
+	}{
+		{"IPIP", func() { e.IPIP(buf, n, nodeB) }},
+		{"VXLAN", func() { e.VXLAN(buf, n, nodeB, vtepMACB) }},
+		{"VXLANPayload", func() { e.VXLANPayload(buf, n, vtepMACB) }},
+		{"VXLANSourcePort", func() { VXLANSourcePort(inner) }},
+		{"DecapIPIP", func() { DecapIPIP(ipip) }},
+		{"DecapVXLAN", func() { DecapVXLAN(vxlan, testVNI, testPort) }},
+		{"DecapVXLAN with a CE mark", func() { DecapVXLAN(ceVXLAN, testVNI, testPort) }},
+		{"DecapVXLANPayload", func() { DecapVXLANPayload(payload, testVNI) }},
+		{"DecapIPIP drop", func() { DecapIPIP(vxlan) }},
+		{"FragNeeded", func() { FragNeeded(icmp, inner, routerAddr, 1400) }},
+		{"ARPReply", func() { copy(arpScratch, arp); ARPReply(arpScratch, podA, vtepMACA) }},
+	}
+	for _, p := range paths {
+		t.Run(p.name, func(t *testing.T) {
+			if allocs := testing.AllocsPerRun(200, p.run); allocs != 0 {
+				t.Errorf("%v allocations per run, want 0", allocs)
+			}
+		})
+	}
+}
