@@ -130,12 +130,22 @@ func fixInnerChecksum(pkt []byte, off int) {
 	fixOuterChecksum(pkt[off:])
 }
 
+// offsetIn returns where sub starts in outer's memory, and whether sub lies
+// wholly inside outer.
+func offsetIn(sub, outer []byte) (int, bool) {
+	lo := uintptr(unsafe.Pointer(unsafe.SliceData(outer)))
+	p := uintptr(unsafe.Pointer(unsafe.SliceData(sub)))
+	if p < lo || p+uintptr(len(sub)) > lo+uintptr(len(outer)) {
+		return 0, false
+	}
+	return int(p - lo), true
+}
+
 // within reports whether sub lies inside outer's memory.
 func within(sub, outer []byte) bool {
 	if len(sub) == 0 {
 		return true
 	}
-	lo := uintptr(unsafe.Pointer(unsafe.SliceData(outer)))
-	p := uintptr(unsafe.Pointer(unsafe.SliceData(sub)))
-	return p >= lo && p+uintptr(len(sub)) <= lo+uintptr(len(outer))
+	_, ok := offsetIn(sub, outer)
+	return ok
 }
