@@ -7,6 +7,11 @@ import "fmt"
 // and, when the buffer goes to a TUN device with offloads, the 10-byte
 // virtio-net header wireguard-go's tun.Device.Write puts just before the
 // packet. 64 keeps the packet start aligned.
+//
+// On receive, reading the underlay packet into buf[Headroom-overhead:] (with
+// overhead IPIPOverhead for a raw IP-in-IP socket, VXLANPayloadLen for a UDP
+// socket, VXLANOverhead for a raw VXLAN packet) lands the inner packet at
+// Headroom after decapsulation, ready for a TUN write with offset Headroom.
 const Headroom = 64
 
 // Batch is a set of data-path buffers owned and reused by one packet loop. It

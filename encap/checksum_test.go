@@ -1,6 +1,7 @@
 package encap
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
@@ -34,20 +35,20 @@ func TestFastSumsMatchReference(t *testing.T) {
 }
 
 func TestIPv4HeaderSumEdgeCases(t *testing.T) {
+	fill := func(v byte) []byte { return bytes.Repeat([]byte{v}, 20) }
 	cases := []struct {
 		name string
-		fill byte
+		b    []byte
 	}{
-		{"all zero", 0x00},
-		{"all ones (largest carries)", 0xff},
-		{"0x80 (carry out of every word)", 0x80},
+		{"all zero", fill(0x00)},
+		{"all ones (largest carries)", fill(0xff)},
+		{"0x80 (carry out of every word)", fill(0x80)},
+		// 0xffffffff + 0x00010000 = 0x1_0000_ffff needs a third fold.
+		{"carry out of the second fold", append([]byte{0xff, 0xff, 0xff, 0xff, 0, 1, 0, 0}, make([]byte, 12)...)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			b := make([]byte, 20)
-			for i := range b {
-				b[i] = tc.fill
-			}
+			b := tc.b
 			if got, want := ipv4HeaderSum(b), refSum(b); got != want {
 				t.Errorf("ipv4HeaderSum = %#x, reference %#x", got, want)
 			}

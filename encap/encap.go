@@ -236,9 +236,13 @@ func VXLANSourcePort(inner []byte) uint16 {
 			ports = binary.BigEndian.Uint32(inner[ihl:])
 		}
 	}
-	h := flowHash(addrs, uint64(proto)<<32|uint64(ports))
-	// Multiply-shift maps the hash onto the range without a division, as the
-	// kernel does; it relies on the high bits, which flowHash mixes well.
+	return portFromHash(flowHash(addrs, uint64(proto)<<32|uint64(ports)))
+}
+
+// portFromHash maps a 32-bit hash onto SourcePortMin..SourcePortMax by
+// multiply-shift, without a division, as the kernel does; it relies on the
+// high bits of the hash, which flowHash mixes well.
+func portFromHash(h uint32) uint16 {
 	return SourcePortMin + uint16((uint64(h)*(SourcePortMax-SourcePortMin+1))>>32)
 }
 

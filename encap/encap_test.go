@@ -175,6 +175,26 @@ func TestVXLANSourcePort(t *testing.T) {
 	})
 }
 
+// The mapping reaches both ends of the range and no further.
+func TestPortFromHashBounds(t *testing.T) {
+	cases := []struct {
+		name string
+		hash uint32
+		want uint16
+	}{
+		{"smallest hash", 0, SourcePortMin},
+		{"largest hash", 0xffffffff, SourcePortMax},
+		{"middle", 0x80000000, SourcePortMin + (SourcePortMax-SourcePortMin+1)/2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := portFromHash(tc.hash); got != tc.want {
+				t.Errorf("portFromHash(%#x) = %d, want %d", tc.hash, got, tc.want)
+			}
+		})
+	}
+}
+
 // Flows spread over the whole range: 20000 random TCP flows reach both ends of
 // it and use about as many distinct ports as uniform choice would.
 func TestVXLANSourcePortSpread(t *testing.T) {
