@@ -27,7 +27,8 @@ const icmpTOS = 0xc0
 // and quotes tooBig's IP header and first 8 bytes of payload; both checksums
 // are set. dst needs MaxFragNeededLen bytes at most (28 plus the quote). dst
 // may overlap tooBig: with dst starting 28 bytes before tooBig (room the
-// Headroom gives), the quote stays where it is.
+// Headroom gives), the quote stays where it is. Whether the packet may not
+// be fragmented (DF) is the caller's decision; FragNeeded does not look.
 //
 // It returns nil, and nothing should be sent, when tooBig is not an IPv4
 // packet, when RFC 1812 (section 4.3.2.7) forbids an ICMP error for it — a
