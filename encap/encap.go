@@ -167,8 +167,9 @@ func innerAt(buf []byte, n, overhead int) []byte {
 // putOuterIPv4 writes a 20-byte outer IPv4 header into h for the inner packet
 // inner, through gVisor's header view. The checksum is summed from the field
 // values rather than read back from h: loading 32-bit words just written byte
-// by byte stalls store-to-load forwarding, which made the header cost twice
-// as much (BenchmarkOuterHeader).
+// by byte stalls store-to-load forwarding, which made the header cost 2.5
+// times as much (BenchmarkOuterHeader). Three wide stores by hand save
+// another nanosecond; not worth leaving the header views for.
 func (e *Encapsulator) putOuterIPv4(h header.IPv4, inner header.IPv4, proto uint8, dst [4]byte, totalLen int) {
 	_ = h[header.IPv4MinimumSize-1]
 	// RFC 6040 normal mode: the outer TOS byte is the inner one, DSCP and
