@@ -1,0 +1,243 @@
+// Package plan turns a cluster and the name of this node into this node's
+// plan: for every block of every other node, how traffic to it is carried
+// and why, plus the tunnel MTU, this node's blocks, tunnel address and the
+// pools whose traffic is NATed. It is a pure function of its inputs, so
+// `overlayd check` shows exactly what `overlayd run` will do.
+package plan
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/overlayd/overlayd/config"
+	"github.com/overlayd/overlayd/pool"
+)
+
+// Encap is how traffic to a remote block is carried.
+type Encap uint8
+
+// The encapsulations.
+const (
+	EncapNone  Encap = iota // unencapsulated, routed by the kernel via the remote node
+	EncapIPIP               // IPv4-in-IPv4, IP protocol 4
+	EncapVXLAN              // VXLAN over UDP
+)
+
+func (e Encap) String() string {
+	switch e {
+	case EncapNone:
+		return "none"
+	case EncapIPIP:
+		return "ipip"
+	case EncapVXLAN:
+		return "vxlan"
+	}
+	return fmt.Sprintf("encap(%d)", uint8(e))
+}
+
+// MarshalText renders the encapsulation by name in JSON.
+func (e Encap) MarshalText() ([]byte, error) { return []byte(e.String()), nil }
+
+// Overhead is the bytes an encapsulation adds on the wire.
+func (e Encap) Overhead() int {
+	switch e {
+	case EncapIPIP:
+		return 20 // outer IPv4
+	case EncapVXLAN:
+		return 50 // outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+	}
+	return 0
+}
+
+// DefaultUnderlayMTU is assumed when the underlay's MTU is not given.
+const DefaultUnderlayMTU = 1500
+
+// Route is one remote block and how this node reaches it.
+type Route struct {
+	Block      netip.Prefix     `json:"block"`
+	Pool       string           `json:"pool"`
+	Node       string           `json:"node"`
+	NodeAddr   netip.Addr       `json:"nodeAddress"`
+	TunnelAddr netip.Addr       `json:"tunnelAddress,omitzero"`
+	VTEPMAC    net.HardwareAddr `json:"-"`
+	Encap      Encap            `json:"encap"`
+	SameSubnet bool             `json:"sameSubnet"`
+	Reason     string           `json:"reason"`
+}
+
+// Peer is another node: what the receive side needs to accept its packets.
+type Peer struct {
+	Name       string           `json:"name"`
+	Addr       netip.Addr       `json:"address"`
+	TunnelAddr netip.Addr       `json:"tunnelAddress,omitzero"`
+	VTEPMAC    net.HardwareAddr `json:"-"`
+	Blocks     []netip.Prefix   `json:"blocks"`
+}
+
+// PoolSummary is a pool as the plan uses it.
+type PoolSummary struct {
+	Name        string         `json:"name"`
+	CIDR        netip.Prefix   `json:"cidr"`
+	IPIPMode    pool.EncapMode `json:"ipipMode"`
+	VXLANMode   pool.EncapMode `json:"vxlanMode"`
+	NATOutgoing bool           `json:"natOutgoing"`
+	Disabled    bool           `json:"disabled"`
+}
+
+// Plan is everything this node does for the overlay.
+type Plan struct {
+	Node        string           `json:"node"`
+	Address     netip.Prefix     `json:"address"`
+	TunnelAddr  netip.Addr       `json:"tunnelAddress,omitzero"`
+	VTEPMAC     net.HardwareAddr `json:"-"`
+	LocalBlocks []LocalBlock     `json:"localBlocks"`
+	Routes      []Route          `json:"routes"`
+	Peers       []Peer           `json:"peers"`
+	Pools       []PoolSummary    `json:"pools"`
+	// NATPools are the CIDRs whose traffic to destinations outside every
+	// pool is source-NATed (natOutgoing, disabled ones included).
+	NATPools []netip.Prefix `json:"natPools"`
+	// NATExcludeHostIPs also exempts node addresses from NAT.
+	NATExcludeHostIPs bool   `json:"natExcludeHostIPs"`
+	UnderlayMTU       int    `json:"underlayMTU"`
+	TunnelMTU         int    `json:"tunnelMTU"`
+	MTUReason         string `json:"mtuReason"`
+	// UsesIPIP and UsesVXLAN say whether some pool enables the encapsulation,
+	// so the transport for it must be opened (the receive side accepts every
+	// enabled encapsulation from known nodes, whatever a route uses now).
+	UsesIPIP  bool     `json:"usesIPIP"`
+	UsesVXLAN bool     `json:"usesVXLAN"`
+	VNI       uint32   `json:"vni"`
+	VXLANPort uint16   `json:"vxlanPort"`
+	Warnings  []string `json:"warnings,omitempty"`
+}
+
+// LocalBlock is one of this node's blocks.
+type LocalBlock struct {
+	Block netip.Prefix `json:"block"`
+	Pool  string       `json:"pool"`
+}
+
+// Build makes the plan of node `self` in cluster c. underlayMTU is the MTU of
+// this node's underlay interface (0: DefaultUnderlayMTU).
+func Build(c *config.Cluster, self string, underlayMTU int) (*Plan, error) {
+	me := c.Node(self)
+	if me == nil {
+		return nil, fmt.Errorf("node %q is not in %s (its nodes: %v)", self, c.Source, c.NodeNames())
+	}
+	if underlayMTU == 0 {
+		underlayMTU = DefaultUnderlayMTU
+	}
+	p := &Plan{
+		Node:              me.Name,
+		Address:           me.Address,
+		TunnelAddr:        me.TunnelAddr,
+		VTEPMAC:           me.VTEPMAC,
+		NATExcludeHostIPs: c.NAT.Exclude == config.ExcludeIPPoolsAndHostIPs,
+		UnderlayMTU:       underlayMTU,
+		VNI:               c.VXLAN.VNI,
+		VXLANPort:         c.VXLAN.Port,
+	}
+	for _, pl := range c.Pools {
+		p.Pools = append(p.Pools, PoolSummary{
+			Name: pl.Name, CIDR: pl.CIDR, IPIPMode: pl.IPIPMode, VXLANMode: pl.VXLANMode,
+			NATOutgoing: pl.NATOutgoing, Disabled: pl.Disabled,
+		})
+		if pl.NATOutgoing {
+			p.NATPools = append(p.NATPools, pl.CIDR)
+		}
+		p.UsesIPIP = p.UsesIPIP || pl.IPIPMode != pool.ModeNever
+		p.UsesVXLAN = p.UsesVXLAN || pl.VXLANMode != pool.ModeNever
+	}
+	for _, b := range me.Blocks {
+		p.LocalBlocks = append(p.LocalBlocks, LocalBlock{Block: b.Prefix, Pool: b.Pool.Name})
+	}
+	if len(me.Blocks) == 0 {
+		p.Warnings = append(p.Warnings, "this node has no blocks: no enabled pool's nodeSelector selects it, so it hosts no workloads")
+	}
+	if !me.TunnelAddr.IsValid() && (p.UsesIPIP || p.UsesVXLAN) {
+		p.Warnings = append(p.Warnings, "this node has no tunnel address (no block in an enabled pool with IP-in-IP or VXLAN): traffic from the host itself to remote workloads is not encapsulated")
+	}
+
+	for _, n := range c.Nodes {
+		if n.Name == me.Name {
+			continue
+		}
+		peer := Peer{Name: n.Name, Addr: n.Address.Addr(), TunnelAddr: n.TunnelAddr, VTEPMAC: n.VTEPMAC}
+		for _, b := range n.Blocks {
+			peer.Blocks = append(peer.Blocks, b.Prefix)
+			r := routeTo(me, n, b)
+			if r.Encap == EncapNone && !r.SameSubnet {
+				p.Warnings = append(p.Warnings, fmt.Sprintf(
+					"%s on %s is sent unencapsulated to %s, outside this node's subnet %s: the underlay's routers must know the pool's routes, or set ipipMode/vxlanMode",
+					b.Prefix, n.Name, n.Address.Addr(), me.Address.Masked()))
+			}
+			p.Routes = append(p.Routes, r)
+		}
+		p.Peers = append(p.Peers, peer)
+	}
+
+	p.TunnelMTU, p.MTUReason = tunnelMTU(c, underlayMTU)
+	return p, nil
+}
+
+// routeTo decides, as Felix does, how block b of remote node n is reached
+// from node me.
+func routeTo(me, n *config.Node, b pool.Block) Route {
+	// Felix's nodeInOurSubnet: the local address-with-prefix contains the
+	// remote address.
+	same := me.Address.Contains(n.Address.Addr())
+	r := Route{
+		Block: b.Prefix, Pool: b.Pool.Name, Node: n.Name, NodeAddr: n.Address.Addr(),
+		TunnelAddr: n.TunnelAddr, VTEPMAC: n.VTEPMAC, SameSubnet: same,
+	}
+	subnet := fmt.Sprintf("%s is in this node's subnet %s", n.Address.Addr(), me.Address.Masked())
+	if !same {
+		subnet = fmt.Sprintf("%s is outside this node's subnet %s", n.Address.Addr(), me.Address.Masked())
+	}
+	decide := func(mode pool.EncapMode, e Encap, key string) bool {
+		switch mode {
+		case pool.ModeAlways:
+			r.Encap, r.Reason = e, fmt.Sprintf("%s Always", key)
+			return true
+		case pool.ModeCrossSubnet:
+			if same {
+				r.Encap, r.Reason = EncapNone, fmt.Sprintf("%s CrossSubnet, same subnet: %s", key, subnet)
+			} else {
+				r.Encap, r.Reason = e, fmt.Sprintf("%s CrossSubnet, other subnet: %s", key, subnet)
+			}
+			return true
+		}
+		return false
+	}
+	if decide(b.Pool.IPIPMode, EncapIPIP, "ipipMode") || decide(b.Pool.VXLANMode, EncapVXLAN, "vxlanMode") {
+		return r
+	}
+	r.Encap, r.Reason = EncapNone, "ipipMode and vxlanMode Never: "+subnet
+	return r
+}
+
+// tunnelMTU is the underlay MTU less the largest overhead any pool can put
+// on the wire, so a mode switch never needs a smaller MTU than configured.
+func tunnelMTU(c *config.Cluster, underlayMTU int) (int, string) {
+	if c.Tunnel.MTU != 0 {
+		return c.Tunnel.MTU, "set by [tunnel] mtu"
+	}
+	largest, by := EncapNone, ""
+	for _, pl := range c.Pools {
+		for _, cand := range []struct {
+			mode pool.EncapMode
+			e    Encap
+		}{{pl.IPIPMode, EncapIPIP}, {pl.VXLANMode, EncapVXLAN}} {
+			if cand.mode != pool.ModeNever && cand.e.Overhead() > largest.Overhead() {
+				largest, by = cand.e, pl.Name
+			}
+		}
+	}
+	if largest == EncapNone {
+		return underlayMTU, fmt.Sprintf("underlay MTU %d: no pool encapsulates", underlayMTU)
+	}
+	return underlayMTU - largest.Overhead(), fmt.Sprintf("underlay MTU %d - %d for %s (pool %q)",
+		underlayMTU, largest.Overhead(), largest, by)
+}
