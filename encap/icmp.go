@@ -36,6 +36,20 @@ const icmpTOS = 0xc0
 // loopback, multicast or broadcast — when mtu is outside 0..65535, or when dst
 // is too short.
 func FragNeeded(dst []byte, tooBig []byte, from [4]byte, mtu int) []byte {
+	return destUnreachable(dst, tooBig, from, header.ICMPv4FragmentationNeeded, mtu)
+}
+
+// NetUnreachable writes into dst the ICMP "network unreachable" message
+// (type 3, code 0) answering orig, a packet for an address no node has, and
+// returns it; otherwise it is FragNeeded with no MTU: same source, quote,
+// checksums, and the same cases where nothing may be sent (nil).
+func NetUnreachable(dst []byte, orig []byte, from [4]byte) []byte {
+	return destUnreachable(dst, orig, from, header.ICMPv4NetUnreachable, 0)
+}
+
+// destUnreachable builds an ICMP destination unreachable of the given code;
+// mtu is the next-hop MTU field, meaningful for fragmentation needed only.
+func destUnreachable(dst []byte, tooBig []byte, from [4]byte, code header.ICMPv4Code, mtu int) []byte {
 	if mtu < 0 || mtu > 0xffff || len(tooBig) < header.IPv4MinimumSize {
 		return nil
 	}
@@ -88,7 +102,7 @@ func FragNeeded(dst []byte, tooBig []byte, from [4]byte, mtu int) []byte {
 
 	icmp := header.ICMPv4(dst[header.IPv4MinimumSize:total])
 	icmp.SetType(header.ICMPv4DstUnreachable)
-	icmp.SetCode(header.ICMPv4FragmentationNeeded)
+	icmp.SetCode(code)
 	binary.BigEndian.PutUint16(icmp[4:], 0) // unused
 	icmp.SetMTU(uint16(mtu))
 	icmp.SetChecksum(0)

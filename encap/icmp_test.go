@@ -174,3 +174,30 @@ func TestFragNeededRefuses(t *testing.T) {
 		})
 	}
 }
+
+func TestNetUnreachable(t *testing.T) {
+	orig := buildInner(t, innerSpec{proto: layers.IPProtocolUDP, payloadLen: 100})
+	dst := make([]byte, MaxFragNeededLen)
+	msg := NetUnreachable(dst, orig, routerAddr)
+	if msg == nil {
+		t.Fatal("NetUnreachable returned nil")
+	}
+	pkt := gopacket.NewPacket(msg, layers.LayerTypeIPv4, gopacket.Default)
+	ip, _ := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	icmp, _ := pkt.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
+	if ip == nil || icmp == nil {
+		t.Fatalf("does not decode as IPv4/ICMPv4: %v", pkt)
+	}
+	if icmp.TypeCode != layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeNet) {
+		t.Errorf("type/code %v, want destination unreachable / net", icmp.TypeCode)
+	}
+	if !ip.DstIP.Equal(net.IP(orig[12:16])) || !ip.SrcIP.Equal(net.IP(routerAddr[:])) {
+		t.Errorf("from %v to %v, want from the router to the original source", ip.SrcIP, ip.DstIP)
+	}
+	if got, want := msg[28:], orig[:28]; !bytes.Equal(got, want) {
+		t.Errorf("quote %x, want the original header and 8 bytes %x", got, want)
+	}
+	if NetUnreachable(dst, orig[:10], routerAddr) != nil {
+		t.Error("a truncated packet must get no answer")
+	}
+}
