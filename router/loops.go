@@ -1,0 +1,259 @@
+package router
+
+import (
+	"github.com/overlayd/overlayd/conn"
+	"github.com/overlayd/overlayd/encap"
+	"github.com/overlayd/overlayd/router/plan"
+)
+
+const (
+	ipv4DF      = 0x40 // the DF bit in the flags byte (offset 6)
+	outerIPUDP  = 28   // outer IPv4 + UDP the kernel adds to a VXLAN payload
+	maxICMPSize = encap.MaxFragNeededLen
+)
+
+// innerLimits returns the largest inner packet each encapsulation can carry
+// without fragmenting on the underlay.
+func innerLimits(p *plan.Plan) [numEncaps]int {
+	var l [numEncaps]int
+	for e := range numEncaps {
+		l[e] = p.UnderlayMTU - plan.Encap(e).Overhead()
+	}
+	return l
+}
+
+// encapsulatorFor makes the Encapsulator of a table. Loops keep one per
+// table and make a new one only when the table changes.
+func encapsulatorFor(t *table) (*encap.Encapsulator, error) {
+	return encap.NewEncapsulator(encap.Config{
+		Local: t.self, VTEPMAC: t.vtepMAC, VNI: t.plan.VNI, Port: t.plan.VXLANPort,
+	})
+}
+
+// tunLoop reads what the kernel routed into the TUN device and sends it to
+// the node that owns its destination, encapsulated in place.
+func (r *Router) tunLoop() error {
+	size := r.tun.BatchSize()
+	in := encap.NewBatch(size, r.bufSize)
+	replies := &replyQueue{batch: encap.NewBatch(size, encap.Headroom+maxICMPSize), bufs: make([][]byte, 0, size)}
+	vxlanMsgs := make([]conn.Message, 0, size)
+	ipipMsgs := make([]conn.Message, 0, size)
+	var (
+		t       tally
+		enc     *encap.Encapsulator
+		encFor  *table
+		limits  [numEncaps]int
+		readErr error
+	)
+	for {
+		n, err := r.tun.Read(in.Bufs, in.Sizes, encap.Headroom)
+		if err != nil {
+			if isClosed(err) {
+				return err
+			}
+			// A malformed super-packet from the kernel spoils one read, not
+			// the loop; say so once per run of failures.
+			if readErr == nil || readErr.Error() != err.Error() {
+				r.log.Warn("reading from the TUN device failed", "err", err)
+			}
+			readErr = err
+			continue
+		}
+		readErr = nil
+		tb := r.table.Load()
+		if tb != encFor {
+			if enc, err = encapsulatorFor(tb); err != nil {
+				return err
+			}
+			encFor, limits = tb, innerLimits(tb.plan)
+		}
+		vxlanMsgs, ipipMsgs, replies.bufs = vxlanMsgs[:0], ipipMsgs[:0], replies.bufs[:0]
+		for i := range n {
+			buf, size := in.Bufs[i], in.Sizes[i]
+			pkt := buf[encap.Headroom : encap.Headroom+size]
+			if size < 20 || pkt[0]>>4 != 4 {
+				t.drops[DropNotIPv4]++
+				continue
+			}
+			d := tb.lookup([4]byte(pkt[16:20]))
+			if d == nil {
+				t.drops[DropNotOverlay]++
+				continue
+			}
+			if d.kind != destRemote || d.encap == plan.EncapNone {
+				// A pool address with no block, a local address with no
+				// workload, or a direct block the kernel did not route
+				// itself: no one to send it to, so the sender is told.
+				t.drops[DropNoRoute]++
+				if replies.add(encap.NetUnreachable(replies.slot(), pkt, tb.replySource())) {
+					t.icmpSent++
+				}
+				continue
+			}
+			if size > limits[d.encap] && pkt[6]&ipv4DF != 0 {
+				t.drops[DropTooBig]++
+				if replies.add(encap.FragNeeded(replies.slot(), pkt, tb.replySource(), limits[d.encap])) {
+					t.icmpSent++
+				}
+				continue
+			}
+			switch d.encap {
+			case plan.EncapVXLAN:
+				if r.vxlan == nil {
+					t.drops[DropNoTransport]++
+					continue
+				}
+				out := enc.VXLANPayload(buf, size, d.peer.mac)
+				vxlanMsgs = append(vxlanMsgs, conn.Message{Buf: out, Addr: d.peer.addr, Port: tb.plan.VXLANPort})
+				t.txPackets[plan.EncapVXLAN]++
+				t.txBytes[plan.EncapVXLAN] += uint64(len(out) + outerIPUDP)
+			case plan.EncapIPIP:
+				if r.ipip == nil {
+					t.drops[DropNoTransport]++
+					continue
+				}
+				out := enc.IPIP(buf, size, d.peer.addr)
+				ipipMsgs = append(ipipMsgs, conn.Message{Buf: out, Addr: d.peer.addr})
+				t.txPackets[plan.EncapIPIP]++
+				t.txBytes[plan.EncapIPIP] += uint64(len(out))
+			}
+		}
+		if len(vxlanMsgs) > 0 {
+			r.send(r.vxlan, vxlanMsgs, &t)
+		}
+		if len(ipipMsgs) > 0 {
+			r.send(r.ipip, ipipMsgs, &t)
+		}
+		if len(replies.bufs) > 0 {
+			if _, err := r.tun.Write(replies.bufs, encap.Headroom); err != nil && !isClosed(err) {
+				r.log.Warn("writing ICMP replies to the TUN device failed", "err", err)
+			}
+		}
+		r.stats.flush(&t)
+	}
+}
+
+// replyQueue collects the ICMP errors a batch answers, each built in a
+// buffer of its own at Headroom, ready for one TUN write.
+type replyQueue struct {
+	batch *encap.Batch
+	bufs  [][]byte
+}
+
+// slot is where the next reply is to be built.
+func (q *replyQueue) slot() []byte { return q.batch.Bufs[len(q.bufs)][encap.Headroom:] }
+
+// add queues a reply built in slot; nil (nothing to send) is not queued.
+func (q *replyQueue) add(msg []byte) bool {
+	if msg == nil {
+		return false
+	}
+	q.bufs = append(q.bufs, q.batch.Bufs[len(q.bufs)][:encap.Headroom+len(msg)])
+	return true
+}
+
+// send writes a batch to a transport; what the socket refuses is counted,
+// not retried: the transport already retried partial sends.
+func (r *Router) send(tr Transport, msgs []conn.Message, t *tally) {
+	sent, err := tr.WriteBatch(msgs)
+	if err != nil && !isClosed(err) {
+		t.drops[DropSendError] += uint64(len(msgs) - sent)
+		r.log.Debug("underlay send failed", "err", err, "unsent", len(msgs)-sent)
+	}
+}
+
+// replySource is the address ICMP errors from this node come from: its
+// tunnel address, so they route back through the overlay like Calico's, or
+// else its underlay address.
+func (t *table) replySource() [4]byte {
+	if t.tunnelAddr != [4]byte{} {
+		return t.tunnelAddr
+	}
+	return t.self
+}
+
+// underlayLoop receives encapsulated packets from one transport, accepts
+// only what a known node may send to this node, and writes the inner
+// packets to the TUN device.
+func (r *Router) underlayLoop(tr Transport, kind plan.Encap) error {
+	const batch = 128
+	in := encap.NewBatch(batch, r.bufSize)
+	msgs := make([]conn.Message, batch)
+	out := make([][]byte, 0, batch)
+	arpMsgs := make([]conn.Message, 0, batch)
+	// The received bytes start where the inner packet lands at Headroom
+	// once the outer headers are sliced off.
+	lead := encap.VXLANPayloadLen
+	if kind == plan.EncapIPIP {
+		lead = encap.IPIPOverhead
+	}
+	var t tally
+	for {
+		for i := range msgs {
+			msgs[i] = conn.Message{Buf: in.Bufs[i][encap.Headroom-lead:]}
+		}
+		n, err := tr.ReadBatch(msgs)
+		if err != nil {
+			return err
+		}
+		tb := r.table.Load()
+		out, arpMsgs = out[:0], arpMsgs[:0]
+		for i := range n {
+			m := &msgs[i]
+			p := tb.peerAt(m.Addr)
+			if p == nil {
+				t.drops[DropUnknownPeer]++
+				continue
+			}
+			var inner []byte
+			switch kind {
+			case plan.EncapVXLAN:
+				var arpFrame []byte
+				var reason encap.DropReason
+				inner, arpFrame, reason = encap.DecapVXLANPayload(m.Buf[:m.N], tb.plan.VNI)
+				if reason != encap.NoDrop {
+					t.decapDrops[reason]++
+					continue
+				}
+				if arpFrame != nil {
+					if encap.ARPReply(arpFrame, tb.tunnelAddr, tb.vtepMAC) {
+						// The reply was written in place behind the same
+						// VXLAN header; it goes back to the peer's VXLAN port.
+						arpMsgs = append(arpMsgs, conn.Message{Buf: m.Buf[:m.N], Addr: p.addr, Port: tb.plan.VXLANPort})
+						t.arpReplies++
+					}
+					continue
+				}
+			case plan.EncapIPIP:
+				var reason encap.DropReason
+				if inner, _, reason = encap.DecapIPIP(m.Buf[:m.N]); reason != encap.NoDrop {
+					t.decapDrops[reason]++
+					continue
+				}
+			}
+			if d := tb.lookup([4]byte(inner[16:20])); d == nil || d.kind != destLocal {
+				t.drops[DropNotLocal]++
+				continue
+			}
+			if d := tb.lookup([4]byte(inner[12:16])); d == nil || d.kind != destRemote || d.peer != p {
+				t.drops[DropSpoofedSource]++
+				continue
+			}
+			t.rxPackets[kind]++
+			t.rxBytes[kind] += uint64(m.N)
+			out = append(out, in.Bufs[i][:encap.Headroom+len(inner)])
+		}
+		if len(out) > 0 {
+			if _, err := r.tun.Write(out, encap.Headroom); err != nil {
+				if isClosed(err) {
+					return err
+				}
+				r.log.Debug("writing to the TUN device failed", "err", err)
+			}
+		}
+		if len(arpMsgs) > 0 {
+			r.send(tr, arpMsgs, &t)
+		}
+		r.stats.flush(&t)
+	}
+}

@@ -1,0 +1,149 @@
+package router
+
+import (
+	"sync/atomic"
+
+	"github.com/overlayd/overlayd/encap"
+	"github.com/overlayd/overlayd/router/plan"
+)
+
+// Drop is why the router itself refused a packet, beyond the malformed
+// packets encap.DropReason covers.
+type Drop uint8
+
+// The router's drop reasons.
+const (
+	// DropUnknownPeer: an encapsulated packet whose outer source is no node
+	// of the cluster.
+	DropUnknownPeer Drop = iota
+	// DropNotLocal: an inner destination that is not on this node.
+	DropNotLocal
+	// DropSpoofedSource: an inner source outside the sending node's blocks.
+	DropSpoofedSource
+	// DropNoRoute: a packet from the TUN for a pool address with no block,
+	// or an unused address of a local block (answered ICMP unreachable).
+	DropNoRoute
+	// DropNotIPv4: a packet from the TUN that is not IPv4.
+	DropNotIPv4
+	// DropTooBig: a DF packet too big for the tunnel (answered ICMP
+	// fragmentation needed).
+	DropTooBig
+	// DropNotOverlay: a packet from the TUN for a destination outside every
+	// pool that nothing NATs.
+	DropNotOverlay
+	// DropNoTransport: a packet for an encapsulation whose socket is not
+	// open (the plan changed under it).
+	DropNoTransport
+	// DropSendError: the underlay socket refused the packet.
+	DropSendError
+
+	numDrops
+)
+
+func (d Drop) String() string {
+	switch d {
+	case DropUnknownPeer:
+		return "unknown_peer"
+	case DropNotLocal:
+		return "not_local"
+	case DropSpoofedSource:
+		return "spoofed_source"
+	case DropNoRoute:
+		return "no_route"
+	case DropNotIPv4:
+		return "not_ipv4"
+	case DropTooBig:
+		return "too_big"
+	case DropNotOverlay:
+		return "not_overlay"
+	case DropNoTransport:
+		return "no_transport"
+	case DropSendError:
+		return "send_error"
+	}
+	return "unknown"
+}
+
+const numEncaps = int(plan.EncapVXLAN) + 1
+
+// tally is one loop's counts for one batch: plain integers the loop owns,
+// added to the shared counters once per batch so the per-packet path has no
+// atomic operation.
+type tally struct {
+	txPackets, txBytes [numEncaps]uint64
+	rxPackets, rxBytes [numEncaps]uint64
+	decapDrops         [encap.NumDropReasons]uint64
+	drops              [numDrops]uint64
+	arpReplies         uint64
+	icmpSent           uint64
+}
+
+// counters are the router's totals since start, read by metrics and tests.
+type counters struct {
+	txPackets, txBytes [numEncaps]atomic.Uint64
+	rxPackets, rxBytes [numEncaps]atomic.Uint64
+	decapDrops         [encap.NumDropReasons]atomic.Uint64
+	drops              [numDrops]atomic.Uint64
+	arpReplies         atomic.Uint64
+	icmpSent           atomic.Uint64
+}
+
+func addAll(dst []atomic.Uint64, src []uint64) {
+	for i, v := range src {
+		if v != 0 {
+			dst[i].Add(v)
+		}
+	}
+}
+
+// flush adds the batch's counts to the totals and clears the tally.
+func (c *counters) flush(t *tally) {
+	addAll(c.txPackets[:], t.txPackets[:])
+	addAll(c.txBytes[:], t.txBytes[:])
+	addAll(c.rxPackets[:], t.rxPackets[:])
+	addAll(c.rxBytes[:], t.rxBytes[:])
+	addAll(c.decapDrops[:], t.decapDrops[:])
+	addAll(c.drops[:], t.drops[:])
+	if t.arpReplies != 0 {
+		c.arpReplies.Add(t.arpReplies)
+	}
+	if t.icmpSent != 0 {
+		c.icmpSent.Add(t.icmpSent)
+	}
+	*t = tally{}
+}
+
+// Stats is a snapshot of the router's counters.
+type Stats struct {
+	TxPackets, TxBytes map[string]uint64 // by encapsulation: none, ipip, vxlan
+	RxPackets, RxBytes map[string]uint64
+	// Drops by reason: the router's (Drop) and malformed packets
+	// (encap.DropReason), in one namespace of snake_case names.
+	Drops      map[string]uint64
+	ARPReplies uint64
+	ICMPSent   uint64
+}
+
+func (c *counters) snapshot() Stats {
+	s := Stats{
+		TxPackets: map[string]uint64{}, TxBytes: map[string]uint64{},
+		RxPackets: map[string]uint64{}, RxBytes: map[string]uint64{},
+		Drops:      map[string]uint64{},
+		ARPReplies: c.arpReplies.Load(),
+		ICMPSent:   c.icmpSent.Load(),
+	}
+	for e := range numEncaps {
+		name := plan.Encap(e).String()
+		s.TxPackets[name] = c.txPackets[e].Load()
+		s.TxBytes[name] = c.txBytes[e].Load()
+		s.RxPackets[name] = c.rxPackets[e].Load()
+		s.RxBytes[name] = c.rxBytes[e].Load()
+	}
+	for r := encap.DropReason(1); r < encap.NumDropReasons; r++ {
+		s.Drops[r.String()] = c.decapDrops[r].Load()
+	}
+	for d := range numDrops {
+		s.Drops[d.String()] = c.drops[d].Load()
+	}
+	return s
+}

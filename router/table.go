@@ -1,0 +1,94 @@
+package router
+
+import (
+	"net/netip"
+
+	"github.com/gaissmai/bart"
+
+	"github.com/overlayd/overlayd/router/plan"
+)
+
+// destKind is what a destination address is to this node.
+type destKind uint8
+
+const (
+	destUnknown destKind = iota // in no pool: not overlay traffic
+	destLocal                   // in one of this node's blocks
+	destRemote                  // in a block of another node
+	destNoBlock                 // in a pool, in no node's block
+)
+
+// dest is what the data path needs to know about a destination prefix.
+type dest struct {
+	kind  destKind
+	encap plan.Encap // destRemote: how the block is reached
+	peer  *peer      // destRemote: the node that owns the block
+}
+
+// peer is another node as the data path sees it.
+type peer struct {
+	name  string
+	index int // position in table.peers, for per-peer counters
+	addr  [4]byte
+	mac   [6]byte
+}
+
+// table is an immutable snapshot of the routing decisions of one plan. A new
+// one is built on every change and published through an atomic.Pointer, so
+// the packet loops read it with no lock.
+type table struct {
+	plan  *plan.Plan
+	dests *bart.Fast[*dest]
+	// byAddr finds the peer an encapsulated packet came from by its outer
+	// source address.
+	byAddr     *bart.Fast[*peer]
+	peers      []*peer
+	self       [4]byte // this node's underlay address
+	tunnelAddr [4]byte // zero when the node has none
+	vtepMAC    [6]byte
+	mtu        int
+}
+
+func newTable(p *plan.Plan) *table {
+	t := &table{
+		plan:   p,
+		dests:  new(bart.Fast[*dest]),
+		byAddr: new(bart.Fast[*peer]),
+		self:   p.Address.Addr().As4(),
+		mtu:    p.TunnelMTU,
+	}
+	if p.TunnelAddr.IsValid() {
+		t.tunnelAddr = p.TunnelAddr.As4()
+	}
+	copy(t.vtepMAC[:], p.VTEPMAC)
+	for _, pl := range p.Pools {
+		t.dests.Insert(pl.CIDR, &dest{kind: destNoBlock})
+	}
+	for _, b := range p.LocalBlocks {
+		t.dests.Insert(b.Block, &dest{kind: destLocal})
+	}
+	byName := map[string]*peer{}
+	for i, pp := range p.Peers {
+		pe := &peer{name: pp.Name, index: i, addr: pp.Addr.As4()}
+		copy(pe.mac[:], pp.VTEPMAC)
+		byName[pp.Name] = pe
+		t.peers = append(t.peers, pe)
+		t.byAddr.Insert(netip.PrefixFrom(pp.Addr, 32), pe)
+	}
+	for _, r := range p.Routes {
+		t.dests.Insert(r.Block, &dest{kind: destRemote, encap: r.Encap, peer: byName[r.Node]})
+	}
+	return t
+}
+
+// lookup returns what dst is to this node; nil means outside every pool.
+func (t *table) lookup(dst [4]byte) *dest {
+	d, _ := t.dests.Lookup(netip.AddrFrom4(dst))
+	return d
+}
+
+// peerAt returns the known node whose underlay address is src, or nil.
+func (t *table) peerAt(src [4]byte) *peer {
+	p, _ := t.byAddr.Lookup(netip.AddrFrom4(src))
+	return p
+}
