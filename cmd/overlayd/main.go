@@ -43,9 +43,13 @@ type cliEnv struct {
 
 func commands() map[string]command {
 	return map[string]command{
+		"run":     {"run the router on this node", "--config FILE --node NAME [flags]", runRun},
 		"check":   {"validate the cluster file and print this node's plan", "--config FILE --node NAME [--underlay-mtu N] [--json]", runCheck},
 		"explain": {"say what this node does with one packet", "--config FILE --node NAME SRC DST", runExplain},
 		"import":  {"print Calico IPPool YAML manifests as cluster-file TOML", "FILE.yaml", runImport},
+		"routes":  {"show the running daemon's routes", "[--admin ADDR | --config FILE] [--json]", runRoutes},
+		"status":  {"show the running daemon's counters and reloads", "[--admin ADDR | --config FILE] [--json]", runStatus},
+		"reload":  {"make the running daemon re-read its cluster file", "[--admin ADDR | --config FILE]", runReload},
 		"version": {"print the version", "", runVersion},
 	}
 }

@@ -1,0 +1,310 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/overlayd/overlayd/config"
+	"github.com/overlayd/overlayd/conn"
+	"github.com/overlayd/overlayd/router"
+	"github.com/overlayd/overlayd/router/kernel"
+	"github.com/overlayd/overlayd/router/plan"
+)
+
+func runRun(env *cliEnv, args []string) error {
+	fs := newFlagSet(env, "run", "--config FILE --node NAME [flags]", `
+Runs the router: creates the TUN device, programs the kernel's routes, opens
+the VXLAN and IP-in-IP sockets the pools need and carries the node's overlay
+traffic until SIGTERM or SIGINT, then removes its routes. SIGHUP re-reads the
+cluster file.`)
+	var pf planFlags
+	pf.register(fs)
+	device := fs.String("device", "", "TUN device name (default: [tunnel] device)")
+	metricsListen := fs.String("metrics-listen", "", "address for /metrics (default: [metrics] listen; \"off\" disables it)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
+	// The underlay MTU is read from the interface unless given.
+	fs.Lookup("underlay-mtu").DefValue = "0"
+	pf.underlayMTU = 0
+	if err := parseFlags(env, fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return badInput(fmt.Errorf("unexpected arguments %q", fs.Args()))
+	}
+	log, err := newLogger(env.stderr, *logLevel, *logFormat)
+	if err != nil {
+		return badInput(err)
+	}
+	if pf.config == "" || pf.node == "" {
+		return badInput(errors.New("--config and --node are required"))
+	}
+	c, err := config.Load(pf.config)
+	if err != nil {
+		return badInput(err)
+	}
+	me := c.Node(pf.node)
+	if me == nil {
+		return badInput(fmt.Errorf("node %q is not in %s (its nodes: %v)", pf.node, pf.config, c.NodeNames()))
+	}
+	if *device == "" {
+		*device = c.Tunnel.Device
+	}
+	if *metricsListen == "" {
+		*metricsListen = c.Metrics.Listen
+	}
+
+	d := &daemon{log: log, configPath: pf.config, node: pf.node, device: *device, underlayMTU: pf.underlayMTU, started: time.Now()}
+	return d.run(c, *metricsListen)
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// daemon is one `overlayd run`: the router and what it set up in the kernel.
+type daemon struct {
+	log         *slog.Logger
+	configPath  string
+	node        string
+	device      string
+	underlayMTU int // 0: read from the underlay interface
+	routes      *kernel.Routes
+	router      *router.Router
+	started     time.Time
+
+	// reloadMu serialises reloads: SIGHUP and the admin API may ask at once.
+	reloadMu      sync.Mutex
+	reloads       atomic.Uint64
+	failedReloads atomic.Uint64
+	lastReloadErr atomic.Pointer[string]
+}
+
+func (d *daemon) run(c *config.Cluster, metricsListen string) error {
+	var err error
+	if d.routes, err = kernel.NewRoutes(); err != nil {
+		return err
+	}
+	defer d.routes.Close()
+
+	me := c.Node(d.node)
+	underlayDev, mtu, err := d.routes.InterfaceOf(me.Address.Addr())
+	if err != nil {
+		return err
+	}
+	if d.underlayMTU == 0 {
+		d.underlayMTU = mtu
+	}
+	p, err := plan.Build(c, d.node, d.underlayMTU)
+	if err != nil {
+		return badInput(err)
+	}
+	for _, w := range p.Warnings {
+		d.log.Warn(w)
+	}
+	checkForwarding(d.log)
+
+	dev, err := tun.CreateTUN(d.device, p.TunnelMTU)
+	if err != nil {
+		if errors.Is(err, unix.EPERM) || errors.Is(err, os.ErrPermission) {
+			return fmt.Errorf("creating TUN device %q: %w: overlayd needs CAP_NET_ADMIN in this network namespace and access to /dev/net/tun", d.device, err)
+		}
+		return fmt.Errorf("creating TUN device %q: %w", d.device, err)
+	}
+	d.log.Info("TUN device created", "device", d.device, "mtu", p.TunnelMTU, "batch", dev.BatchSize(), "underlay", underlayDev, "underlayMTU", d.underlayMTU)
+
+	cfg := router.Config{Plan: p, TUN: dev, Logger: d.log}
+	closeAll := func() {
+		dev.Close()
+		if cfg.VXLAN != nil {
+			cfg.VXLAN.Close()
+		}
+		if cfg.IPIP != nil {
+			cfg.IPIP.Close()
+		}
+	}
+	if p.UsesVXLAN {
+		local := netip.AddrPortFrom(me.Address.Addr(), p.VXLANPort)
+		if cfg.VXLAN, err = conn.ListenUDP(local); err != nil {
+			closeAll()
+			return fmt.Errorf("opening the VXLAN socket: %w", err)
+		}
+		d.log.Info("VXLAN socket open", "local", local, "vni", p.VNI)
+	}
+	if p.UsesIPIP {
+		if cfg.IPIP, err = conn.ListenIPIP(me.Address.Addr()); err != nil {
+			closeAll()
+			return fmt.Errorf("opening the IP-in-IP socket: %w", err)
+		}
+		d.log.Info("IP-in-IP socket open", "local", me.Address.Addr())
+	}
+	if err := d.routes.ConfigureLink(d.device, p.TunnelMTU, p.TunnelAddr); err != nil {
+		closeAll()
+		return err
+	}
+	if d.router, err = router.New(cfg); err != nil {
+		closeAll()
+		return err
+	}
+	d.applyRoutes(p)
+	defer d.removeRoutes()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if metricsListen != "off" {
+		srv, err := d.serveMetrics(metricsListen)
+		if err != nil {
+			closeAll()
+			return err
+		}
+		defer srv.Close()
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				_ = d.reload() // logged and counted by reload
+			}
+		}
+	}()
+	d.log.Info("overlayd running", "node", d.node, "blocks", len(p.LocalBlocks), "remoteBlocks", len(p.Routes), "tunnelAddress", p.TunnelAddr)
+	err = d.router.Run(ctx)
+	s := d.router.Stats()
+	d.log.Info("overlayd stopping", "txPackets", s.TxPackets, "rxPackets", s.RxPackets)
+	return err
+}
+
+// applyRoutes makes the kernel's routes those of plan p, by difference.
+func (d *daemon) applyRoutes(p *plan.Plan) {
+	ch, err := d.routes.Reconcile(router.KernelRoutes(p, d.device))
+	for _, r := range ch.Added {
+		d.log.Info("route added", "route", r.String())
+	}
+	for _, r := range ch.Replaced {
+		d.log.Info("route replaced", "route", r.String())
+	}
+	for _, r := range ch.Removed {
+		d.log.Info("route removed", "route", r.String())
+	}
+	if err != nil {
+		d.log.Error("some routes could not be programmed", "err", err)
+	}
+}
+
+func (d *daemon) removeRoutes() {
+	removed, err := d.routes.RemoveAll()
+	if err != nil {
+		d.log.Error("removing routes", "err", err)
+	}
+	d.log.Info("routes removed", "count", len(removed))
+}
+
+// reload re-reads the cluster file; a file that fails validation leaves the
+// running plan in place and the error is returned, logged and counted.
+func (d *daemon) reload() error {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	refuse := func(err error) error {
+		d.failedReloads.Add(1)
+		msg := err.Error()
+		d.lastReloadErr.Store(&msg)
+		d.log.Error("reload refused: keeping the running configuration", "err", err)
+		return err
+	}
+	c, err := config.Load(d.configPath)
+	if err != nil {
+		return refuse(err)
+	}
+	p, err := plan.Build(c, d.node, d.underlayMTU)
+	if err != nil {
+		return refuse(err)
+	}
+	d.router.SetPlan(p)
+	d.applyRoutes(p)
+	d.reloads.Add(1)
+	d.log.Info("reload applied", "config", d.configPath, "remoteBlocks", len(p.Routes))
+	return nil
+}
+
+func (d *daemon) status() statusReply {
+	p := d.router.Plan()
+	s := statusReply{
+		Node: d.node, Config: d.configPath, Started: d.started,
+		Reloads: d.reloads.Load(), FailedLoads: d.failedReloads.Load(),
+		Stats:      d.router.Stats(),
+		Encaps:     map[string]int{},
+		Transports: map[string]bool{"vxlan": p.UsesVXLAN, "ipip": p.UsesIPIP},
+	}
+	if e := d.lastReloadErr.Load(); e != nil {
+		s.LastError = *e
+	}
+	for _, r := range p.Routes {
+		s.Encaps[r.Encap.String()]++
+	}
+	if owned, err := d.routes.List(); err == nil {
+		s.Kernel = routeStrings(owned)
+	}
+	return s
+}
+
+func (d *daemon) serveMetrics(listen string) (*http.Server, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(router.NewCollector(d.router))
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	d.adminHandlers(mux)
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener on %s: %w", listen, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	d.log.Info("metrics listening", "address", ln.Addr().String())
+	return srv, nil
+}
+
+// checkForwarding warns when the namespace does not forward IPv4: workload
+// traffic between the TUN and the workloads' interfaces would go nowhere.
+func checkForwarding(log *slog.Logger) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err == nil && len(b) > 0 && b[0] == '0' {
+		log.Warn("IPv4 forwarding is off in this network namespace (net.ipv4.ip_forward=0): workloads will not be reachable")
+	}
+}
