@@ -14,7 +14,7 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/overlayd
 
 deps:
-	@scripts/deps.sh ip:iproute2
+	@scripts/deps.sh ip:iproute2 ping:iputils-ping
 
 vet:
 	$(GO) vet $(PKGS)

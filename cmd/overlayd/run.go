@@ -139,6 +139,11 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 		}
 		return fmt.Errorf("creating TUN device %q: %w", d.device, err)
 	}
+	// overlayd carries IPv4 only; without this the kernel's IPv6 router
+	// solicitations on the new device show up as drops.
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+d.device+"/disable_ipv6", []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+		d.log.Debug("could not turn IPv6 off on the TUN device", "err", err)
+	}
 	d.log.Info("TUN device created", "device", d.device, "mtu", p.TunnelMTU, "batch", dev.BatchSize(), "underlay", underlayDev, "underlayMTU", d.underlayMTU)
 
 	cfg := router.Config{Plan: p, TUN: dev, Logger: d.log}
