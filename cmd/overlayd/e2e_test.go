@@ -1,0 +1,469 @@
+package main
+
+// End-to-end tests: the real `overlayd run` on every node of the standard
+// bed (network namespaces, veth, a router between subnets), real workloads,
+// and captures on the underlay proving what went on the wire.
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/overlayd/overlayd/config"
+	"github.com/overlayd/overlayd/internal/testbed"
+	"github.com/overlayd/overlayd/router/plan"
+)
+
+// childEnv makes the test binary act as overlayd: the e2e tests start it in
+// the node namespaces, so the router runs with the race detector too.
+const childEnv = "OVERLAYD_TEST_AS_OVERLAYD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		os.Exit(mainWithArgs(&cliEnv{stdout: os.Stdout, stderr: os.Stderr}, os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+// cluster is a bed running overlayd on nodes A, B and C with one example
+// file, and one workload per node.
+type cluster struct {
+	t        *testing.T
+	bed      *testbed.Bed
+	file     string
+	cfg      *config.Cluster
+	procs    map[string]*testbed.Process
+	workload map[string]*testbed.Host   // by node
+	addr     map[string]netip.Addr      // workload address by node
+	extra    map[string][]*testbed.Host // more workloads (second pool) by node
+}
+
+var nodeNames = []string{"node-a", "node-b", "node-c"}
+
+// startCluster builds the standard bed, adds a workload in each node's
+// first block (and one per further block), and starts overlayd everywhere.
+func startCluster(t *testing.T, file string) *cluster {
+	t.Helper()
+	path, err := filepath.Abs(filepath.Join("..", "..", "examples", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := plan.Build(cfg, "node-a", testbed.DefaultMTU)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bed := testbed.NewStandard(t, testbed.Options{WorkloadMTU: p.TunnelMTU})
+	c := &cluster{t: t, bed: bed, file: path, cfg: cfg,
+		procs: map[string]*testbed.Process{}, workload: map[string]*testbed.Host{},
+		addr: map[string]netip.Addr{}, extra: map[string][]*testbed.Host{}}
+	for _, n := range cfg.Nodes {
+		for i, b := range n.Blocks {
+			addr := b.Prefix.Addr().Next().Next().Next().Next().Next() // .5 of the block
+			w, err := bed.AddWorkload(n.Name, fmt.Sprintf("w%c%d", n.Name[len(n.Name)-1], i), addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 {
+				c.workload[n.Name], c.addr[n.Name] = w, addr
+			} else {
+				c.extra[n.Name] = append(c.extra[n.Name], w)
+			}
+		}
+	}
+	for _, n := range nodeNames {
+		c.start(n)
+	}
+	return c
+}
+
+// start runs overlayd on a node and waits until it says it is running.
+func (c *cluster) start(node string) {
+	c.t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	proc, err := c.bed.Host(node).Start("env", childEnv+"=1", self, "run", "--config", c.file, "--node", node, "--log-level", "debug")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.procs[node] = proc
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(proc.Output(), "overlayd running") {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("overlayd on %s did not start:\n%s", node, proc.Output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// ping sends three echoes from one node's workload to another's.
+func (c *cluster) ping(from, to string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.workload[from].Ping(ctx, c.addr[to], 3); err != nil {
+		c.t.Errorf("ping %s (%s) -> %s (%s): %v", from, c.addr[from], to, c.addr[to], err)
+	}
+}
+
+// transfer moves 10 MB each way between two nodes' workloads over TCP and
+// checks the content.
+func (c *cluster) transfer(client, server string, port uint16) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := testbed.TCPTransfer(ctx, c.workload[client], c.workload[server], netip.AddrPortFrom(c.addr[server], port), 10<<20)
+	if err != nil {
+		c.t.Errorf("TCP transfer %s -> %s: %v", client, server, err)
+		return
+	}
+	c.t.Logf("TCP %s <-> %s: %v", client, server, res)
+}
+
+// wireKinds returns how the packets between two inner addresses crossed the
+// captured link: "none" (bare), "ipip" or "vxlan".
+func wireKinds(pkts []gopacket.Packet, a, b netip.Addr, vni uint32) map[string]int {
+	kinds := map[string]int{}
+	for _, p := range pkts {
+		kind, inner := classify(p, vni)
+		if inner == nil {
+			continue
+		}
+		src, _ := netip.AddrFromSlice(inner.SrcIP.To4())
+		dst, _ := netip.AddrFromSlice(inner.DstIP.To4())
+		if (src == a && dst == b) || (src == b && dst == a) {
+			kinds[kind]++
+		}
+	}
+	return kinds
+}
+
+// classify decodes a captured frame down to the workload packet it carries.
+func classify(p gopacket.Packet, vni uint32) (string, *layers.IPv4) {
+	outer, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	if outer == nil {
+		return "", nil
+	}
+	switch {
+	case outer.Protocol == layers.IPProtocolIPv4:
+		inner := gopacket.NewPacket(outer.Payload, layers.LayerTypeIPv4, gopacket.Default)
+		ip, _ := inner.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		return "ipip", ip
+	case outer.Protocol == layers.IPProtocolUDP:
+		udp, _ := p.Layer(layers.LayerTypeUDP).(*layers.UDP)
+		vx, _ := p.Layer(layers.LayerTypeVXLAN).(*layers.VXLAN)
+		if udp == nil || udp.DstPort != 4789 || vx == nil || vx.VNI != vni {
+			return "", nil
+		}
+		inner := gopacket.NewPacket(vx.Payload, layers.LayerTypeEthernet, gopacket.Default)
+		ip, _ := inner.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		return "vxlan", ip
+	}
+	return "none", outer
+}
+
+func TestE2EConfigurations(t *testing.T) {
+	testbed.Require(t)
+	tests := []struct {
+		file   string
+		toB    string // how node A's workload traffic to node B crosses the wire
+		toC    string
+		routed bool // the underlay routes the pool itself (Never/Never across subnets)
+	}{
+		{"ipip-always.toml", "ipip", "ipip", false},
+		{"ipip-cross-subnet.toml", "none", "ipip", false},
+		{"vxlan-always.toml", "vxlan", "vxlan", false},
+		{"vxlan-cross-subnet.toml", "none", "vxlan", false},
+		{"nat-outgoing.toml", "none", "ipip", false},
+		{"never.toml", "none", "none", true},
+	}
+	for _, tc := range tests {
+		t.Run(strings.TrimSuffix(tc.file, ".toml"), func(t *testing.T) {
+			c := startCluster(t, tc.file)
+			if tc.routed {
+				// With no encapsulation across subnets Calico needs BGP:
+				// the router between the subnets learns each block's node.
+				for _, n := range c.cfg.Nodes {
+					for _, b := range n.Blocks {
+						if err := c.bed.Host("router").IP("route", "add", b.Prefix.String(), "via", n.Address.Addr().String()); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+			}
+			capA, err := c.bed.Host("node-a").Capture("eth0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.ping("node-a", "node-b")
+			c.ping("node-a", "node-c")
+			c.ping("node-b", "node-a")
+			c.ping("node-c", "node-a")
+			c.transfer("node-a", "node-b", 5001)
+			c.transfer("node-c", "node-a", 5002)
+			pkts := capA.Stop()
+
+			vni := c.cfg.VXLAN.VNI
+			for _, want := range []struct {
+				peer, kind string
+			}{{"node-b", tc.toB}, {"node-c", tc.toC}} {
+				kinds := wireKinds(pkts, c.addr["node-a"], c.addr[want.peer], vni)
+				if kinds[want.kind] == 0 || len(kinds) != 1 {
+					t.Errorf("node-a <-> %s workload traffic on node-a's eth0: %v, want only %q", want.peer, kinds, want.kind)
+				}
+			}
+		})
+	}
+}
+
+func TestE2ETwoPoolsSideBySide(t *testing.T) {
+	testbed.Require(t)
+	c := startCluster(t, "two-pools.toml")
+	capA, err := c.bed.Host("node-a").Capture("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first workload of each node is in pool-vxlan (CrossSubnet), the
+	// second in pool-ipip (Always).
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ipipA, ipipC := c.extra["node-a"][0], c.extra["node-c"][0]
+	ipipAddr := func(h *testbed.Host) netip.Addr { return h.Addr.Addr() }
+	for _, pair := range []struct{ from, to *testbed.Host }{
+		{c.workload["node-a"], c.workload["node-b"]},
+		{c.workload["node-a"], c.workload["node-c"]},
+		{ipipA, c.extra["node-b"][0]},
+		{ipipA, ipipC},
+	} {
+		if err := pair.from.Ping(ctx, pair.to.Addr.Addr(), 2); err != nil {
+			t.Errorf("ping %s -> %s: %v", pair.from.Name, pair.to.Name, err)
+		}
+	}
+	if _, err := testbed.TCPTransfer(ctx, ipipA, ipipC, netip.AddrPortFrom(ipipAddr(ipipC), 5003), 10<<20); err != nil {
+		t.Errorf("TCP over the IP-in-IP pool: %v", err)
+	}
+	pkts := capA.Stop()
+	vni := c.cfg.VXLAN.VNI
+	for _, want := range []struct {
+		a, b netip.Addr
+		kind string
+	}{
+		{c.addr["node-a"], c.addr["node-b"], "none"},
+		{c.addr["node-a"], c.addr["node-c"], "vxlan"},
+		{ipipAddr(ipipA), ipipAddr(c.extra["node-b"][0]), "ipip"},
+		{ipipAddr(ipipA), ipipAddr(ipipC), "ipip"},
+	} {
+		kinds := wireKinds(pkts, want.a, want.b, vni)
+		if kinds[want.kind] == 0 || len(kinds) != 1 {
+			t.Errorf("%s <-> %s on node-a's eth0: %v, want only %q", want.a, want.b, kinds, want.kind)
+		}
+	}
+}
+
+// scrape reads a node's /metrics from inside its namespace.
+func scrape(t *testing.T, h *testbed.Host) map[string]float64 {
+	t.Helper()
+	var body string
+	err := h.Do(func() error {
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:9469", 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintf(conn, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n"); err != nil {
+			return err
+		}
+		var b strings.Builder
+		sc := bufio.NewScanner(conn)
+		for sc.Scan() {
+			b.WriteString(sc.Text())
+			b.WriteByte('\n')
+		}
+		body = b.String()
+		return sc.Err()
+	})
+	if err != nil {
+		t.Fatalf("scraping %s: %v", h.Name, err)
+	}
+	m := map[string]float64{}
+	for _, line := range strings.Split(body, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			m[line[:i]] = v
+		}
+	}
+	return m
+}
+
+// forgeVXLAN sends one VXLAN packet from host h to dst:4789 carrying a UDP
+// datagram from innerSrc to innerDst:port.
+func forgeVXLAN(t *testing.T, h *testbed.Host, dst netip.Addr, vni uint32, innerSrc, innerDst netip.Addr, port uint16) {
+	t.Helper()
+	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{0x66, 1, 2, 3, 4, 5}, DstMAC: net.HardwareAddr(config.VTEPMACFor("node-a")), EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: innerSrc.AsSlice(), DstIP: innerDst.AsSlice()}
+	udp := &layers.UDP{SrcPort: 40000, DstPort: layers.UDPPort(port)}
+	if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
+		t.Fatal(err)
+	}
+	buf := gopacket.NewSerializeBuffer()
+	opts := gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
+	if err := gopacket.SerializeLayers(buf, opts, &layers.VXLAN{ValidIDFlag: true, VNI: vni}, eth, ip, udp, gopacket.Payload("forged")); err != nil {
+		t.Fatal(err)
+	}
+	err := h.Do(func() error {
+		conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 4789)))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, err = conn.Write(buf.Bytes())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("sending a forged packet from %s: %v", h.Name, err)
+	}
+}
+
+func TestE2EForgedPacketsAreDropped(t *testing.T) {
+	testbed.Require(t)
+	c := startCluster(t, "vxlan-always.toml")
+	wa := c.workload["node-a"]
+	const port = 7777
+	// A listener in node A's workload: nothing forged may reach it.
+	got := make(chan string, 16)
+	err := wa.Do(func() error {
+		conn, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(c.addr["node-a"], port)))
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { conn.Close() })
+		go func() {
+			b := make([]byte, 2048)
+			for {
+				n, from, err := conn.ReadFromUDP(b)
+				if err != nil {
+					return
+				}
+				got <- fmt.Sprintf("%s from %s", b[:n], from)
+			}
+		}()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	aAddr := c.cfg.Node("node-a").Address.Addr()
+	vni := c.cfg.VXLAN.VNI
+	before := scrape(t, c.bed.Host("node-a"))
+	// From the outside host: not a node of the cluster.
+	forgeVXLAN(t, c.bed.Host("outside"), aAddr, vni, c.addr["node-b"], c.addr["node-a"], port)
+	// From node B, with the wrong VNI.
+	forgeVXLAN(t, c.bed.Host("node-b"), aAddr, vni+1, c.addr["node-b"], c.addr["node-a"], port)
+	// From node B, with an inner source of node C's block.
+	forgeVXLAN(t, c.bed.Host("node-b"), aAddr, vni, c.addr["node-c"], c.addr["node-a"], port)
+	// And a genuine one from node B, to show the listener works.
+	forgeVXLAN(t, c.bed.Host("node-b"), aAddr, vni, c.addr["node-b"], c.addr["node-a"], port)
+
+	select {
+	case msg := <-got:
+		if !strings.Contains(msg, c.addr["node-b"].String()) {
+			t.Errorf("the genuine packet arrived as %q", msg)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the genuine packet from node B never reached the workload")
+	}
+	select {
+	case msg := <-got:
+		t.Errorf("a forged packet reached the workload: %s", msg)
+	case <-time.After(500 * time.Millisecond):
+	}
+	after := scrape(t, c.bed.Host("node-a"))
+	for _, reason := range []string{"unknown_peer", "wrong_vni", "spoofed_source"} {
+		key := fmt.Sprintf(`overlayd_drops_total{reason=%q}`, reason)
+		if d := after[key] - before[key]; d != 1 {
+			t.Errorf("%s went up by %v, want 1", key, d)
+		}
+	}
+}
+
+// TestE2EKernelVXLANInterop replaces overlayd on node C with the kernel's own
+// VXLAN, set up as Calico's Felix sets up vxlan.calico: workloads behind
+// overlayd and behind the kernel must reach each other both ways.
+func TestE2EKernelVXLANInterop(t *testing.T) {
+	testbed.Require(t)
+	path, err := filepath.Abs(filepath.Join("..", "..", "examples", "vxlan-always.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bed := testbed.NewStandard(t, testbed.Options{WorkloadMTU: 1450})
+	c := &cluster{t: t, bed: bed, file: path, cfg: cfg, procs: map[string]*testbed.Process{},
+		workload: map[string]*testbed.Host{}, addr: map[string]netip.Addr{}, extra: map[string][]*testbed.Host{}}
+	for _, name := range []string{"node-a", "node-c"} {
+		n := cfg.Node(name)
+		addr := n.Blocks[0].Prefix.Addr().Next().Next().Next().Next().Next()
+		w, err := bed.AddWorkload(name, "w"+name[len(name)-1:], addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.workload[name], c.addr[name] = w, addr
+	}
+
+	nodeC, a := cfg.Node("node-c"), cfg.Node("node-a")
+	hc := bed.Host("node-c")
+	kernel := [][]string{
+		{"link", "add", "vxlan.calico", "type", "vxlan", "id", strconv.Itoa(int(cfg.VXLAN.VNI)),
+			"local", nodeC.Address.Addr().String(), "dev", "eth0", "dstport", strconv.Itoa(int(cfg.VXLAN.Port)), "nolearning"},
+		{"link", "set", "vxlan.calico", "address", nodeC.VTEPMAC.String(), "mtu", "1450", "up"},
+		{"addr", "add", nodeC.TunnelAddr.String() + "/32", "dev", "vxlan.calico"},
+		{"neigh", "add", a.TunnelAddr.String(), "lladdr", a.VTEPMAC.String(), "dev", "vxlan.calico", "nud", "permanent"},
+		{"route", "add", a.Blocks[0].Prefix.String(), "via", a.TunnelAddr.String(), "dev", "vxlan.calico", "onlink"},
+	}
+	for i, args := range kernel {
+		if err := hc.IP(args...); err != nil {
+			if i == 0 {
+				t.Skipf("the kernel has no VXLAN support here: %v", err)
+			}
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := hc.Run(ctx, "bridge", "fdb", "append", a.VTEPMAC.String(), "dev", "vxlan.calico", "dst", a.Address.Addr().String()); err != nil {
+		t.Fatalf("bridge fdb: %v: %s", err, out)
+	}
+	c.start("node-a")
+
+	c.ping("node-a", "node-c")
+	c.ping("node-c", "node-a")
+	c.transfer("node-a", "node-c", 5004)
+	c.transfer("node-c", "node-a", 5005)
+}
