@@ -135,4 +135,3 @@ func (p *Process) terminate() {
 
 // String names the process and its host.
 func (p *Process) String() string { return fmt.Sprintf("%s on %s", p.name, p.Host.Name) }
-

@@ -163,4 +163,3 @@ func stopOnDone(ctx context.Context, c net.Conn) {
 		_ = c.SetDeadline(time.Unix(1, 0))
 	}()
 }
-

@@ -1,0 +1,212 @@
+// Command demo is `make demo`: it builds the standard bed in network
+// namespaces (nodes A and B on one subnet, C behind a router on another),
+// runs overlayd on every node with one example cluster file, sends pings and
+// a TCP transfer from a workload on A to workloads on B (same subnet) and C
+// (other subnet), shows what crossed node A's underlay link, and tears
+// everything down. It needs root; it touches nothing outside the namespaces
+// it makes.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/overlayd/overlayd/config"
+	"github.com/overlayd/overlayd/internal/testbed"
+	"github.com/overlayd/overlayd/router/plan"
+)
+
+func main() {
+	bin := flag.String("overlayd", "bin/overlayd", "the overlayd binary")
+	file := flag.String("config", "examples/vxlan-cross-subnet.toml", "the cluster file every node runs")
+	size := flag.Int("bytes", 50<<20, "bytes each TCP transfer moves each way")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *bin, *file, *size); err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func step(format string, args ...any) {
+	fmt.Printf("\n==> "+format+"\n", args...)
+}
+
+func run(ctx context.Context, bin, file string, size int) error {
+	start := time.Now()
+	bin, err := filepath.Abs(bin)
+	if err != nil {
+		return err
+	}
+	file, err = filepath.Abs(file)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(file)
+	if err != nil {
+		return err
+	}
+	p, err := plan.Build(cfg, "node-a", testbed.DefaultMTU)
+	if err != nil {
+		return err
+	}
+
+	step("building the bed: node-a, node-b on 198.18.1.0/24; node-c on 198.18.2.0/24 behind a router")
+	bed, err := testbed.New(testbed.Options{WorkloadMTU: p.TunnelMTU})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		step("tearing down")
+		if err := bed.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "demo: teardown: %v\n", err)
+		}
+		fmt.Printf("done in %s\n", time.Since(start).Round(100*time.Millisecond))
+	}()
+	if err := testbed.BuildStandard(bed); err != nil {
+		return err
+	}
+	workloads := map[string]*testbed.Host{}
+	addrs := map[string]netip.Addr{}
+	for _, n := range cfg.Nodes {
+		addr := n.Blocks[0].Prefix.Addr().Next().Next().Next().Next().Next()
+		w, err := bed.AddWorkload(n.Name, "w"+n.Name[len(n.Name)-1:], addr)
+		if err != nil {
+			return err
+		}
+		workloads[n.Name], addrs[n.Name] = w, addr
+		fmt.Printf("    workload on %s: %s\n", n.Name, addr)
+	}
+
+	step("starting overlayd on every node with %s", filepath.Base(file))
+	for _, n := range cfg.Nodes {
+		proc, err := bed.Host(n.Name).Start(bin, "run", "--config", file, "--node", n.Name)
+		if err != nil {
+			return err
+		}
+		if err := waitFor(ctx, proc, "overlayd running", 20*time.Second); err != nil {
+			return fmt.Errorf("overlayd on %s: %w\n%s", n.Name, err, proc.Output())
+		}
+		fmt.Printf("    %s: running\n", n.Name)
+	}
+	fmt.Println()
+	for _, r := range p.Routes {
+		fmt.Printf("    node-a -> %-7s %-17s %-5s (%s)\n", r.Node, r.Block, r.Encap, r.Reason)
+	}
+
+	capture, err := bed.Host("node-a").Capture("eth0")
+	if err != nil {
+		return err
+	}
+	for i, peer := range []string{"node-b", "node-c"} {
+		step("node-a's workload %s -> %s's workload %s", addrs["node-a"], peer, addrs[peer])
+		pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err := workloads["node-a"].Ping(pctx, addrs[peer], 3)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("ping: %w", err)
+		}
+		fmt.Printf("    ping: 3 of 3 answered\n")
+		tctx, cancel := context.WithTimeout(ctx, 120*time.Second)
+		res, err := testbed.TCPTransfer(tctx, workloads["node-a"], workloads[peer], netip.AddrPortFrom(addrs[peer], uint16(5201+i)), size)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("TCP transfer: %w", err)
+		}
+		fmt.Printf("    TCP: %v, content checked\n", res)
+	}
+	pkts := capture.Stop()
+
+	step("what crossed node-a's underlay link (eth0), decoded with gopacket")
+	for _, peer := range []string{"node-b", "node-c"} {
+		kinds, sample := onTheWire(pkts, addrs["node-a"], addrs[peer])
+		fmt.Printf("    to/from %s: %s\n", peer, describe(kinds))
+		if sample != "" {
+			fmt.Printf("      e.g. %s\n", sample)
+		}
+	}
+	return nil
+}
+
+func waitFor(ctx context.Context, proc *testbed.Process, text string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for !strings.Contains(proc.Output(), text) {
+		if time.Now().After(deadline) {
+			return errors.New("did not start in time")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func describe(kinds map[string]int) string {
+	var parts []string
+	for _, k := range []string{"none", "ipip", "vxlan"} {
+		if n := kinds[k]; n > 0 {
+			name := map[string]string{"none": "unencapsulated", "ipip": "IP-in-IP (protocol 4)", "vxlan": "VXLAN (UDP 4789)"}[k]
+			parts = append(parts, fmt.Sprintf("%d packets %s", n, name))
+		}
+	}
+	if len(parts) == 0 {
+		return "nothing"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// onTheWire counts the frames that carried workload traffic between a and b
+// by how they were carried, and describes one of them layer by layer.
+func onTheWire(pkts []gopacket.Packet, a, b netip.Addr) (map[string]int, string) {
+	kinds := map[string]int{}
+	sample := ""
+	for _, p := range pkts {
+		outer, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		if outer == nil {
+			continue
+		}
+		kind, inner, desc := "none", outer, ""
+		switch outer.Protocol {
+		case layers.IPProtocolIPv4:
+			ip, _ := gopacket.NewPacket(outer.Payload, layers.LayerTypeIPv4, gopacket.Default).Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+			kind, inner = "ipip", ip
+			desc = fmt.Sprintf("IPv4 %s > %s proto 4 | inner", outer.SrcIP, outer.DstIP)
+		case layers.IPProtocolUDP:
+			udp, _ := p.Layer(layers.LayerTypeUDP).(*layers.UDP)
+			vx, _ := p.Layer(layers.LayerTypeVXLAN).(*layers.VXLAN)
+			if udp != nil && vx != nil {
+				ip, _ := gopacket.NewPacket(vx.Payload, layers.LayerTypeEthernet, gopacket.Default).Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+				kind, inner = "vxlan", ip
+				desc = fmt.Sprintf("IPv4 %s > %s | UDP %d > %d | VXLAN VNI %d | Ethernet | inner", outer.SrcIP, outer.DstIP, udp.SrcPort, udp.DstPort, vx.VNI)
+			}
+		}
+		if inner == nil {
+			continue
+		}
+		src, _ := netip.AddrFromSlice(inner.SrcIP.To4())
+		dst, _ := netip.AddrFromSlice(inner.DstIP.To4())
+		if (src != a || dst != b) && (src != b || dst != a) {
+			continue
+		}
+		kinds[kind]++
+		if sample == "" || (kind != "none" && !strings.Contains(sample, "inner")) {
+			sample = strings.TrimPrefix(fmt.Sprintf("%s IPv4 %s > %s %s, %d bytes", desc, inner.SrcIP, inner.DstIP, inner.Protocol, len(p.Data())), " ")
+		}
+	}
+	return kinds, sample
+}
