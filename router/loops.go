@@ -85,14 +85,14 @@ func (r *Router) tunLoop() error {
 				// workload, or a direct block the kernel did not route
 				// itself: no one to send it to, so the sender is told.
 				t.drops[DropNoRoute]++
-				if replies.add(encap.NetUnreachable(replies.slot(), pkt, tb.replySource())) {
+				if replies.add(encap.NetUnreachable(replies.slot(), pkt, [4]byte(pkt[16:20]))) {
 					t.icmpSent++
 				}
 				continue
 			}
 			if size > limits[d.encap] && pkt[6]&ipv4DF != 0 {
 				t.drops[DropTooBig]++
-				if replies.add(encap.FragNeeded(replies.slot(), pkt, tb.replySource(), limits[d.encap])) {
+				if replies.add(encap.FragNeeded(replies.slot(), pkt, d.peer.icmpSource([4]byte(pkt[16:20])), limits[d.encap])) {
 					t.icmpSent++
 				}
 				continue
@@ -162,14 +162,17 @@ func (r *Router) send(tr Transport, msgs []conn.Message, t *tally) {
 	}
 }
 
-// replySource is the address ICMP errors from this node come from: its
-// tunnel address, so they route back through the overlay like Calico's, or
-// else its underlay address.
-func (t *table) replySource() [4]byte {
-	if t.tunnelAddr != [4]byte{} {
-		return t.tunnelAddr
+// icmpSource is the address an ICMP error about a packet to this peer comes
+// from: the peer's tunnel address, the far end of the tunnel that is too
+// small, else the packet's own destination. Never one of this node's own
+// addresses: the error re-enters the kernel through the TUN, and a packet
+// from a local address arriving there is dropped as a martian. Hosts act on
+// the quoted header, whoever the error comes from.
+func (p *peer) icmpSource(dst [4]byte) [4]byte {
+	if p.tunnelAddr != [4]byte{} {
+		return p.tunnelAddr
 	}
-	return t.self
+	return dst
 }
 
 // underlayLoop receives encapsulated packets from one transport, accepts

@@ -31,6 +31,8 @@ type peer struct {
 	index int // position in table.peers, for per-peer counters
 	addr  [4]byte
 	mac   [6]byte
+	// tunnelAddr is the node's tunnel address, zero if it has none.
+	tunnelAddr [4]byte
 }
 
 // table is an immutable snapshot of the routing decisions of one plan. A new
@@ -70,6 +72,9 @@ func newTable(p *plan.Plan) *table {
 	byName := map[string]*peer{}
 	for i, pp := range p.Peers {
 		pe := &peer{name: pp.Name, index: i, addr: pp.Addr.As4()}
+		if pp.TunnelAddr.IsValid() {
+			pe.tunnelAddr = pp.TunnelAddr.As4()
+		}
 		copy(pe.mac[:], pp.VTEPMAC)
 		byName[pp.Name] = pe
 		t.peers = append(t.peers, pe)

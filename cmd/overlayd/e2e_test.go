@@ -7,13 +7,16 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -55,9 +58,18 @@ var nodeNames = []string{"node-a", "node-b", "node-c"}
 // first block (and one per further block), and starts overlayd everywhere.
 func startCluster(t *testing.T, file string) *cluster {
 	t.Helper()
-	path, err := filepath.Abs(filepath.Join("..", "..", "examples", file))
-	if err != nil {
-		t.Fatal(err)
+	return startClusterNodes(t, file, nodeNames...)
+}
+
+// startClusterNodes is startCluster with overlayd on the given nodes only.
+func startClusterNodes(t *testing.T, file string, run ...string) *cluster {
+	t.Helper()
+	path := file
+	if !filepath.IsAbs(path) {
+		var err error
+		if path, err = filepath.Abs(filepath.Join("..", "..", "examples", file)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cfg, err := config.Load(path)
 	if err != nil {
@@ -85,7 +97,7 @@ func startCluster(t *testing.T, file string) *cluster {
 			}
 		}
 	}
-	for _, n := range nodeNames {
+	for _, n := range run {
 		c.start(n)
 	}
 	return c
@@ -466,4 +478,169 @@ func TestE2EKernelVXLANInterop(t *testing.T) {
 	c.ping("node-c", "node-a")
 	c.transfer("node-a", "node-c", 5004)
 	c.transfer("node-c", "node-a", 5005)
+
+	// Without the static neighbour entry the kernel asks for node A's VTEP
+	// address by ARP inside VXLAN (flooded through an all-zeros FDB entry):
+	// overlayd must answer it.
+	before := scrape(t, bed.Host("node-a"))["overlayd_vxlan_arp_replies_total"]
+	if err := hc.IP("neigh", "del", a.TunnelAddr.String(), "dev", "vxlan.calico"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := hc.Run(ctx, "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vxlan.calico", "dst", a.Address.Addr().String()); err != nil {
+		t.Fatalf("bridge fdb: %v: %s", err, out)
+	}
+	c.ping("node-c", "node-a")
+	if after := scrape(t, bed.Host("node-a"))["overlayd_vxlan_arp_replies_total"]; after <= before {
+		t.Errorf("overlayd answered no ARP request (%v before, %v after)", before, after)
+	}
+	neigh := runIn(t, hc, "ip", "neigh", "show", a.TunnelAddr.String(), "dev", "vxlan.calico")
+	if !strings.Contains(neigh, a.VTEPMAC.String()) {
+		t.Errorf("the kernel did not learn node A's VTEP MAC from the ARP reply: %q", neigh)
+	}
+}
+
+// TestE2EFragmentationNeeded: with a tunnel MTU larger than the underlay
+// can carry (here set by hand), a DF packet that does not fit is answered
+// with ICMP fragmentation needed and the right MTU, so path MTU discovery
+// works and TCP still gets through.
+func TestE2EFragmentationNeeded(t *testing.T) {
+	testbed.Require(t)
+	src, err := os.ReadFile(filepath.Join("..", "..", "examples", "vxlan-always.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "big-mtu.toml")
+	if err := os.WriteFile(file, append([]byte("[tunnel]\nmtu = 1500\n\n"), src...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := startClusterNodes(t, file, "node-a", "node-c")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, _ := c.workload["node-a"].Run(ctx, "ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1472", c.addr["node-c"].String())
+	if !strings.Contains(string(out), "mtu = 1450") {
+		t.Errorf("a 1500-byte DF ping over VXLAN got no fragmentation needed with MTU 1450:\n%s", out)
+	}
+	c.transfer("node-a", "node-c", 5006)
+
+	// A pool address in no node's block is answered, not dropped silently.
+	out, _ = c.workload["node-a"].Run(ctx, "ping", "-n", "-c", "1", "-W", "2", "192.168.200.1")
+	if !strings.Contains(string(out), "Destination Net Unreachable") {
+		t.Errorf("a ping to a pool address with no block got no net unreachable:\n%s", out)
+	}
+}
+
+func runIn(t *testing.T, h *testbed.Host, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := h.Run(ctx, name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+// TestE2ERoutesLifecycle: routes left by a crashed run are reconciled at the
+// next start, and a clean stop removes every route overlayd owns.
+func TestE2ERoutesLifecycle(t *testing.T) {
+	testbed.Require(t)
+	c := startClusterNodes(t, "vxlan-cross-subnet.toml", "node-a")
+	a := c.bed.Host("node-a")
+	if got := runIn(t, a, "ip", "route", "show", "proto", "211"); !strings.Contains(got, "192.168.0.64/26 via 198.18.1.11") {
+		t.Fatalf("the direct route to node-b's block is missing:\n%s", got)
+	}
+	// A crash leaves the routes behind (the pool route goes with the TUN).
+	if err := c.procs["node-a"].Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-c.procs["node-a"].Exited()
+	if got := runIn(t, a, "ip", "route", "show", "proto", "211"); !strings.Contains(got, "192.168.0.64/26") {
+		t.Fatalf("after SIGKILL the direct route should still be there:\n%s", got)
+	}
+	// The next run, with VXLAN Always, has no direct route: the stale one goes.
+	always, err := filepath.Abs(filepath.Join("..", "..", "examples", "vxlan-always.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.file = always
+	c.start("node-a")
+	got := runIn(t, a, "ip", "route", "show", "proto", "211")
+	if strings.Contains(got, "192.168.0.64/26") || !strings.Contains(got, "192.168.0.0/16 dev ovl0") {
+		t.Errorf("after a restart with vxlan-always the routes are:\n%s", got)
+	}
+	if err := c.procs["node-a"].Stop(); err != nil {
+		t.Errorf("overlayd did not exit cleanly on SIGTERM: %v\n%s", err, c.procs["node-a"].Output())
+	}
+	if got := runIn(t, a, "ip", "route", "show", "proto", "211"); strings.TrimSpace(got) != "" {
+		t.Errorf("routes left after SIGTERM:\n%s", got)
+	}
+}
+
+// TestE2EMissingPrivilege: without CAP_NET_ADMIN overlayd says so and exits
+// 1; with CAP_NET_ADMIN but not CAP_NET_RAW, an IP-in-IP pool is refused
+// with the capability named, and VXLAN pools still run.
+func TestE2EMissingPrivilege(t *testing.T) {
+	testbed.Require(t)
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv (util-linux) is not installed")
+	}
+	bed := testbed.NewStandard(t, testbed.Options{})
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	example := func(f string) string {
+		p, err := filepath.Abs(filepath.Join("..", "..", "examples", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct {
+		name     string
+		caps     []string
+		file     string
+		wantExit int
+		want     string
+	}{
+		{"no capabilities", []string{"--bounding-set=-all"}, example("vxlan-always.toml"), 1, "needs CAP_NET_ADMIN"},
+		{"CAP_NET_ADMIN only, IP-in-IP pool", []string{"--bounding-set=-all,+net_admin"}, example("ipip-always.toml"), 1, "IP-in-IP needs CAP_NET_RAW"},
+		{"CAP_NET_ADMIN only, VXLAN pool", []string{"--bounding-set=-all,+net_admin"}, example("vxlan-always.toml"), -1, "overlayd running"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// Root with a cut-down bounding set: a container's root.
+			args := append([]string{"--inh-caps=-all"}, tc.caps...)
+			args = append(args, "env", childEnv+"=1", self, "run", "--config", tc.file, "--node", "node-a", "--metrics-listen", "off")
+			proc, err := bed.Host("node-a").Start("setpriv", args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.wantExit < 0 {
+				deadline := time.Now().Add(15 * time.Second)
+				for !strings.Contains(proc.Output(), tc.want) && time.Now().Before(deadline) {
+					time.Sleep(50 * time.Millisecond)
+				}
+				if !strings.Contains(proc.Output(), tc.want) {
+					t.Errorf("output %q does not contain %q", proc.Output(), tc.want)
+				}
+				if err := proc.Stop(); err != nil {
+					t.Errorf("stop: %v", err)
+				}
+				return
+			}
+			select {
+			case <-proc.Exited():
+			case <-time.After(15 * time.Second):
+				t.Fatalf("overlayd kept running without the privilege:\n%s", proc.Output())
+			}
+			var exit *exec.ExitError
+			if err := proc.Stop(); !errors.As(err, &exit) || exit.ExitCode() != tc.wantExit {
+				t.Errorf("exit %v, want status %d", err, tc.wantExit)
+			}
+			if !strings.Contains(proc.Output(), tc.want) {
+				t.Errorf("output %q does not contain %q", proc.Output(), tc.want)
+			}
+		})
+	}
 }

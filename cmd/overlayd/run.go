@@ -158,17 +158,23 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 	}
 	if p.UsesVXLAN {
 		local := netip.AddrPortFrom(me.Address.Addr(), p.VXLANPort)
-		if cfg.VXLAN, err = conn.ListenUDP(local); err != nil {
+		// Assigned only on success: a nil *UDPConn in the interface would
+		// not compare equal to nil.
+		vx, err := conn.ListenUDP(local)
+		if err != nil {
 			closeAll()
 			return fmt.Errorf("opening the VXLAN socket: %w", err)
 		}
+		cfg.VXLAN = vx
 		d.log.Info("VXLAN socket open", "local", local, "vni", p.VNI)
 	}
 	if p.UsesIPIP {
-		if cfg.IPIP, err = conn.ListenIPIP(me.Address.Addr()); err != nil {
+		ipip, err := conn.ListenIPIP(me.Address.Addr())
+		if err != nil {
 			closeAll()
 			return fmt.Errorf("opening the IP-in-IP socket: %w", err)
 		}
+		cfg.IPIP = ipip
 		d.log.Info("IP-in-IP socket open", "local", me.Address.Addr())
 	}
 	if err := d.routes.ConfigureLink(d.device, p.TunnelMTU, p.TunnelAddr); err != nil {

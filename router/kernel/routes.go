@@ -276,7 +276,12 @@ func (k *Routes) fromNetlink(nr netlink.Route) Route {
 
 // same reports whether an existing route already does what nr asks.
 func (k *Routes) same(old netlink.Route, nr *netlink.Route) bool {
-	if old.Type != nr.Type || !old.Gw.Equal(nr.Gw) || !old.Src.Equal(nr.Src) {
+	// The kernel reports a unicast route's type, which a new route leaves 0.
+	typ := nr.Type
+	if typ == 0 {
+		typ = unix.RTN_UNICAST
+	}
+	if old.Type != typ || !old.Gw.Equal(nr.Gw) || !old.Src.Equal(nr.Src) {
 		return false
 	}
 	// A via route without a device takes the one the kernel chose.
