@@ -32,10 +32,11 @@ func main() {
 	bin := flag.String("overlayd", "bin/overlayd", "the overlayd binary")
 	file := flag.String("config", "examples/vxlan-cross-subnet.toml", "the cluster file every node runs")
 	size := flag.Int("bytes", 50<<20, "bytes each TCP transfer moves each way")
+	iperfSeconds := flag.Int("iperf3", 0, "also measure single-stream TCP with iperf3 for this many seconds (0: no)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *bin, *file, *size); err != nil {
+	if err := run(ctx, *bin, *file, *size, *iperfSeconds); err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		os.Exit(1)
 	}
@@ -45,7 +46,7 @@ func step(format string, args ...any) {
 	fmt.Printf("\n==> "+format+"\n", args...)
 }
 
-func run(ctx context.Context, bin, file string, size int) error {
+func run(ctx context.Context, bin, file string, size, iperfSeconds int) error {
 	start := time.Now()
 	bin, err := filepath.Abs(bin)
 	if err != nil {
@@ -127,6 +128,13 @@ func run(ctx context.Context, bin, file string, size int) error {
 			return fmt.Errorf("TCP transfer: %w", err)
 		}
 		fmt.Printf("    TCP: %v, content checked\n", res)
+		if iperfSeconds > 0 {
+			rate, err := iperf3(ctx, workloads["node-a"], workloads[peer], addrs[peer], iperfSeconds)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("    iperf3, one TCP stream, %d s: %s\n", iperfSeconds, rate)
+		}
 	}
 	pkts := capture.Stop()
 
@@ -209,4 +217,32 @@ func onTheWire(pkts []gopacket.Packet, a, b netip.Addr) (map[string]int, string)
 		}
 	}
 	return kinds, sample
+}
+
+// iperf3 runs one iperf3 TCP stream from client to server and returns the
+// receiver's rate.
+func iperf3(ctx context.Context, client, server *testbed.Host, addr netip.Addr, seconds int) (string, error) {
+	srv, err := server.Start("iperf3", "-s", "-1", "-B", addr.String())
+	if err != nil {
+		return "", err
+	}
+	defer srv.Stop()
+	time.Sleep(300 * time.Millisecond)
+	cctx, cancel := context.WithTimeout(ctx, time.Duration(seconds+20)*time.Second)
+	defer cancel()
+	out, err := client.Run(cctx, "iperf3", "-c", addr.String(), "-t", fmt.Sprint(seconds), "-f", "g")
+	if err != nil {
+		return "", fmt.Errorf("iperf3: %w", err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, "receiver") {
+			f := strings.Fields(line)
+			for i, w := range f {
+				if w == "Gbits/sec" && i > 0 {
+					return f[i-1] + " Gbit/s", nil
+				}
+			}
+		}
+	}
+	return "", fmt.Errorf("iperf3 printed no receiver rate:\n%s", out)
 }
