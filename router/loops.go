@@ -99,7 +99,7 @@ func (r *Router) tunLoop() error {
 			}
 			switch d.encap {
 			case plan.EncapVXLAN:
-				if r.vxlan == nil {
+				if tb.transports[plan.EncapVXLAN] == nil {
 					t.drops[DropNoTransport]++
 					continue
 				}
@@ -108,7 +108,7 @@ func (r *Router) tunLoop() error {
 				t.txPackets[plan.EncapVXLAN]++
 				t.txBytes[plan.EncapVXLAN] += uint64(len(out) + outerIPUDP)
 			case plan.EncapIPIP:
-				if r.ipip == nil {
+				if tb.transports[plan.EncapIPIP] == nil {
 					t.drops[DropNoTransport]++
 					continue
 				}
@@ -119,10 +119,10 @@ func (r *Router) tunLoop() error {
 			}
 		}
 		if len(vxlanMsgs) > 0 {
-			r.send(r.vxlan, vxlanMsgs, &t)
+			r.send(tb.transports[plan.EncapVXLAN], vxlanMsgs, &t)
 		}
 		if len(ipipMsgs) > 0 {
-			r.send(r.ipip, ipipMsgs, &t)
+			r.send(tb.transports[plan.EncapIPIP], ipipMsgs, &t)
 		}
 		if len(replies.bufs) > 0 {
 			if _, err := r.tun.Write(replies.bufs, encap.Headroom); err != nil && !isClosed(err) {

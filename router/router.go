@@ -46,14 +46,21 @@ type Config struct {
 // Router moves packets between the TUN device and the underlay.
 type Router struct {
 	tun   tun.Device
-	vxlan Transport
-	ipip  Transport
 	log   *slog.Logger
 	table atomic.Pointer[table]
 	stats counters
 	// bufSize is each data-path buffer's size: a TUN with offloads can hand
 	// over and coalesce up to 64 KiB packets.
 	bufSize int
+
+	// mu guards the transports and the loops' lifecycle; it is taken when
+	// the plan changes or the router stops, never per packet.
+	mu         sync.Mutex
+	transports [numEncaps]Transport
+	running    bool
+	stopped    bool
+	loops      sync.WaitGroup
+	loopFailed func(name string, err error)
 }
 
 // New makes a router; Run starts it.
@@ -61,24 +68,56 @@ func New(cfg Config) (*Router, error) {
 	if cfg.Plan == nil || cfg.TUN == nil {
 		return nil, errors.New("router: a plan and a TUN device are required")
 	}
-	if cfg.Plan.UsesVXLAN && cfg.VXLAN == nil {
-		return nil, errors.New("router: the plan uses VXLAN but no VXLAN transport was given")
-	}
-	if cfg.Plan.UsesIPIP && cfg.IPIP == nil {
-		return nil, errors.New("router: the plan uses IP-in-IP but no IP-in-IP transport was given")
-	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Router{tun: cfg.TUN, vxlan: cfg.VXLAN, ipip: cfg.IPIP, log: log, bufSize: encap.Headroom + 65535}
-	r.table.Store(newTable(cfg.Plan))
+	r := &Router{tun: cfg.TUN, log: log, bufSize: encap.Headroom + 65535}
+	if err := r.Update(cfg.Plan, cfg.VXLAN, cfg.IPIP); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 
-// SetPlan swaps in a new plan; the loops use it from their next batch on.
-func (r *Router) SetPlan(p *plan.Plan) {
-	r.table.Store(newTable(p))
+// Update swaps in a new plan, which the loops use from their next batch on.
+// A transport the router did not have yet is added (its receive loop starts
+// if the router runs); transports are never taken away, so packets in an
+// encapsulation the new plan no longer sends are still received: a mode
+// switch does not cut connections. nil leaves a transport as it is.
+func (r *Router) Update(p *plan.Plan, vxlan, ipip Transport) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopped {
+		return errors.New("router: stopped")
+	}
+	for _, add := range []struct {
+		kind plan.Encap
+		tr   Transport
+	}{{plan.EncapVXLAN, vxlan}, {plan.EncapIPIP, ipip}} {
+		if add.tr == nil || r.transports[add.kind] != nil {
+			continue
+		}
+		r.transports[add.kind] = add.tr
+		if r.running {
+			r.startUnderlayLoop(add.kind)
+		}
+	}
+	if p.UsesVXLAN && r.transports[plan.EncapVXLAN] == nil {
+		return errors.New("router: the plan uses VXLAN but there is no VXLAN transport")
+	}
+	if p.UsesIPIP && r.transports[plan.EncapIPIP] == nil {
+		return errors.New("router: the plan uses IP-in-IP but there is no IP-in-IP transport")
+	}
+	r.table.Store(newTable(p, r.transports))
+	return nil
+}
+
+// HasTransport reports whether the router has the transport for an
+// encapsulation.
+func (r *Router) HasTransport(e plan.Encap) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.transports[e] != nil
 }
 
 // Plan returns the plan in use.
@@ -87,42 +126,61 @@ func (r *Router) Plan() *plan.Plan { return r.table.Load().plan }
 // Stats returns a snapshot of the counters.
 func (r *Router) Stats() Stats { return r.stats.snapshot() }
 
+// startUnderlayLoop runs the receive loop of a transport; r.mu is held.
+func (r *Router) startUnderlayLoop(kind plan.Encap) {
+	tr := r.transports[kind]
+	r.loops.Go(func() {
+		if err := r.underlayLoop(tr, kind); err != nil && !isClosed(err) {
+			r.loopFailed(kind.String(), err)
+		}
+	})
+}
+
 // Run runs the loops until ctx is done or one fails, then closes the TUN and
 // the transports so every loop returns, and reports the first failure.
 func (r *Router) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var (
-		wg      sync.WaitGroup
 		errOnce sync.Once
 		first   error
 	)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	start := func(name string, loop func() error) {
-		wg.Go(func() {
-			err := loop()
-			if err != nil && ctx.Err() == nil && !isClosed(err) {
-				errOnce.Do(func() { first = fmt.Errorf("%s loop: %w", name, err) })
-			}
-			cancel()
-		})
+	r.mu.Lock()
+	if r.running || r.stopped {
+		r.mu.Unlock()
+		return errors.New("router: Run called twice")
 	}
-	start("tun", r.tunLoop)
-	if r.vxlan != nil {
-		start("vxlan", func() error { return r.underlayLoop(r.vxlan, plan.EncapVXLAN) })
+	r.running = true
+	r.loopFailed = func(name string, err error) {
+		if ctx.Err() == nil {
+			errOnce.Do(func() { first = fmt.Errorf("%s loop: %w", name, err) })
+		}
+		cancel()
 	}
-	if r.ipip != nil {
-		start("ipip", func() error { return r.underlayLoop(r.ipip, plan.EncapIPIP) })
+	r.loops.Go(func() {
+		if err := r.tunLoop(); err != nil && !isClosed(err) {
+			r.loopFailed("tun", err)
+		}
+	})
+	for kind, tr := range r.transports {
+		if tr != nil {
+			r.startUnderlayLoop(plan.Encap(kind))
+		}
 	}
+	r.mu.Unlock()
+
 	<-ctx.Done()
 	// Closing the devices is what unblocks loops waiting in a read.
+	r.mu.Lock()
+	r.stopped = true
 	r.tun.Close()
-	if r.vxlan != nil {
-		r.vxlan.Close()
+	for _, tr := range r.transports {
+		if tr != nil {
+			tr.Close()
+		}
 	}
-	if r.ipip != nil {
-		r.ipip.Close()
-	}
-	wg.Wait()
+	r.mu.Unlock()
+	r.loops.Wait()
 	return first
 }
 

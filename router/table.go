@@ -49,15 +49,18 @@ type table struct {
 	tunnelAddr [4]byte // zero when the node has none
 	vtepMAC    [6]byte
 	mtu        int
+	// transports are the router's, by encapsulation (nil: not open).
+	transports [numEncaps]Transport
 }
 
-func newTable(p *plan.Plan) *table {
+func newTable(p *plan.Plan, transports [numEncaps]Transport) *table {
 	t := &table{
-		plan:   p,
-		dests:  new(bart.Fast[*dest]),
-		byAddr: new(bart.Fast[*peer]),
-		self:   p.Address.Addr().As4(),
-		mtu:    p.TunnelMTU,
+		plan:       p,
+		transports: transports,
+		dests:      new(bart.Fast[*dest]),
+		byAddr:     new(bart.Fast[*peer]),
+		self:       p.Address.Addr().As4(),
+		mtu:        p.TunnelMTU,
 	}
 	if p.TunnelAddr.IsValid() {
 		t.tunnelAddr = p.TunnelAddr.As4()

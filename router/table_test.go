@@ -26,7 +26,7 @@ func examplePlan(t testing.TB, file, node string) *plan.Plan {
 func a4(s string) [4]byte { return netip.MustParseAddr(s).As4() }
 
 func TestTableLookup(t *testing.T) {
-	tb := newTable(examplePlan(t, "two-pools.toml", "node-a"))
+	tb := newTable(examplePlan(t, "two-pools.toml", "node-a"), [numEncaps]Transport{})
 	tests := []struct {
 		name      string
 		dst       string
@@ -101,7 +101,7 @@ func addrsIn(n, count int) [][4]byte {
 }
 
 func TestLookupAllocatesNothing(t *testing.T) {
-	tb := newTable(syntheticPlan(1000))
+	tb := newTable(syntheticPlan(1000), [numEncaps]Transport{})
 	dsts := addrsIn(1000, 64)
 	allocs := testing.AllocsPerRun(100, func() {
 		for _, d := range dsts {
@@ -119,7 +119,7 @@ func TestLookupAllocatesNothing(t *testing.T) {
 func BenchmarkLookup(b *testing.B) {
 	for _, n := range []int{10, 1000, 100000} {
 		b.Run(fmt.Sprintf("routes=%d", n), func(b *testing.B) {
-			tb := newTable(syntheticPlan(n))
+			tb := newTable(syntheticPlan(n), [numEncaps]Transport{})
 			dsts := addrsIn(n, 1024)
 			b.ReportAllocs()
 			b.ResetTimer()

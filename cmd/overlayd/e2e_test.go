@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -642,5 +644,179 @@ func TestE2EMissingPrivilege(t *testing.T) {
 				t.Errorf("output %q does not contain %q", proc.Output(), tc.want)
 			}
 		})
+	}
+}
+
+// streamByte is byte i of the reload test's stream: every byte is checked.
+func streamByte(i int64) byte { return byte(i*7 + i>>9) }
+
+// stream is a TCP connection from one workload to another that keeps
+// sending a known byte stream at a modest rate until stopped; the receiver
+// checks every byte.
+type stream struct {
+	stop     chan struct{}
+	sent     chan int64
+	received chan error
+	got      atomic.Int64
+}
+
+func startStream(t *testing.T, client, server *testbed.Host, addr netip.AddrPort) *stream {
+	t.Helper()
+	s := &stream{stop: make(chan struct{}), sent: make(chan int64, 1), received: make(chan error, 1)}
+	var ln net.Listener
+	if err := server.Do(func() (err error) { ln, err = net.Listen("tcp4", addr.String()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer ln.Close()
+		s.received <- func() error {
+			c, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			buf := make([]byte, 64<<10)
+			var off int64
+			for {
+				n, err := c.Read(buf)
+				for i := range n {
+					if buf[i] != streamByte(off+int64(i)) {
+						return fmt.Errorf("byte %d differs", off+int64(i))
+					}
+				}
+				off += int64(n)
+				s.got.Store(off)
+				if err == io.EOF {
+					return nil
+				}
+				if err != nil {
+					return fmt.Errorf("after %d bytes: %w", off, err)
+				}
+			}
+		}()
+	}()
+	var conn net.Conn
+	if err := client.Do(func() (err error) { conn, err = net.DialTimeout("tcp4", addr.String(), 5*time.Second); return err }); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer conn.Close()
+		buf := make([]byte, 16<<10)
+		var off int64
+		tick := time.NewTicker(5 * time.Millisecond) // ~3 MB/s: a stream, not a flood
+		defer tick.Stop()
+		for {
+			select {
+			case <-s.stop:
+				conn.(*net.TCPConn).CloseWrite()
+				s.sent <- off
+				return
+			case <-tick.C:
+			}
+			for i := range buf {
+				buf[i] = streamByte(off + int64(i))
+			}
+			n, err := conn.Write(buf)
+			off += int64(n)
+			if err != nil {
+				s.sent <- -off
+				return
+			}
+		}
+	}()
+	return s
+}
+
+// TestE2EHitlessModeSwitch: a TCP stream from A to C runs while the pool
+// goes IP-in-IP Always, VXLAN Always, VXLAN CrossSubnet and back, reloaded
+// on each node in turn; the stream never resets and every byte arrives. A
+// file that fails validation is refused on the way, and counted.
+func TestE2EHitlessModeSwitch(t *testing.T) {
+	testbed.Require(t)
+	file := filepath.Join(t.TempDir(), "cluster.toml")
+	const nodesTOML = `
+[[nodes]]
+name = "node-a"
+address = "198.18.1.10/24"
+
+[[nodes]]
+name = "node-b"
+address = "198.18.1.11/24"
+
+[[nodes]]
+name = "node-c"
+address = "198.18.2.10/24"
+`
+	write := func(modes string) {
+		t.Helper()
+		src := "[[pools]]\nname = \"pool\"\ncidr = \"192.168.0.0/16\"\n" + modes + "\n" + nodesTOML
+		if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`ipipMode = "Always"`)
+	c := startCluster(t, file)
+	s := startStream(t, c.workload["node-a"], c.workload["node-c"], netip.AddrPortFrom(c.addr["node-c"], 5010))
+
+	reloadAll := func() {
+		t.Helper()
+		for _, n := range nodeNames {
+			if err := c.procs[n].Signal(syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(700 * time.Millisecond)
+		}
+	}
+	progress := func(step string) {
+		t.Helper()
+		before := s.got.Load()
+		time.Sleep(1 * time.Second)
+		if after := s.got.Load(); after <= before {
+			t.Fatalf("%s: the stream stalled at %d bytes", step, after)
+		}
+		t.Logf("%s: %d bytes so far", step, s.got.Load())
+	}
+	progress("ipip Always")
+	for _, step := range []string{`vxlanMode = "Always"`, `vxlanMode = "CrossSubnet"`, `ipipMode = "Always"`} {
+		write(step)
+		reloadAll()
+		progress(step)
+	}
+
+	// A broken file is refused; the running configuration and the stream stay.
+	write(`ipipMode = "always"`)
+	if err := c.procs["node-a"].Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	progress("bad file")
+	if out := c.procs["node-a"].Output(); !strings.Contains(out, "reload refused") || !strings.Contains(out, file+":4") {
+		t.Errorf("the refused reload is not logged with the file and line:\n%s", out)
+	}
+	m := scrape(t, c.bed.Host("node-a"))
+	if m[`overlayd_config_reloads_total{result="applied"}`] != 3 || m[`overlayd_config_reloads_total{result="refused"}`] != 1 {
+		t.Errorf("reload counters: applied %v, refused %v; want 3 and 1",
+			m[`overlayd_config_reloads_total{result="applied"}`], m[`overlayd_config_reloads_total{result="refused"}`])
+	}
+	for _, e := range []string{"ipip", "vxlan"} {
+		if m[fmt.Sprintf(`overlayd_rx_packets_total{encap=%q}`, e)] == 0 {
+			t.Errorf("node-a received nothing over %s during the switches", e)
+		}
+	}
+
+	close(s.stop)
+	sent := <-s.sent
+	if sent < 0 {
+		t.Fatalf("the sender failed after %d bytes", -sent)
+	}
+	select {
+	case err := <-s.received:
+		if err != nil {
+			t.Fatalf("the stream broke: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the receiver never saw the end of the stream")
+	}
+	if got := s.got.Load(); got != sent {
+		t.Errorf("received %d bytes of %d", got, sent)
 	}
 }

@@ -146,42 +146,24 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 	}
 	d.log.Info("TUN device created", "device", d.device, "mtu", p.TunnelMTU, "batch", dev.BatchSize(), "underlay", underlayDev, "underlayMTU", d.underlayMTU)
 
-	cfg := router.Config{Plan: p, TUN: dev, Logger: d.log}
+	vx, ipip, err := d.openTransports(p, nil)
+	if err != nil {
+		dev.Close()
+		return err
+	}
 	closeAll := func() {
 		dev.Close()
-		if cfg.VXLAN != nil {
-			cfg.VXLAN.Close()
+		for _, tr := range []router.Transport{vx, ipip} {
+			if tr != nil {
+				tr.Close()
+			}
 		}
-		if cfg.IPIP != nil {
-			cfg.IPIP.Close()
-		}
-	}
-	if p.UsesVXLAN {
-		local := netip.AddrPortFrom(me.Address.Addr(), p.VXLANPort)
-		// Assigned only on success: a nil *UDPConn in the interface would
-		// not compare equal to nil.
-		vx, err := conn.ListenUDP(local)
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("opening the VXLAN socket: %w", err)
-		}
-		cfg.VXLAN = vx
-		d.log.Info("VXLAN socket open", "local", local, "vni", p.VNI)
-	}
-	if p.UsesIPIP {
-		ipip, err := conn.ListenIPIP(me.Address.Addr())
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("opening the IP-in-IP socket: %w", err)
-		}
-		cfg.IPIP = ipip
-		d.log.Info("IP-in-IP socket open", "local", me.Address.Addr())
 	}
 	if err := d.routes.ConfigureLink(d.device, p.TunnelMTU, p.TunnelAddr); err != nil {
 		closeAll()
 		return err
 	}
-	if d.router, err = router.New(cfg); err != nil {
+	if d.router, err = router.New(router.Config{Plan: p, TUN: dev, VXLAN: vx, IPIP: ipip, Logger: d.log}); err != nil {
 		closeAll()
 		return err
 	}
@@ -216,6 +198,35 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 	s := d.router.Stats()
 	d.log.Info("overlayd stopping", "txPackets", s.TxPackets, "rxPackets", s.RxPackets)
 	return err
+}
+
+// openTransports opens the sockets plan p needs that the router does not
+// have yet (r nil: at start, it has none). Failures name what is missing.
+func (d *daemon) openTransports(p *plan.Plan, r *router.Router) (vx, ipip router.Transport, err error) {
+	me := p.Address.Addr()
+	if p.UsesVXLAN && (r == nil || !r.HasTransport(plan.EncapVXLAN)) {
+		local := netip.AddrPortFrom(me, p.VXLANPort)
+		// Assigned only on success: a nil *UDPConn in the interface would
+		// not compare equal to nil.
+		c, err := conn.ListenUDP(local)
+		if err != nil {
+			return nil, nil, fmt.Errorf("opening the VXLAN socket: %w", err)
+		}
+		vx = c
+		d.log.Info("VXLAN socket open", "local", local, "vni", p.VNI)
+	}
+	if p.UsesIPIP && (r == nil || !r.HasTransport(plan.EncapIPIP)) {
+		c, err := conn.ListenIPIP(me)
+		if err != nil {
+			if vx != nil {
+				vx.Close()
+			}
+			return nil, nil, fmt.Errorf("opening the IP-in-IP socket: %w", err)
+		}
+		ipip = c
+		d.log.Info("IP-in-IP socket open", "local", me)
+	}
+	return vx, ipip, nil
 }
 
 // applyRoutes makes the kernel's routes those of plan p, by difference.
@@ -263,7 +274,18 @@ func (d *daemon) reload() error {
 	if err != nil {
 		return refuse(err)
 	}
-	d.router.SetPlan(p)
+	// A new encapsulation needs its socket before any packet uses it; the
+	// old sockets stay open, so the receive side keeps accepting them.
+	vx, ipip, err := d.openTransports(p, d.router)
+	if err != nil {
+		return refuse(err)
+	}
+	if err := d.router.Update(p, vx, ipip); err != nil {
+		return refuse(err)
+	}
+	if err := d.routes.ConfigureLink(d.device, p.TunnelMTU, p.TunnelAddr); err != nil {
+		d.log.Error("reconfiguring the TUN device", "err", err)
+	}
 	d.applyRoutes(p)
 	d.reloads.Add(1)
 	d.log.Info("reload applied", "config", d.configPath, "remoteBlocks", len(p.Routes))
@@ -291,9 +313,28 @@ func (d *daemon) status() statusReply {
 	return s
 }
 
+// reloadCollector exposes the reload counters the daemon keeps.
+func (d *daemon) reloadCollector() prometheus.Collector {
+	desc := prometheus.NewDesc("overlayd_config_reloads_total",
+		"Reloads of the cluster file, by result (applied, refused).", []string{"result"}, nil)
+	return collectorFunc{desc: desc, collect: func(ch chan<- prometheus.Metric) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(d.reloads.Load()), "applied")
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(d.failedReloads.Load()), "refused")
+	}}
+}
+
+// collectorFunc is a one-metric prometheus.Collector.
+type collectorFunc struct {
+	desc    *prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
+
 func (d *daemon) serveMetrics(listen string) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(router.NewCollector(d.router))
+	reg.MustRegister(router.NewCollector(d.router), d.reloadCollector())
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	d.adminHandlers(mux)
