@@ -130,7 +130,9 @@ func (r *Router) Stats() Stats { return r.stats.snapshot() }
 func (r *Router) startUnderlayLoop(kind plan.Encap) {
 	tr := r.transports[kind]
 	r.loops.Go(func() {
-		if err := r.underlayLoop(tr, kind); err != nil && !isClosed(err) {
+		// The loop returns only on an error; closing the socket is the
+		// normal way to stop it.
+		if err := r.underlayLoop(tr, kind); !isClosed(err) {
 			r.loopFailed(kind.String(), err)
 		}
 	})
@@ -158,7 +160,7 @@ func (r *Router) Run(ctx context.Context) error {
 		cancel()
 	}
 	r.loops.Go(func() {
-		if err := r.tunLoop(); err != nil && !isClosed(err) {
+		if err := r.tunLoop(); !isClosed(err) {
 			r.loopFailed("tun", err)
 		}
 	})
