@@ -1,6 +1,8 @@
 package router
 
 import (
+	"time"
+
 	"github.com/overlayd/overlayd/conn"
 	"github.com/overlayd/overlayd/encap"
 	"github.com/overlayd/overlayd/router/plan"
@@ -57,6 +59,8 @@ func (r *Router) tunLoop() error {
 				r.log.Warn("reading from the TUN device failed", "err", err)
 			}
 			readErr = err
+			t.ioErrors[errTUNRead]++
+			r.stats.flush(&t)
 			continue
 		}
 		readErr = nil
@@ -107,6 +111,7 @@ func (r *Router) tunLoop() error {
 				vxlanMsgs = append(vxlanMsgs, conn.Message{Buf: out, Addr: d.peer.addr, Port: tb.plan.VXLANPort})
 				t.txPackets[plan.EncapVXLAN]++
 				t.txBytes[plan.EncapVXLAN] += uint64(len(out) + outerIPUDP)
+				d.peer.countTx(len(out) + outerIPUDP)
 			case plan.EncapIPIP:
 				if tb.transports[plan.EncapIPIP] == nil {
 					t.drops[DropNoTransport]++
@@ -116,6 +121,7 @@ func (r *Router) tunLoop() error {
 				ipipMsgs = append(ipipMsgs, conn.Message{Buf: out, Addr: d.peer.addr})
 				t.txPackets[plan.EncapIPIP]++
 				t.txBytes[plan.EncapIPIP] += uint64(len(out))
+				d.peer.countTx(len(out))
 			}
 		}
 		if len(vxlanMsgs) > 0 {
@@ -126,7 +132,8 @@ func (r *Router) tunLoop() error {
 		}
 		if len(replies.bufs) > 0 {
 			if _, err := r.tun.Write(replies.bufs, encap.Headroom); err != nil && !isClosed(err) {
-				r.log.Warn("writing ICMP replies to the TUN device failed", "err", err)
+				t.ioErrors[errTUNWrite]++
+				r.log.Debug("writing ICMP replies to the TUN device failed", "err", err)
 			}
 		}
 		r.stats.flush(&t)
@@ -157,8 +164,25 @@ func (q *replyQueue) add(msg []byte) bool {
 func (r *Router) send(tr Transport, msgs []conn.Message, t *tally) {
 	sent, err := tr.WriteBatch(msgs)
 	if err != nil && !isClosed(err) {
+		t.ioErrors[errSocketWrite]++
 		t.drops[DropSendError] += uint64(len(msgs) - sent)
 		r.log.Debug("underlay send failed", "err", err, "unsent", len(msgs)-sent)
+	}
+}
+
+// countTx and countRx count a peer's traffic; a peer of a table not built
+// by a router (tests) has no counters.
+func (p *peer) countTx(bytes int) {
+	if c := p.counters; c != nil {
+		c.txPackets.Add(1)
+		c.txBytes.Add(uint64(bytes))
+	}
+}
+
+func (p *peer) countRx(bytes int) {
+	if c := p.counters; c != nil {
+		c.rxPackets.Add(1)
+		c.rxBytes.Add(uint64(bytes))
 	}
 }
 
@@ -197,7 +221,17 @@ func (r *Router) underlayLoop(tr Transport, kind plan.Encap) error {
 		}
 		n, err := tr.ReadBatch(msgs)
 		if err != nil {
-			return err
+			if isClosed(err) {
+				return err
+			}
+			// A transient socket error (a pending ICMP error, memory
+			// pressure) costs this read, not the loop; a persistent one is
+			// logged and paced rather than spun on.
+			t.ioErrors[errSocketRead]++
+			r.stats.flush(&t)
+			r.log.Warn("receiving from the underlay failed", "encap", kind, "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
 		}
 		tb := r.table.Load()
 		out, arpMsgs = out[:0], arpMsgs[:0]
@@ -242,8 +276,15 @@ func (r *Router) underlayLoop(tr Transport, kind plan.Encap) error {
 				t.drops[DropSpoofedSource]++
 				continue
 			}
+			// Bytes on the wire, as for sending: the UDP socket took off
+			// the outer IPv4 and UDP headers, the raw socket did not.
+			wire := m.N
+			if kind == plan.EncapVXLAN {
+				wire += outerIPUDP
+			}
 			t.rxPackets[kind]++
-			t.rxBytes[kind] += uint64(m.N)
+			t.rxBytes[kind] += uint64(wire)
+			p.countRx(wire)
 			out = append(out, in.Bufs[i][:encap.Headroom+len(inner)])
 		}
 		if len(out) > 0 {
@@ -251,6 +292,7 @@ func (r *Router) underlayLoop(tr Transport, kind plan.Encap) error {
 				if isClosed(err) {
 					return err
 				}
+				t.ioErrors[errTUNWrite]++
 				r.log.Debug("writing to the TUN device failed", "err", err)
 			}
 		}

@@ -2,6 +2,8 @@ package router
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/overlayd/overlayd/router/plan"
 )
 
 // Collector exposes the router's counters to Prometheus. It reads them at
@@ -11,6 +13,8 @@ type Collector struct {
 	txPackets, txBytes             *prometheus.Desc
 	rxPackets, rxBytes             *prometheus.Desc
 	drops, arpReplies, icmpReplies *prometheus.Desc
+	overhead, routes, ioErrors     *prometheus.Desc
+	peerPackets, peerBytes         *prometheus.Desc
 }
 
 // NewCollector makes the router's Prometheus collector.
@@ -24,19 +28,30 @@ func NewCollector(r *Router) *Collector {
 		rxPackets: prometheus.NewDesc("overlayd_rx_packets_total",
 			"Packets received from other nodes and delivered, by encapsulation.", []string{"encap"}, nil),
 		rxBytes: prometheus.NewDesc("overlayd_rx_bytes_total",
-			"Bytes received from other nodes and delivered (as received, encapsulation headers included), by encapsulation.", []string{"encap"}, nil),
+			"Bytes received from other nodes and delivered, on the wire (outer headers included), by encapsulation.", []string{"encap"}, nil),
 		drops: prometheus.NewDesc("overlayd_drops_total",
 			"Packets dropped, by reason.", []string{"reason"}, nil),
 		arpReplies: prometheus.NewDesc("overlayd_vxlan_arp_replies_total",
 			"ARP requests for this node's VTEP address answered inside VXLAN.", nil, nil),
 		icmpReplies: prometheus.NewDesc("overlayd_icmp_errors_sent_total",
 			"ICMP errors (fragmentation needed, unreachable) sent back to senders.", nil, nil),
+		overhead: prometheus.NewDesc("overlayd_encap_overhead_bytes_total",
+			"Bytes of outer headers put on the wire by encapsulation (IP-in-IP 20, VXLAN 50 per packet).", []string{"encap"}, nil),
+		routes: prometheus.NewDesc("overlayd_routes",
+			"Remote blocks in the running plan, by how they are reached.", []string{"encap"}, nil),
+		ioErrors: prometheus.NewDesc("overlayd_io_errors_total",
+			"Failed TUN and underlay socket calls on the data path, by call.", []string{"op"}, nil),
+		peerPackets: prometheus.NewDesc("overlayd_peer_packets_total",
+			"Encapsulated packets exchanged with each node, by direction.", []string{"peer", "direction"}, nil),
+		peerBytes: prometheus.NewDesc("overlayd_peer_bytes_total",
+			"Encapsulated bytes on the wire exchanged with each node, by direction.", []string{"peer", "direction"}, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.txPackets, c.txBytes, c.rxPackets, c.rxBytes, c.drops, c.arpReplies, c.icmpReplies} {
+	for _, d := range []*prometheus.Desc{c.txPackets, c.txBytes, c.rxPackets, c.rxBytes, c.drops, c.arpReplies,
+		c.icmpReplies, c.overhead, c.routes, c.ioErrors, c.peerPackets, c.peerBytes} {
 		ch <- d
 	}
 }
@@ -47,10 +62,33 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, e := range []struct {
 		desc *prometheus.Desc
 		vals map[string]uint64
-	}{{c.txPackets, s.TxPackets}, {c.txBytes, s.TxBytes}, {c.rxPackets, s.RxPackets}, {c.rxBytes, s.RxBytes}, {c.drops, s.Drops}} {
+	}{{c.txPackets, s.TxPackets}, {c.txBytes, s.TxBytes}, {c.rxPackets, s.RxPackets}, {c.rxBytes, s.RxBytes},
+		{c.drops, s.Drops}, {c.ioErrors, s.IOErrors}} {
 		for label, v := range e.vals {
 			ch <- prometheus.MustNewConstMetric(e.desc, prometheus.CounterValue, float64(v), label)
 		}
+	}
+	p := c.r.Plan()
+	routes := map[string]int{}
+	for e := range numEncaps {
+		enc := plan.Encap(e)
+		routes[enc.String()] = 0
+		// Every packet of an encapsulation carries the same outer headers,
+		// so the overhead follows from the packet counts.
+		ch <- prometheus.MustNewConstMetric(c.overhead, prometheus.CounterValue,
+			float64((s.TxPackets[enc.String()]+s.RxPackets[enc.String()])*uint64(enc.Overhead())), enc.String())
+	}
+	for _, r := range p.Routes {
+		routes[r.Encap.String()]++
+	}
+	for e, n := range routes {
+		ch <- prometheus.MustNewConstMetric(c.routes, prometheus.GaugeValue, float64(n), e)
+	}
+	for name, ps := range s.Peers {
+		ch <- prometheus.MustNewConstMetric(c.peerPackets, prometheus.CounterValue, float64(ps.TxPackets), name, "tx")
+		ch <- prometheus.MustNewConstMetric(c.peerPackets, prometheus.CounterValue, float64(ps.RxPackets), name, "rx")
+		ch <- prometheus.MustNewConstMetric(c.peerBytes, prometheus.CounterValue, float64(ps.TxBytes), name, "tx")
+		ch <- prometheus.MustNewConstMetric(c.peerBytes, prometheus.CounterValue, float64(ps.RxBytes), name, "rx")
 	}
 	ch <- prometheus.MustNewConstMetric(c.arpReplies, prometheus.CounterValue, float64(s.ARPReplies))
 	ch <- prometheus.MustNewConstMetric(c.icmpReplies, prometheus.CounterValue, float64(s.ICMPSent))

@@ -57,6 +57,7 @@ type Router struct {
 	// the plan changes or the router stops, never per packet.
 	mu         sync.Mutex
 	transports [numEncaps]Transport
+	peerStats  map[string]*peerCounters // by node name, kept across plans
 	running    bool
 	stopped    bool
 	loops      sync.WaitGroup
@@ -108,7 +109,17 @@ func (r *Router) Update(p *plan.Plan, vxlan, ipip Transport) error {
 	if p.UsesIPIP && r.transports[plan.EncapIPIP] == nil {
 		return errors.New("router: the plan uses IP-in-IP but there is no IP-in-IP transport")
 	}
-	r.table.Store(newTable(p, r.transports))
+	if r.peerStats == nil {
+		r.peerStats = map[string]*peerCounters{}
+	}
+	t := newTable(p, r.transports)
+	for _, pe := range t.peers {
+		if r.peerStats[pe.name] == nil {
+			r.peerStats[pe.name] = new(peerCounters)
+		}
+		pe.counters = r.peerStats[pe.name]
+	}
+	r.table.Store(t)
 	return nil
 }
 
@@ -124,7 +135,16 @@ func (r *Router) HasTransport(e plan.Encap) bool {
 func (r *Router) Plan() *plan.Plan { return r.table.Load().plan }
 
 // Stats returns a snapshot of the counters.
-func (r *Router) Stats() Stats { return r.stats.snapshot() }
+func (r *Router) Stats() Stats {
+	s := r.stats.snapshot()
+	s.Peers = map[string]PeerStats{}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name, c := range r.peerStats {
+		s.Peers[name] = PeerStats{c.txPackets.Load(), c.txBytes.Load(), c.rxPackets.Load(), c.rxBytes.Load()}
+	}
+	return s
+}
 
 // startUnderlayLoop runs the receive loop of a transport; r.mu is held.
 func (r *Router) startUnderlayLoop(kind plan.Encap) {

@@ -76,6 +76,31 @@ type tally struct {
 	drops              [numDrops]uint64
 	arpReplies         uint64
 	icmpSent           uint64
+	ioErrors           [numIOErrors]uint64
+}
+
+// ioError is a failing system call on the data path.
+type ioError uint8
+
+const (
+	errTUNRead ioError = iota
+	errTUNWrite
+	errSocketRead
+	errSocketWrite
+	numIOErrors
+)
+
+func (e ioError) String() string {
+	return [...]string{"tun_read", "tun_write", "socket_read", "socket_write"}[e]
+}
+
+// peerCounters count one peer's traffic. They are kept by node name across
+// plan changes, and each is written by one loop per direction, so atomic
+// adds on them do not contend.
+type peerCounters struct {
+	txPackets, txBytes atomic.Uint64
+	_                  [48]byte // keep the receive loop's counters off the send loop's cache line
+	rxPackets, rxBytes atomic.Uint64
 }
 
 // counters are the router's totals since start, read by metrics and tests.
@@ -86,6 +111,7 @@ type counters struct {
 	drops              [numDrops]atomic.Uint64
 	arpReplies         atomic.Uint64
 	icmpSent           atomic.Uint64
+	ioErrors           [numIOErrors]atomic.Uint64
 }
 
 func addAll(dst []atomic.Uint64, src []uint64) {
@@ -104,6 +130,7 @@ func (c *counters) flush(t *tally) {
 	addAll(c.rxBytes[:], t.rxBytes[:])
 	addAll(c.decapDrops[:], t.decapDrops[:])
 	addAll(c.drops[:], t.drops[:])
+	addAll(c.ioErrors[:], t.ioErrors[:])
 	if t.arpReplies != 0 {
 		c.arpReplies.Add(t.arpReplies)
 	}
@@ -122,6 +149,16 @@ type Stats struct {
 	Drops      map[string]uint64
 	ARPReplies uint64
 	ICMPSent   uint64
+	// IOErrors by the call that failed: tun_read, tun_write, socket_read,
+	// socket_write.
+	IOErrors map[string]uint64
+	// Peers: packets and bytes to and from each node, by name.
+	Peers map[string]PeerStats
+}
+
+// PeerStats is one peer's traffic.
+type PeerStats struct {
+	TxPackets, TxBytes, RxPackets, RxBytes uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -129,6 +166,7 @@ func (c *counters) snapshot() Stats {
 		TxPackets: map[string]uint64{}, TxBytes: map[string]uint64{},
 		RxPackets: map[string]uint64{}, RxBytes: map[string]uint64{},
 		Drops:      map[string]uint64{},
+		IOErrors:   map[string]uint64{},
 		ARPReplies: c.arpReplies.Load(),
 		ICMPSent:   c.icmpSent.Load(),
 	}
@@ -144,6 +182,9 @@ func (c *counters) snapshot() Stats {
 	}
 	for d := range numDrops {
 		s.Drops[d.String()] = c.drops[d].Load()
+	}
+	for e := range numIOErrors {
+		s.IOErrors[e.String()] = c.ioErrors[e].Load()
 	}
 	return s
 }

@@ -33,6 +33,7 @@ type peer struct {
 	mac   [6]byte
 	// tunnelAddr is the node's tunnel address, zero if it has none.
 	tunnelAddr [4]byte
+	counters   *peerCounters
 }
 
 // table is an immutable snapshot of the routing decisions of one plan. A new
