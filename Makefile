@@ -6,7 +6,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 STATICCHECK := $(shell $(GO) env GOPATH)/bin/staticcheck
 
-.PHONY: all build test test-unit vet lint deps demo fuzz clean
+.PHONY: all build test vet lint deps demo bench bench-micro clean
 
 all: build
 
@@ -14,7 +14,7 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/overlayd
 
 deps:
-	@scripts/deps.sh ip:iproute2 ping:iputils-ping
+	@scripts/deps.sh ip:iproute2 ping:iputils-ping iperf3:iperf3
 
 vet:
 	$(GO) vet $(PKGS)
@@ -34,6 +34,24 @@ lint: vet
 # what crossed the wire, and a teardown. Needs root.
 demo: deps build
 	$(GO) run ./examples/demo --overlayd $(BIN) --config examples/vxlan-cross-subnet.toml
+
+# The encapsulation overhead harness (root): every mode on the standard bed,
+# table on stdout, Markdown, JSON and SVG in bench/results/. QUICK=1 runs one
+# short pass. wireguard-go is built from the Go module proxy at the version
+# go.mod pins.
+bench: build
+	@scripts/deps.sh ip:iproute2 iperf3:iperf3 wg:wireguard-tools ss:iproute2
+	$(GO) build -o bin/wireguard-go golang.zx2c4.com/wireguard
+	$(GO) run ./bench --overlayd $(BIN) --wireguard-go bin/wireguard-go $(if $(QUICK),--quick)
+
+# Go microbenchmarks of the per-packet path, five runs each, summarised by
+# benchstat (installed with go install if missing).
+BENCHSTAT := $(shell $(GO) env GOPATH)/bin/benchstat
+bench-micro:
+	@test -x $(BENCHSTAT) || $(GO) install golang.org/x/perf/cmd/benchstat@latest
+	@mkdir -p bench/results
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./encap/ ./router/ ./conn/ | tee bench/results/micro.txt
+	$(BENCHSTAT) bench/results/micro.txt
 
 clean:
 	rm -rf bin

@@ -135,3 +135,7 @@ func (p *Process) terminate() {
 
 // String names the process and its host.
 func (p *Process) String() string { return fmt.Sprintf("%s on %s", p.name, p.Host.Name) }
+
+// Pid is the process's ID (`ip netns exec` execs the command in place, so
+// it is the command's own), for reading its /proc entries.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }

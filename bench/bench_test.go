@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/overlayd/overlayd/internal/testbed"
+)
+
+// TestQuickPass runs the harness's quick pass on the real bed: every mode
+// that can run here must produce its figures, and the reports must be
+// written and readable.
+func TestQuickPass(t *testing.T) {
+	testbed.Require(t)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		t.Skip("bench: skipping, iperf3 is not installed (make deps installs it)")
+	}
+	dir := t.TempDir()
+	e := &env{overlayd: filepath.Join(dir, "overlayd")}
+	if out, err := exec.Command("go", "build", "-o", e.overlayd, "../cmd/overlayd").CombinedOutput(); err != nil {
+		t.Fatalf("building overlayd: %v\n%s", err, out)
+	}
+	examples, err := filepath.Abs("../examples")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.examples = examples
+	// wireguard-go is measured by make bench; here its absence must be
+	// reported, not hidden.
+	p := plan{tcpSeconds: 1, repeats: 1, udpSeconds: 1, pingSamples: 50}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	var results []result
+	for _, m := range modes() {
+		r := runMode(ctx, e, m, p, time.Now())
+		results = append(results, r)
+		var nm errNotMeasured
+		if errors.As(errorOf(m, e), &nm) {
+			if r.Skipped == "" {
+				t.Errorf("%s: should say why it was not measured", m.Name)
+			}
+			continue
+		}
+		if r.Skipped != "" || r.TCP1Gbps <= 0 || r.TCP4Gbps <= 0 || r.UDPkpps <= 0 || r.RTTp50us <= 0 || r.CPUPerGB <= 0 {
+			t.Errorf("%s: incomplete figures %+v", m.Name, r)
+		}
+	}
+	files, err := writeReports(dir, "quick", results, p, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct{ Results []result }
+	js, err := os.ReadFile(files[0])
+	if err != nil || json.Unmarshal(js, &doc) != nil || len(doc.Results) != len(results) {
+		t.Errorf("JSON report unreadable: %v", err)
+	}
+	svg, err := os.ReadFile(files[2])
+	if err != nil || !strings.HasPrefix(string(svg), "<svg") || strings.Count(string(svg), "<rect") < 2 {
+		t.Errorf("SVG report: %v\n%.200s", err, svg)
+	}
+	if md, err := os.ReadFile(files[1]); err != nil || !strings.Contains(string(md), "kernel VXLAN") {
+		t.Errorf("Markdown report: %v", err)
+	}
+	t.Logf("\n%s", table(results))
+}
+
+// errorOf says whether a mode cannot run here before trying it: the modes
+// that need something absent say so through errNotMeasured.
+func errorOf(m mode, e *env) error {
+	switch m.Name {
+	case "wireguard-go":
+		if e.wireguardGo == "" {
+			return errNotMeasured("no binary")
+		}
+	case "overlayd NAT":
+		return errNotMeasured("not implemented")
+	}
+	return nil
+}

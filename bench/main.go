@@ -1,0 +1,179 @@
+// Command bench is `make bench`: it measures what each way of carrying
+// workload traffic costs, on the standard bed (network namespaces, node A
+// and node C on different subnets behind a router), one mode at a time on a
+// fresh bed: the plain underlay, overlayd direct, IP-in-IP and VXLAN, the
+// kernel's own VXLAN set up as Calico's Felix does, wireguard-go, and
+// overlayd's NAT. It prints a table with each figure's ratio to kernel
+// VXLAN and writes it as Markdown, JSON and an SVG chart under
+// bench/results/. Needs root, iperf3 and wireguard-tools (make bench
+// installs them).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/overlayd/overlayd/internal/testbed"
+)
+
+// result is one mode's figures; zero where not measured.
+type result struct {
+	Mode        mode    `json:"mode"`
+	Skipped     string  `json:"skipped,omitempty"` // why the mode was not measured
+	TCP1Gbps    float64 `json:"tcp1Gbps"`
+	TCP4Gbps    float64 `json:"tcp4Gbps"`
+	UDPkpps     float64 `json:"udp64ReceivedKpps"`
+	UDPLossPct  float64 `json:"udp64LossPercent"`
+	RTTp50us    float64 `json:"rttP50Micros"`
+	RTTp99us    float64 `json:"rttP99Micros"`
+	CPUPerGB    float64 `json:"cpuSecondsPerGB"`       // whole machine, over the one-stream TCP run
+	RouterCPUGB float64 `json:"routerCPUSecondsPerGB"` // the userspace router processes alone
+	PeakRSSMiB  float64 `json:"peakRSSMiB"`
+}
+
+// plan is how long and how often each measurement runs.
+type plan struct {
+	tcpSeconds, repeats, udpSeconds, pingSamples int
+}
+
+func main() {
+	e := &env{}
+	flag.StringVar(&e.overlayd, "overlayd", "bin/overlayd", "the overlayd binary")
+	flag.StringVar(&e.wireguardGo, "wireguard-go", "bin/wireguard-go", "the wireguard-go binary (\"\": skip that mode)")
+	flag.StringVar(&e.examples, "examples", "examples", "the directory of example cluster files")
+	quick := flag.Bool("quick", false, "one short pass of everything, for smoke tests")
+	out := flag.String("out", "bench/results", "where to write DATE.md, DATE.json and DATE.svg")
+	only := flag.String("mode", "", "measure only the mode with this name")
+	flag.Parse()
+
+	p := plan{tcpSeconds: 10, repeats: 3, udpSeconds: 5, pingSamples: 1000}
+	if *quick {
+		p = plan{tcpSeconds: 1, repeats: 1, udpSeconds: 1, pingSamples: 100}
+	}
+	for _, path := range []*string{&e.overlayd, &e.wireguardGo, &e.examples, out} {
+		if *path != "" {
+			abs, err := filepath.Abs(*path)
+			if err != nil {
+				fail(err)
+			}
+			*path = abs
+		}
+	}
+	if _, err := os.Stat(e.wireguardGo); e.wireguardGo != "" && err != nil {
+		e.wireguardGo = ""
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	start := time.Now()
+	var results []result
+	for _, m := range modes() {
+		if *only != "" && m.Name != *only {
+			continue
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		results = append(results, runMode(ctx, e, m, p, start))
+	}
+	stamp := time.Now().UTC().Format("2006-01-02T150405Z")
+	files, err := writeReports(*out, stamp, results, p, *quick)
+	if err != nil {
+		fail(err)
+	}
+	fmt.Print(table(results))
+	progress(start, "done: %v", files)
+}
+
+func fail(err error) {
+	fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+	os.Exit(1)
+}
+
+func progress(start time.Time, format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "[%6s] %s\n", time.Since(start).Round(time.Second), fmt.Sprintf(format, args...))
+}
+
+// runMode builds a fresh bed, sets the mode up and measures it; a failure
+// is recorded as the mode's reason, and the other modes go on.
+func runMode(ctx context.Context, e *env, m mode, p plan, start time.Time) result {
+	res := result{Mode: m}
+	progress(start, "%s: building the bed", m.Name)
+	bed, err := testbed.New(testbed.Options{WorkloadMTU: m.MTU})
+	if err != nil {
+		res.Skipped = err.Error()
+		return res
+	}
+	defer bed.Close()
+	if err := testbed.BuildStandard(bed); err != nil {
+		res.Skipped = err.Error()
+		return res
+	}
+	ep, err := m.setup(e, bed)
+	if err != nil {
+		var nm errNotMeasured
+		if !errors.As(err, &nm) {
+			progress(start, "%s: setup failed: %v", m.Name, err)
+		}
+		res.Skipped = firstLine(err.Error())
+		return res
+	}
+	steps := []struct {
+		name string
+		run  func() error
+	}{
+		{"TCP, 1 stream", func() error {
+			r, err := measureTCP(ctx, ep, 1, p.tcpSeconds, p.repeats)
+			if err == nil && r.bytes > 0 {
+				res.TCP1Gbps = r.gbps
+				res.CPUPerGB = r.cpuSecs / (r.bytes / 1e9)
+				res.RouterCPUGB = r.routerCPU / (r.bytes / 1e9)
+			}
+			return err
+		}},
+		{"TCP, 4 streams", func() error {
+			r, err := measureTCP(ctx, ep, 4, p.tcpSeconds, p.repeats)
+			res.TCP4Gbps = r.gbps
+			return err
+		}},
+		{"UDP, 64-byte datagrams", func() (err error) {
+			var pps float64
+			pps, res.UDPLossPct, err = measureUDP(ctx, ep, p.udpSeconds)
+			res.UDPkpps = pps / 1000
+			return err
+		}},
+		{"round trips", func() error {
+			p50, p99, err := measureLatency(ep, p.pingSamples)
+			res.RTTp50us, res.RTTp99us = float64(p50.Microseconds()), float64(p99.Microseconds())
+			return err
+		}},
+	}
+	for _, s := range steps {
+		if ctx.Err() != nil {
+			res.Skipped = "interrupted"
+			return res
+		}
+		progress(start, "%s: %s", m.Name, s.name)
+		if err := s.run(); err != nil {
+			progress(start, "%s: %s failed: %v", m.Name, s.name, err)
+			if res.Skipped == "" {
+				res.Skipped = firstLine(fmt.Sprintf("%s failed: %v", s.name, err))
+			}
+		}
+	}
+	res.PeakRSSMiB = peakRSS(ep)
+	return res
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}
