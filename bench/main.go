@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -52,7 +53,14 @@ func main() {
 	quick := flag.Bool("quick", false, "one short pass of everything, for smoke tests")
 	out := flag.String("out", "bench/results", "where to write DATE.md, DATE.json and DATE.svg")
 	only := flag.String("mode", "", "measure only the mode with this name")
+	render := flag.String("render", "", "measure nothing: write the reports of a saved run (its .json) again")
 	flag.Parse()
+	if *render != "" {
+		if err := rerender(*render); err != nil {
+			fail(err)
+		}
+		return
+	}
 
 	p := plan{tcpSeconds: 10, repeats: 3, udpSeconds: 5, pingSamples: 1000}
 	if *quick {
@@ -176,4 +184,26 @@ func runMode(ctx context.Context, e *env, m mode, p plan, start time.Time) resul
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
+}
+
+// rerender writes the Markdown and SVG of a saved run beside its JSON and
+// prints its table, so a report can be redrawn without measuring again.
+func rerender(jsonPath string) error {
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		return err
+	}
+	var doc savedRun
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return fmt.Errorf("%s: %w", jsonPath, err)
+	}
+	stem := strings.TrimSuffix(jsonPath, ".json")
+	if err := os.WriteFile(stem+".md", []byte(markdown(doc, filepath.Base(stem))), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(stem+".svg", []byte(svg(doc.Results)), 0o644); err != nil {
+		return err
+	}
+	fmt.Print(table(doc.Results))
+	return nil
 }

@@ -36,9 +36,13 @@ func table(results []result) string {
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 2, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "MODE\tTCP x1 Gbit/s\tTCP x4 Gbit/s\tUDP 64 B kpps (loss)\tRTT p50 / p99 µs\tCPU s/GB\tRSS MiB\tOVERHEAD / MTU\n")
+	var notes []string
 	for _, r := range results {
+		if r.Skipped != "" {
+			notes = append(notes, fmt.Sprintf("%s: not measured: %s", r.Mode.Name, r.Skipped))
+		}
 		if r.Skipped != "" && r.TCP1Gbps == 0 {
-			fmt.Fprintf(tw, "%s\tnot measured: %s\t\t\t\t\t\t\n", r.Mode.Name, r.Skipped)
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t%d B / %d\n", r.Mode.Name, r.Mode.Overhead, r.Mode.MTU)
 			continue
 		}
 		rss := "kernel"
@@ -57,6 +61,9 @@ func table(results []result) string {
 			rss, r.Mode.Overhead, r.Mode.MTU)
 	}
 	tw.Flush()
+	for _, n := range notes {
+		b.WriteString(n + "\n")
+	}
 	return b.String()
 }
 
@@ -66,25 +73,18 @@ func writeReports(dir, stamp string, results []result, p plan, quick bool) ([]st
 		return nil, fmt.Errorf("results directory: %w", err)
 	}
 	host, _ := os.Hostname()
-	cpus := strings.TrimSpace(readFirstLine("/proc/loadavg"))
-	kernel := strings.TrimSpace(readFirstLine("/proc/sys/kernel/osrelease"))
-	doc := struct {
-		Date    string   `json:"date"`
-		Quick   bool     `json:"quick"`
-		Kernel  string   `json:"kernel"`
-		Host    string   `json:"host"`
-		Plan    string   `json:"plan"`
-		Results []result `json:"results"`
-	}{time.Now().UTC().Format(time.RFC3339), quick, kernel, host,
-		fmt.Sprintf("TCP %d s x %d (median), UDP %d s, %d round trips", p.tcpSeconds, p.repeats, p.udpSeconds, p.pingSamples), results}
+	doc := savedRun{
+		Date: time.Now().UTC().Format(time.RFC3339), Quick: quick,
+		Kernel: strings.TrimSpace(readFirstLine("/proc/sys/kernel/osrelease")), Host: host,
+		Load:    strings.TrimSpace(readFirstLine("/proc/loadavg")),
+		Plan:    fmt.Sprintf("TCP %d s x %d (median), UDP %d s, %d round trips", p.tcpSeconds, p.repeats, p.udpSeconds, p.pingSamples),
+		Results: results,
+	}
 	js, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
 		return nil, err
 	}
-	md := fmt.Sprintf("# overlayd bench, %s\n\nKernel %s, %s. %s. Ratios are to %s. "+
-		"CPU s/GB is the whole machine's busy CPU over the one-stream TCP run per GB moved "+
-		"(the kernel's work shows in no process); RSS is the peak of the userspace router processes.\n\n```\n%s```\n\n![chart](%s.svg)\n",
-		doc.Date, kernel, loadNote(cpus), doc.Plan, reference, table(results), stamp)
+	md := markdown(doc, stamp)
 	files := []string{filepath.Join(dir, stamp+".json"), filepath.Join(dir, stamp+".md"), filepath.Join(dir, stamp+".svg")}
 	for i, content := range [][]byte{js, []byte(md), []byte(svg(results))} {
 		if err := os.WriteFile(files[i], content, 0o644); err != nil {
@@ -92,6 +92,24 @@ func writeReports(dir, stamp string, results []result, p plan, quick bool) ([]st
 		}
 	}
 	return files, nil
+}
+
+// savedRun is a run as the JSON report keeps it.
+type savedRun struct {
+	Date    string   `json:"date"`
+	Quick   bool     `json:"quick"`
+	Kernel  string   `json:"kernel"`
+	Host    string   `json:"host"`
+	Load    string   `json:"loadavg"`
+	Plan    string   `json:"plan"`
+	Results []result `json:"results"`
+}
+
+func markdown(doc savedRun, stamp string) string {
+	return fmt.Sprintf("# overlayd bench, %s\n\nKernel %s, %s. %s. Ratios are to %s. "+
+		"CPU s/GB is the whole machine's busy CPU over the one-stream TCP run per GB moved "+
+		"(the kernel's work shows in no process); RSS is the peak of the userspace router processes.\n\n```\n%s```\n\n![chart](%s.svg)\n",
+		doc.Date, doc.Kernel, loadNote(doc.Load), doc.Plan, reference, table(doc.Results), stamp)
 }
 
 func loadNote(loadavg string) string {
