@@ -151,12 +151,12 @@ func (c *cluster) transfer(client, server string, port uint16) {
 }
 
 // wireKinds returns how the packets between two inner addresses crossed the
-// captured link: "none" (bare), "ipip" or "vxlan".
+// captured link: "none" (bare), "ipip" or "vxlan" (with the cluster's VNI).
 func wireKinds(pkts []gopacket.Packet, a, b netip.Addr, vni uint32) map[string]int {
 	kinds := map[string]int{}
 	for _, p := range pkts {
-		kind, inner := classify(p, vni)
-		if inner == nil {
+		kind, _, inner, gotVNI := testbed.Carried(p)
+		if inner == nil || (kind == testbed.CarriedVXLAN && gotVNI != vni) {
 			continue
 		}
 		src, _ := netip.AddrFromSlice(inner.SrcIP.To4())
@@ -166,30 +166,6 @@ func wireKinds(pkts []gopacket.Packet, a, b netip.Addr, vni uint32) map[string]i
 		}
 	}
 	return kinds
-}
-
-// classify decodes a captured frame down to the workload packet it carries.
-func classify(p gopacket.Packet, vni uint32) (string, *layers.IPv4) {
-	outer, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
-	if outer == nil {
-		return "", nil
-	}
-	switch {
-	case outer.Protocol == layers.IPProtocolIPv4:
-		inner := gopacket.NewPacket(outer.Payload, layers.LayerTypeIPv4, gopacket.Default)
-		ip, _ := inner.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
-		return "ipip", ip
-	case outer.Protocol == layers.IPProtocolUDP:
-		udp, _ := p.Layer(layers.LayerTypeUDP).(*layers.UDP)
-		vx, _ := p.Layer(layers.LayerTypeVXLAN).(*layers.VXLAN)
-		if udp == nil || udp.DstPort != 4789 || vx == nil || vx.VNI != vni {
-			return "", nil
-		}
-		inner := gopacket.NewPacket(vx.Payload, layers.LayerTypeEthernet, gopacket.Default)
-		ip, _ := inner.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
-		return "vxlan", ip
-	}
-	return "none", outer
 }
 
 func TestE2EConfigurations(t *testing.T) {

@@ -184,25 +184,7 @@ func onTheWire(pkts []gopacket.Packet, a, b netip.Addr) (map[string]int, string)
 	kinds := map[string]int{}
 	sample := ""
 	for _, p := range pkts {
-		outer, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
-		if outer == nil {
-			continue
-		}
-		kind, inner, desc := "none", outer, ""
-		switch outer.Protocol {
-		case layers.IPProtocolIPv4:
-			ip, _ := gopacket.NewPacket(outer.Payload, layers.LayerTypeIPv4, gopacket.Default).Layer(layers.LayerTypeIPv4).(*layers.IPv4)
-			kind, inner = "ipip", ip
-			desc = fmt.Sprintf("IPv4 %s > %s proto 4 | inner", outer.SrcIP, outer.DstIP)
-		case layers.IPProtocolUDP:
-			udp, _ := p.Layer(layers.LayerTypeUDP).(*layers.UDP)
-			vx, _ := p.Layer(layers.LayerTypeVXLAN).(*layers.VXLAN)
-			if udp != nil && vx != nil {
-				ip, _ := gopacket.NewPacket(vx.Payload, layers.LayerTypeEthernet, gopacket.Default).Layer(layers.LayerTypeIPv4).(*layers.IPv4)
-				kind, inner = "vxlan", ip
-				desc = fmt.Sprintf("IPv4 %s > %s | UDP %d > %d | VXLAN VNI %d | Ethernet | inner", outer.SrcIP, outer.DstIP, udp.SrcPort, udp.DstPort, vx.VNI)
-			}
-		}
+		kind, outer, inner, vni := testbed.Carried(p)
 		if inner == nil {
 			continue
 		}
@@ -212,8 +194,17 @@ func onTheWire(pkts []gopacket.Packet, a, b netip.Addr) (map[string]int, string)
 			continue
 		}
 		kinds[kind]++
-		if sample == "" || (kind != "none" && !strings.Contains(sample, "inner")) {
-			sample = strings.TrimPrefix(fmt.Sprintf("%s IPv4 %s > %s %s, %d bytes", desc, inner.SrcIP, inner.DstIP, inner.Protocol, len(p.Data())), " ")
+		desc := ""
+		switch kind {
+		case testbed.CarriedIPIP:
+			desc = fmt.Sprintf("IPv4 %s > %s proto 4 | inner ", outer.SrcIP, outer.DstIP)
+		case testbed.CarriedVXLAN:
+			if udp, _ := p.Layer(layers.LayerTypeUDP).(*layers.UDP); udp != nil {
+				desc = fmt.Sprintf("IPv4 %s > %s | UDP %d > %d | VXLAN VNI %d | Ethernet | inner ", outer.SrcIP, outer.DstIP, udp.SrcPort, udp.DstPort, vni)
+			}
+		}
+		if sample == "" || (kind != testbed.CarriedBare && !strings.Contains(sample, "inner")) {
+			sample = fmt.Sprintf("%sIPv4 %s > %s %s, %d bytes", desc, inner.SrcIP, inner.DstIP, inner.Protocol, len(p.Data()))
 		}
 	}
 	return kinds, sample
