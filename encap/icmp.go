@@ -47,6 +47,14 @@ func NetUnreachable(dst []byte, orig []byte, from [4]byte) []byte {
 	return destUnreachable(dst, orig, from, header.ICMPv4NetUnreachable, 0)
 }
 
+// Prohibited writes into dst the ICMP "communication administratively
+// prohibited" message (type 3, code 13, RFC 1812) answering orig, a packet
+// refused by policy, such as a NAT flow over its limit; otherwise it is
+// NetUnreachable.
+func Prohibited(dst []byte, orig []byte, from [4]byte) []byte {
+	return destUnreachable(dst, orig, from, header.ICMPv4AdminProhibited, 0)
+}
+
 // destUnreachable builds an ICMP destination unreachable of the given code;
 // mtu is the next-hop MTU field, meaningful for fragmentation needed only.
 func destUnreachable(dst []byte, tooBig []byte, from [4]byte, code header.ICMPv4Code, mtu int) []byte {

@@ -191,6 +191,10 @@ func TestNetUnreachable(t *testing.T) {
 	if icmp.TypeCode != layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeNet) {
 		t.Errorf("type/code %v, want destination unreachable / net", icmp.TypeCode)
 	}
+	prohibited := Prohibited(make([]byte, MaxFragNeededLen), orig, routerAddr)
+	if prohibited == nil || prohibited[20] != 3 || prohibited[21] != 13 {
+		t.Errorf("Prohibited: %x, want type 3 code 13", prohibited)
+	}
 	if !ip.DstIP.Equal(net.IP(orig[12:16])) || !ip.SrcIP.Equal(net.IP(routerAddr[:])) {
 		t.Errorf("from %v to %v, want from the router to the original source", ip.SrcIP, ip.DstIP)
 	}

@@ -81,6 +81,11 @@ func (r *Router) tunLoop() error {
 			}
 			d := tb.lookup([4]byte(pkt[16:20]))
 			if d == nil {
+				if r.nat != nil && tb.natted([4]byte(pkt[12:16]), [4]byte(pkt[16:20])) {
+					r.nat(pkt)
+					t.natPackets++
+					continue
+				}
 				t.drops[DropNotOverlay]++
 				continue
 			}

@@ -36,16 +36,20 @@ type Transport interface {
 
 // Config is what a Router runs on.
 type Config struct {
-	Plan   *plan.Plan
-	TUN    tun.Device
-	VXLAN  Transport // nil when no pool uses VXLAN
-	IPIP   Transport // nil when no pool uses IP-in-IP
+	Plan  *plan.Plan
+	TUN   tun.Device
+	VXLAN Transport // nil when no pool uses VXLAN
+	IPIP  Transport // nil when no pool uses IP-in-IP
+	// NAT receives the packets natOutgoing steers into the TUN: from a
+	// natOutgoing pool to outside every pool. nil: no NAT, they are dropped.
+	NAT    func(pkt []byte)
 	Logger *slog.Logger
 }
 
 // Router moves packets between the TUN device and the underlay.
 type Router struct {
 	tun   tun.Device
+	nat   func(pkt []byte)
 	log   *slog.Logger
 	table atomic.Pointer[table]
 	stats counters
@@ -73,7 +77,7 @@ func New(cfg Config) (*Router, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Router{tun: cfg.TUN, log: log, bufSize: encap.Headroom + 65535}
+	r := &Router{tun: cfg.TUN, nat: cfg.NAT, log: log, bufSize: encap.Headroom + 65535}
 	if err := r.Update(cfg.Plan, cfg.VXLAN, cfg.IPIP); err != nil {
 		return nil, err
 	}
@@ -121,6 +125,16 @@ func (r *Router) Update(p *plan.Plan, vxlan, ipip Transport) error {
 	}
 	r.table.Store(t)
 	return nil
+}
+
+// WriteTUN writes one packet toward the workloads, for the NAT's replies;
+// it copies the packet behind the headroom the TUN device needs. Safe for
+// concurrent use (the device serialises writes).
+func (r *Router) WriteTUN(pkt []byte) error {
+	buf := make([]byte, encap.Headroom+len(pkt))
+	copy(buf[encap.Headroom:], pkt)
+	_, err := r.tun.Write([][]byte{buf}, encap.Headroom)
+	return err
 }
 
 // HasTransport reports whether the router has the transport for an

@@ -76,6 +76,7 @@ type tally struct {
 	drops              [numDrops]uint64
 	arpReplies         uint64
 	icmpSent           uint64
+	natPackets         uint64
 	ioErrors           [numIOErrors]uint64
 }
 
@@ -111,6 +112,7 @@ type counters struct {
 	drops              [numDrops]atomic.Uint64
 	arpReplies         atomic.Uint64
 	icmpSent           atomic.Uint64
+	natPackets         atomic.Uint64
 	ioErrors           [numIOErrors]atomic.Uint64
 }
 
@@ -137,6 +139,9 @@ func (c *counters) flush(t *tally) {
 	if t.icmpSent != 0 {
 		c.icmpSent.Add(t.icmpSent)
 	}
+	if t.natPackets != 0 {
+		c.natPackets.Add(t.natPackets)
+	}
 	*t = tally{}
 }
 
@@ -149,6 +154,7 @@ type Stats struct {
 	Drops      map[string]uint64
 	ARPReplies uint64
 	ICMPSent   uint64
+	NATPackets uint64 // handed to the NAT
 	// IOErrors by the call that failed: tun_read, tun_write, socket_read,
 	// socket_write.
 	IOErrors map[string]uint64
@@ -169,6 +175,7 @@ func (c *counters) snapshot() Stats {
 		IOErrors:   map[string]uint64{},
 		ARPReplies: c.arpReplies.Load(),
 		ICMPSent:   c.icmpSent.Load(),
+		NATPackets: c.natPackets.Load(),
 	}
 	for e := range numEncaps {
 		name := plan.Encap(e).String()

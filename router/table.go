@@ -52,6 +52,11 @@ type table struct {
 	mtu        int
 	// transports are the router's, by encapsulation (nil: not open).
 	transports [numEncaps]Transport
+	// natSources are the natOutgoing pools; natExempt the destinations
+	// outside the pools that are not NATed (node addresses, with
+	// IPPoolsAndHostIPs).
+	natSources *bart.Fast[bool]
+	natExempt  *bart.Fast[bool]
 }
 
 func newTable(p *plan.Plan, transports [numEncaps]Transport) *table {
@@ -87,7 +92,27 @@ func newTable(p *plan.Plan, transports [numEncaps]Transport) *table {
 	for _, r := range p.Routes {
 		t.dests.Insert(r.Block, &dest{kind: destRemote, encap: r.Encap, peer: byName[r.Node]})
 	}
+	t.natSources, t.natExempt = new(bart.Fast[bool]), new(bart.Fast[bool])
+	for _, c := range p.NATPools {
+		t.natSources.Insert(c, true)
+	}
+	if p.NATExcludeHostIPs {
+		t.natExempt.Insert(netip.PrefixFrom(p.Address.Addr(), 32), true)
+		for _, pp := range p.Peers {
+			t.natExempt.Insert(netip.PrefixFrom(pp.Addr, 32), true)
+		}
+	}
 	return t
+}
+
+// natted reports whether a packet from src to dst (outside every pool) is
+// natOutgoing traffic, as Felix's cali-nat-outgoing decides.
+func (t *table) natted(src, dst [4]byte) bool {
+	if _, ok := t.natSources.Lookup(netip.AddrFrom4(src)); !ok {
+		return false
+	}
+	_, exempt := t.natExempt.Lookup(netip.AddrFrom4(dst))
+	return !exempt
 }
 
 // lookup returns what dst is to this node; nil means outside every pool.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/overlayd/overlayd/config"
+	"github.com/overlayd/overlayd/nat"
 	"github.com/overlayd/overlayd/router"
 	"github.com/overlayd/overlayd/router/kernel"
 	"github.com/overlayd/overlayd/router/plan"
@@ -24,6 +25,7 @@ const (
 	apiRoutes = "/api/v1/routes"
 	apiStatus = "/api/v1/status"
 	apiReload = "/api/v1/reload"
+	apiNAT    = "/api/v1/nat"
 )
 
 // statusReply is what /api/v1/status returns.
@@ -63,6 +65,9 @@ func (d *daemon) adminHandlers(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+apiStatus, func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, d.status())
 	})
+	mux.HandleFunc("GET "+apiNAT, func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, natReply{Flows: d.nat.Flows(), Stats: d.nat.Stats()})
+	})
 	mux.HandleFunc("POST "+apiReload, func(w http.ResponseWriter, _ *http.Request) {
 		if err := d.reload(); err != nil {
 			http.Error(w, err.Error(), http.StatusUnprocessableEntity)
@@ -70,6 +75,33 @@ func (d *daemon) adminHandlers(mux *http.ServeMux) {
 		}
 		writeJSON(w, map[string]string{"result": "reload applied"})
 	})
+}
+
+type natReply struct {
+	Flows []nat.Flow `json:"flows"`
+	Stats nat.Stats  `json:"stats"`
+}
+
+func runNAT(env *cliEnv, args []string) error {
+	fs := newFlagSet(env, "nat", "[--admin ADDR | --config FILE] [--json]", `
+Asks the running overlayd for its NAT table, one flow per line like
+conntrack -L: the workload's side, the outside side, packets and bytes each
+way, state and time left before the flow expires.`)
+	var af adminFlags
+	af.register(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parseFlags(env, fs, args); err != nil {
+		return err
+	}
+	var reply natReply
+	if err := af.call(http.MethodGet, apiNAT, &reply); err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(env.stdout).Encode(reply)
+	}
+	nat.FormatConntrack(env.stdout, reply.Flows)
+	return nil
 }
 
 type routesReply struct {

@@ -873,3 +873,113 @@ func TestE2EMetricsMatchTraffic(t *testing.T) {
 		}
 	}
 }
+
+// TestE2ENATOutgoing: a workload of a natOutgoing pool reaches the outside
+// host by TCP, UDP and ping; the outside sees node A's address, the
+// workload the outside's; the flows show in the NAT table.
+func TestE2ENATOutgoing(t *testing.T) {
+	testbed.Require(t)
+	c := startClusterNodes(t, "nat-outgoing.toml", "node-a")
+	wa, outside := c.workload["node-a"], c.bed.Host("outside")
+	nodeA := c.cfg.Node("node-a").Address.Addr()
+	out := outside.Addr.Addr()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// TCP: who the outside sees, then 10 MB each way with content check.
+	var ln net.Listener
+	if err := outside.Do(func() (err error) { ln, err = net.Listen("tcp4", netip.AddrPortFrom(out, 8000).String()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	peerOf := make(chan netip.AddrPort, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		peerOf <- conn.RemoteAddr().(*net.TCPAddr).AddrPort()
+		conn.Close()
+	}()
+	var seenByWorkload netip.AddrPort
+	if err := wa.Do(func() error {
+		conn, err := net.DialTimeout("tcp4", netip.AddrPortFrom(out, 8000).String(), 10*time.Second)
+		if err != nil {
+			return err
+		}
+		seenByWorkload = conn.RemoteAddr().(*net.TCPAddr).AddrPort()
+		return conn.Close()
+	}); err != nil {
+		t.Fatalf("TCP from the workload to the outside: %v", err)
+	}
+	ln.Close()
+	if got := (<-peerOf).Addr(); got != nodeA {
+		t.Errorf("the outside host saw %s, want node A's address %s", got, nodeA)
+	}
+	if seenByWorkload.Addr() != out {
+		t.Errorf("the workload talked to %s, want %s", seenByWorkload, out)
+	}
+	res, err := testbed.TCPTransfer(ctx, wa, outside, netip.AddrPortFrom(out, 8001), 10<<20)
+	if err != nil {
+		t.Errorf("10 MB through the NAT: %v", err)
+	} else {
+		t.Logf("TCP through the NAT: %v", res)
+	}
+
+	// UDP request and reply.
+	var echo *net.UDPConn
+	if err := outside.Do(func() (err error) {
+		echo, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(out, 8053)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	udpFrom := make(chan netip.AddrPort, 1)
+	go func() {
+		buf := make([]byte, 512)
+		n, from, err := echo.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		udpFrom <- from
+		_, _ = echo.WriteToUDPAddrPort(append([]byte("re:"), buf[:n]...), from)
+	}()
+	if err := wa.Do(func() error {
+		conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(out, 8053)))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		if _, err := conn.Write([]byte("hello")); err != nil {
+			return err
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 512)
+		n, from, err := conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return fmt.Errorf("no UDP reply: %w", err)
+		}
+		if string(buf[:n]) != "re:hello" || from.Addr() != out {
+			return fmt.Errorf("UDP reply %q from %s", buf[:n], from)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	select {
+	case from := <-udpFrom:
+		if from.Addr() != nodeA {
+			t.Errorf("the outside host saw the UDP request from %s, want %s", from, nodeA)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the outside host got no UDP request")
+	}
+
+	if err := wa.Ping(ctx, out, 3); err != nil {
+		t.Errorf("ping through the NAT: %v", err)
+	}
+	m := scrape(t, c.bed.Host("node-a"))
+	if m["overlayd_nat_flows_created_total"] < 3 {
+		t.Errorf("the NAT table counted %v flows, want the TCP, UDP and ICMP ones", m["overlayd_nat_flows_created_total"])
+	}
+}

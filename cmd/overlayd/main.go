@@ -49,6 +49,7 @@ func commands() map[string]command {
 		"import":  {"print Calico IPPool YAML manifests as cluster-file TOML", "FILE.yaml", runImport},
 		"routes":  {"show the running daemon's routes", "[--admin ADDR | --config FILE] [--json]", runRoutes},
 		"status":  {"show the running daemon's counters and reloads", "[--admin ADDR | --config FILE] [--json]", runStatus},
+		"nat":     {"show the running daemon's NAT table, like conntrack -L", "[--admin ADDR | --config FILE] [--json]", runNAT},
 		"reload":  {"make the running daemon re-read its cluster file", "[--admin ADDR | --config FILE]", runReload},
 		"version": {"print the version", "", runVersion},
 	}

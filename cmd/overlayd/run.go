@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/conn"
+	"github.com/overlayd/overlayd/nat"
 	"github.com/overlayd/overlayd/router"
 	"github.com/overlayd/overlayd/router/kernel"
 	"github.com/overlayd/overlayd/router/plan"
@@ -99,6 +101,7 @@ type daemon struct {
 	underlayMTU int // 0: read from the underlay interface
 	routes      *kernel.Routes
 	router      *router.Router
+	nat         *nat.NAT
 	started     time.Time
 
 	// reloadMu serialises reloads: SIGHUP and the admin API may ask at once.
@@ -144,6 +147,11 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+d.device+"/disable_ipv6", []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
 		d.log.Debug("could not turn IPv6 off on the TUN device", "err", err)
 	}
+	// NAT replies enter through the TUN from outside addresses whose route
+	// is the underlay: strict reverse-path filtering would drop them.
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+d.device+"/rp_filter", []byte("2"), 0); err != nil {
+		d.log.Warn("could not set loose reverse-path filtering on the TUN device: NAT replies may be dropped", "err", err)
+	}
 	d.log.Info("TUN device created", "device", d.device, "mtu", p.TunnelMTU, "batch", dev.BatchSize(), "underlay", underlayDev, "underlayMTU", d.underlayMTU)
 
 	vx, ipip, err := d.openTransports(p, nil)
@@ -163,12 +171,25 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 		closeAll()
 		return err
 	}
-	if d.router, err = router.New(router.Config{Plan: p, TUN: dev, VXLAN: vx, IPIP: ipip, Logger: d.log}); err != nil {
+	// The NAT answers only what the plan's rules steer to it; an idle
+	// netstack costs little, and a reload may turn natOutgoing on.
+	d.nat, err = nat.New(nat.Config{
+		Outside: p.Address.Addr(), MTU: p.TunnelMTU, Logger: d.log,
+		Out: func(pkt []byte) error { return d.router.WriteTUN(pkt) },
+	})
+	if err != nil {
+		closeAll()
+		return err
+	}
+	defer d.nat.Close()
+	if d.router, err = router.New(router.Config{Plan: p, TUN: dev, VXLAN: vx, IPIP: ipip, NAT: d.nat.Deliver, Logger: d.log}); err != nil {
 		closeAll()
 		return err
 	}
 	d.applyRoutes(p)
 	defer d.removeRoutes()
+	d.applyRules(p)
+	defer d.removeRules()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -246,6 +267,38 @@ func (d *daemon) applyRoutes(p *plan.Plan) {
 	}
 }
 
+// applyRules steers natOutgoing traffic into the TUN by policy routing.
+func (d *daemon) applyRules(p *plan.Plan) {
+	var all []netip.Prefix
+	for _, pl := range p.Pools {
+		all = append(all, pl.CIDR)
+	}
+	var exempt []netip.Addr
+	if p.NATExcludeHostIPs {
+		for _, peer := range p.Peers {
+			exempt = append(exempt, peer.Addr)
+		}
+	}
+	added, removed, err := d.routes.ReconcileRules(kernel.NATRules(p.NATPools, all, exempt), d.device)
+	for _, r := range added {
+		d.log.Info("rule added", "rule", r.String())
+	}
+	for _, r := range removed {
+		d.log.Info("rule removed", "rule", r.String())
+	}
+	if err != nil {
+		d.log.Error("some NAT rules could not be programmed", "err", err)
+	}
+}
+
+func (d *daemon) removeRules() {
+	if _, removed, err := d.routes.ReconcileRules(nil, d.device); err != nil {
+		d.log.Error("removing rules", "err", err)
+	} else {
+		d.log.Info("rules removed", "count", len(removed))
+	}
+}
+
 func (d *daemon) removeRoutes() {
 	removed, err := d.routes.RemoveAll()
 	if err != nil {
@@ -287,6 +340,7 @@ func (d *daemon) reload() error {
 		d.log.Error("reconfiguring the TUN device", "err", err)
 	}
 	d.applyRoutes(p)
+	d.applyRules(p)
 	d.reloads.Add(1)
 	d.log.Info("reload applied", "config", d.configPath, "remoteBlocks", len(p.Routes))
 	return nil
@@ -323,18 +377,46 @@ func (d *daemon) reloadCollector() prometheus.Collector {
 	}}
 }
 
-// collectorFunc is a one-metric prometheus.Collector.
+// natCollector exposes the NAT table's counters.
+func (d *daemon) natCollector() prometheus.Collector {
+	flows := prometheus.NewDesc("overlayd_nat_flows", "Flows in the NAT table, by protocol and state.", []string{"proto", "state"}, nil)
+	created := prometheus.NewDesc("overlayd_nat_flows_created_total", "NAT flows created.", nil, nil)
+	expired := prometheus.NewDesc("overlayd_nat_flows_expired_total", "NAT flows ended by their idle timeout.", nil, nil)
+	refused := prometheus.NewDesc("overlayd_nat_flows_refused_total", "NAT flows refused, by reason (table_full, per_source_limit, dial_failed).", []string{"reason"}, nil)
+	dropped := prometheus.NewDesc("overlayd_nat_queue_drops_total", "Packets for the NAT dropped because its queue was full.", nil, nil)
+	return collectorFunc{desc: flows, extra: []*prometheus.Desc{created, expired, refused, dropped}, collect: func(ch chan<- prometheus.Metric) {
+		s := d.nat.Stats()
+		for k, n := range s.Flows {
+			proto, state, _ := strings.Cut(k, "/")
+			ch <- prometheus.MustNewConstMetric(flows, prometheus.GaugeValue, float64(n), proto, state)
+		}
+		ch <- prometheus.MustNewConstMetric(created, prometheus.CounterValue, float64(s.Created))
+		ch <- prometheus.MustNewConstMetric(expired, prometheus.CounterValue, float64(s.Expired))
+		for _, r := range []string{nat.RefusedTableFull, nat.RefusedPerSource, nat.RefusedDial} {
+			ch <- prometheus.MustNewConstMetric(refused, prometheus.CounterValue, float64(s.Refused[r]), r)
+		}
+		ch <- prometheus.MustNewConstMetric(dropped, prometheus.CounterValue, float64(s.Dropped))
+	}}
+}
+
+// collectorFunc is a prometheus.Collector made of a function.
 type collectorFunc struct {
 	desc    *prometheus.Desc
+	extra   []*prometheus.Desc
 	collect func(chan<- prometheus.Metric)
 }
 
-func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.desc
+	for _, d := range c.extra {
+		ch <- d
+	}
+}
 func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 
 func (d *daemon) serveMetrics(listen string) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(router.NewCollector(d.router), d.reloadCollector())
+	reg.MustRegister(router.NewCollector(d.router), d.reloadCollector(), d.natCollector())
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	d.adminHandlers(mux)

@@ -23,10 +23,14 @@ func inHost(t *testing.T, h *testbed.Host) *Routes {
 }
 
 func showRoutes(t *testing.T, h *testbed.Host) string {
+	return runIn(t, h, "ip", "route", "show", "proto", "211")
+}
+
+func runIn(t *testing.T, h *testbed.Host, name string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	out, err := h.Run(ctx, "ip", "route", "show", "proto", "211")
+	out, err := h.Run(ctx, name, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
