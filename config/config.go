@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -65,9 +66,16 @@ type Metrics struct {
 	Listen string
 }
 
-// NAT holds the natOutgoing settings.
+// NAT holds the natOutgoing settings. Zero limits and timeouts mean the
+// NAT's defaults (Linux conntrack's timeouts).
 type NAT struct {
-	Exclude string // ExcludeIPPoolsOnly or ExcludeIPPoolsAndHostIPs
+	Exclude           string // ExcludeIPPoolsOnly or ExcludeIPPoolsAndHostIPs
+	MaxFlows          int
+	MaxFlowsPerSource int
+	TCPTimeout        time.Duration // established TCP flows
+	UDPTimeout        time.Duration // UDP flows without a reply
+	UDPStreamTimeout  time.Duration // UDP flows with replies
+	ICMPTimeout       time.Duration
 }
 
 // Node is one node of the cluster with its allocated blocks.
@@ -170,7 +178,13 @@ type fileMetrics struct {
 }
 
 type fileNAT struct {
-	Exclude string `toml:"exclude"`
+	Exclude           string `toml:"exclude"`
+	MaxFlows          int    `toml:"maxFlows"`
+	MaxFlowsPerSource int    `toml:"maxFlowsPerSource"`
+	TCPTimeout        string `toml:"tcpTimeout"`
+	UDPTimeout        string `toml:"udpTimeout"`
+	UDPStreamTimeout  string `toml:"udpStreamTimeout"`
+	ICMPTimeout       string `toml:"icmpTimeout"`
 }
 
 type filePool struct {
@@ -198,7 +212,7 @@ var allowedKeys = map[string][]string{
 	"tunnel":  {"device", "mtu"},
 	"vxlan":   {"vni", "port"},
 	"metrics": {"listen"},
-	"nat":     {"exclude"},
+	"nat":     {"exclude", "maxFlows", "maxFlowsPerSource", "tcpTimeout", "udpTimeout", "udpStreamTimeout", "icmpTimeout"},
 	"pools":   {"name", "cidr", "ipipMode", "vxlanMode", "natOutgoing", "disabled", "nodeSelector", "blockSize"},
 	"nodes":   {"name", "address", "labels", "blocks", "vtepMAC"},
 }
@@ -432,6 +446,30 @@ func (p *parser) settings(root fileRoot, c *Cluster) error {
 		c.NAT.Exclude = root.NAT.Exclude
 	default:
 		return p.errAt("nat", 0, "", "exclude", "invalid value %q: allowed values are %q (default) and %q", root.NAT.Exclude, ExcludeIPPoolsOnly, ExcludeIPPoolsAndHostIPs)
+	}
+	for _, lim := range []struct {
+		key string
+		v   int
+		dst *int
+	}{{"maxFlows", root.NAT.MaxFlows, &c.NAT.MaxFlows}, {"maxFlowsPerSource", root.NAT.MaxFlowsPerSource, &c.NAT.MaxFlowsPerSource}} {
+		if lim.v < 0 {
+			return p.errAt("nat", 0, "", lim.key, "%d is negative: a number of flows, or 0 for the default", lim.v)
+		}
+		*lim.dst = lim.v
+	}
+	for _, to := range []struct {
+		key, v string
+		dst    *time.Duration
+	}{{"tcpTimeout", root.NAT.TCPTimeout, &c.NAT.TCPTimeout}, {"udpTimeout", root.NAT.UDPTimeout, &c.NAT.UDPTimeout},
+		{"udpStreamTimeout", root.NAT.UDPStreamTimeout, &c.NAT.UDPStreamTimeout}, {"icmpTimeout", root.NAT.ICMPTimeout, &c.NAT.ICMPTimeout}} {
+		if to.v == "" {
+			continue
+		}
+		d, err := time.ParseDuration(to.v)
+		if err != nil || d <= 0 {
+			return p.errAt("nat", 0, "", to.key, "%q is not a positive duration (e.g. \"30s\", \"5m\", \"120h\")", to.v)
+		}
+		*to.dst = d
 	}
 	return nil
 }

@@ -254,6 +254,16 @@ ipipMod = "Always"
 			wantLine: 2, wantKey: "[nat] exclude", wantMsg: "IPPoolsAndHostIPs",
 		},
 		{
+			name:     "bad NAT timeout",
+			src:      "[nat]\nudpTimeout = \"soon\"\n" + pools + minimalNodes,
+			wantLine: 2, wantKey: "[nat] udpTimeout", wantMsg: "not a positive duration",
+		},
+		{
+			name:     "negative NAT limit",
+			src:      "[nat]\nmaxFlowsPerSource = -1\n" + pools + minimalNodes,
+			wantLine: 2, wantKey: "[nat] maxFlowsPerSource", wantMsg: "negative",
+		},
+		{
 			name:     "metrics listen not an address",
 			src:      "[metrics]\nlisten = \"localhost\"\n" + pools + minimalNodes,
 			wantLine: 2, wantKey: "[metrics] listen", wantMsg: "not an address:port",

@@ -983,3 +983,189 @@ func TestE2ENATOutgoing(t *testing.T) {
 		t.Errorf("the NAT table counted %v flows, want the TCP, UDP and ICMP ones", m["overlayd_nat_flows_created_total"])
 	}
 }
+
+// withPrefix writes an example cluster file with extra TOML in front (and
+// optional replacements) into a temporary file.
+func withPrefix(t *testing.T, example, prefix string, replace ...string) string {
+	t.Helper()
+	src, err := os.ReadFile(filepath.Join("..", "..", "examples", example))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := prefix + "\n" + string(src)
+	for i := 0; i+1 < len(replace); i += 2 {
+		text = strings.ReplaceAll(text, replace[i], replace[i+1])
+	}
+	file := filepath.Join(t.TempDir(), example)
+	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+// echoServer accepts connections in the host and echoes each one.
+func echoServer(t *testing.T, h *testbed.Host, addr netip.AddrPort) {
+	t.Helper()
+	var ln net.Listener
+	if err := h.Do(func() (err error) { ln, err = net.Listen("tcp4", addr.String()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+}
+
+// dialMany opens n connections from a host (sockets keep its namespace).
+func dialMany(t *testing.T, h *testbed.Host, to netip.AddrPort, n int) ([]net.Conn, error) {
+	t.Helper()
+	var conns []net.Conn
+	err := h.Do(func() error {
+		for range n {
+			c, err := net.DialTimeout("tcp4", to.String(), 10*time.Second)
+			if err != nil {
+				return err
+			}
+			conns = append(conns, c)
+		}
+		return nil
+	})
+	return conns, err
+}
+
+func natFlows(t *testing.T, h *testbed.Host) float64 {
+	var total float64
+	for k, v := range scrape(t, h) {
+		if strings.HasPrefix(k, "overlayd_nat_flows{") {
+			total += v
+		}
+	}
+	return total
+}
+
+// TestE2ENATThousandConnections: 1,000 concurrent TCP connections from two
+// workloads through the NAT all carry their data intact, and the table
+// drains to zero once they close.
+func TestE2ENATThousandConnections(t *testing.T) {
+	testbed.Require(t)
+	c := startClusterNodes(t, "nat-outgoing.toml", "node-a")
+	second, err := c.bed.AddWorkload("node-a", "wa2", c.addr["node-a"].Next())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := netip.AddrPortFrom(c.bed.Host("outside").Addr.Addr(), 9100)
+	echoServer(t, c.bed.Host("outside"), server)
+	var conns []net.Conn
+	for _, w := range []*testbed.Host{c.workload["node-a"], second} {
+		cs, err := dialMany(t, w, server, 500)
+		if err != nil {
+			t.Fatalf("opening 500 connections from %s: %v (after %d)", w.Name, err, len(cs))
+		}
+		conns = append(conns, cs...)
+	}
+	if got := natFlows(t, c.bed.Host("node-a")); got != 1000 {
+		t.Errorf("the NAT table holds %v flows with 1,000 connections open", got)
+	}
+	errs := make(chan error, len(conns))
+	for i, conn := range conns {
+		go func() {
+			defer conn.Close()
+			msg := []byte(fmt.Sprintf("connection %04d %s", i, strings.Repeat("x", 1000)))
+			if _, err := conn.Write(msg); err != nil {
+				errs <- err
+				return
+			}
+			_ = conn.(*net.TCPConn).CloseWrite()
+			got, err := io.ReadAll(conn)
+			if err == nil && string(got) != string(msg) {
+				err = fmt.Errorf("connection %d got %d bytes back, not its own %d", i, len(got), len(msg))
+			}
+			errs <- err
+		}()
+	}
+	for range conns {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for natFlows(t, c.bed.Host("node-a")) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the NAT table did not drain: %v flows left", natFlows(t, c.bed.Host("node-a")))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestE2ENATPerSourceLimit: with maxFlowsPerSource 100, the 101st
+// connection from one workload is refused with a reset and counted.
+func TestE2ENATPerSourceLimit(t *testing.T) {
+	testbed.Require(t)
+	c := startClusterNodes(t, withPrefix(t, "nat-outgoing.toml", "[nat]\nmaxFlowsPerSource = 100"), "node-a")
+	server := netip.AddrPortFrom(c.bed.Host("outside").Addr.Addr(), 9200)
+	echoServer(t, c.bed.Host("outside"), server)
+	conns, err := dialMany(t, c.workload["node-a"], server, 100)
+	if err != nil {
+		t.Fatalf("the first 100 connections: %v", err)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	_, err = dialMany(t, c.workload["node-a"], server, 1)
+	if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the 101st connection: %v, want it reset", err)
+	}
+	if got := scrape(t, c.bed.Host("node-a"))[`overlayd_nat_flows_refused_total{reason="per_source_limit"}`]; got != 1 {
+		t.Errorf("refusals counted: %v, want 1", got)
+	}
+}
+
+// TestE2ENoNATWithoutNatOutgoing: a pool without natOutgoing is not
+// steered: the outside host sees the workload's own address.
+func TestE2ENoNATWithoutNatOutgoing(t *testing.T) {
+	testbed.Require(t)
+	c := startClusterNodes(t, withPrefix(t, "vxlan-always.toml", "", "natOutgoing = true", "natOutgoing = false"), "node-a")
+	outside := c.bed.Host("outside")
+	var sink *net.UDPConn
+	if err := outside.Do(func() (err error) {
+		sink, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(outside.Addr.Addr(), 9300)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	forgeFrom := func() error {
+		conn, err := net.DialUDP("udp4", nil, sink.LocalAddr().(*net.UDPAddr))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, err = conn.Write([]byte("who am I"))
+		return err
+	}
+	if err := c.workload["node-a"].Do(forgeFrom); err != nil {
+		t.Fatal(err)
+	}
+	_ = sink.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, from, err := sink.ReadFromUDPAddrPort(make([]byte, 64))
+	if err != nil {
+		t.Fatalf("nothing arrived: %v", err)
+	}
+	if from.Addr() != c.addr["node-a"] {
+		t.Errorf("the outside host saw %s, want the workload's own %s", from.Addr(), c.addr["node-a"])
+	}
+	if got := natFlows(t, c.bed.Host("node-a")); got != 0 {
+		t.Errorf("%v NAT flows for a pool without natOutgoing", got)
+	}
+}

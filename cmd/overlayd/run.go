@@ -175,6 +175,9 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 	// netstack costs little, and a reload may turn natOutgoing on.
 	d.nat, err = nat.New(nat.Config{
 		Outside: p.Address.Addr(), MTU: p.TunnelMTU, Logger: d.log,
+		MaxFlows: c.NAT.MaxFlows, MaxFlowsPerSource: c.NAT.MaxFlowsPerSource,
+		Timeouts: nat.Timeouts{TCPEstablished: c.NAT.TCPTimeout, UDPUnreplied: c.NAT.UDPTimeout,
+			UDPAssured: c.NAT.UDPStreamTimeout, ICMP: c.NAT.ICMPTimeout},
 		Out: func(pkt []byte) error { return d.router.WriteTUN(pkt) },
 	})
 	if err != nil {
