@@ -56,9 +56,7 @@ func modes() []mode {
 		{Name: "wireguard-go", What: "wireguard-go between the nodes (encrypting, TUN offloads)", Overhead: 60, MTU: 1420,
 			setup: setupWireguardGo},
 		{Name: "overlayd NAT", What: "workload to the outside host through natOutgoing", MTU: 1480,
-			setup: func(*env, *testbed.Bed) (*endpoints, error) {
-				return nil, errNotMeasured("overlayd's natOutgoing NAT is not implemented yet (issue 5)")
-			}},
+			setup: setupNAT},
 	}
 }
 
@@ -116,6 +114,17 @@ func overlaydMode(file string) func(*env, *testbed.Bed) (*endpoints, error) {
 		}
 		return ep, nil
 	}
+}
+
+// setupNAT measures a workload on node A reaching the outside host through
+// overlayd's natOutgoing.
+func setupNAT(e *env, bed *testbed.Bed) (*endpoints, error) {
+	ep, err := overlaydMode("nat-outgoing.toml")(e, bed)
+	if err != nil {
+		return nil, err
+	}
+	outside := bed.Host("outside")
+	return &endpoints{client: ep.client, server: outside, addr: outside.Addr.Addr(), routers: ep.routers}, nil
 }
 
 func setupKernelVXLAN(e *env, bed *testbed.Bed) (*endpoints, error) {
