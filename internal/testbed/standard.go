@@ -15,11 +15,12 @@ var standardHosts = []struct {
 	addr    string // address/prefix on the host's eth0
 	gateway string // the router's address on that subnet
 	bridged bool   // on the shared 198.18.1.0/24 segment
+	node    bool   // a node: forwards for its workloads
 }{
-	{"node-a", "198.18.1.10/24", "198.18.1.1", true},
-	{"node-b", "198.18.1.11/24", "198.18.1.1", true},
-	{"node-c", "198.18.2.10/24", "198.18.2.1", false},
-	{"outside", "198.18.3.10/24", "198.18.3.1", false},
+	{"node-a", "198.18.1.10/24", "198.18.1.1", true, true},
+	{"node-b", "198.18.1.11/24", "198.18.1.1", true, true},
+	{"node-c", "198.18.2.10/24", "198.18.2.1", false, true},
+	{"outside", "198.18.3.10/24", "198.18.3.1", false, false},
 }
 
 // NewStandard is NewForTest with the standard bed built in it.
@@ -34,7 +35,9 @@ func NewStandard(tb testing.TB, opts Options) *Bed {
 
 // BuildStandard builds the standard bed in an empty bed: hosts "router",
 // "node-a", "node-b", "node-c" and "outside", each with eth0 toward the
-// router (A and B through a bridge in the router, as one L2 segment).
+// router (A and B through a bridge in the router, as one L2 segment) and a
+// default route through it. The router and the nodes forward; the outside
+// host does not. Workloads are added with AddWorkload.
 func BuildStandard(b *Bed) error {
 	router, err := b.AddHost("router")
 	if err != nil {
@@ -64,6 +67,9 @@ func BuildStandard(b *Bed) error {
 		}
 		if err := h.IP("route", "add", "default", "via", s.gateway); err != nil {
 			return fmt.Errorf("testbed: %w", err)
+		}
+		if !s.node {
+			continue
 		}
 		if err := h.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
 			return fmt.Errorf("testbed: %s: %w", s.name, err)

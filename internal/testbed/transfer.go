@@ -1,35 +1,66 @@
 package testbed
 
 import (
+	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"regexp"
 	"strconv"
+	"sync"
 	"time"
 )
 
-// Ping sends count echo requests from the host to dst and fails unless all
-// are answered.
+// pingSummary is iputils ping's statistics line.
+var pingSummary = regexp.MustCompile(`(\d+) packets transmitted, (\d+) (?:packets )?received`)
+
+// Ping sends count echo requests (iputils ping, 0.2 s apart) from the host to
+// dst and fails unless every one is answered. ping's own exit status is not
+// enough: it is 0 as soon as any reply came back.
 func (h *Host) Ping(ctx context.Context, dst netip.Addr, count int) error {
-	_, err := h.Run(ctx, "ping", "-n", "-q", "-c", strconv.Itoa(count), "-i", "0.2", "-W", "2", dst.String())
-	return err
+	if count < 1 {
+		return fmt.Errorf("testbed: %s: ping %v: count %d, want at least 1", h.Name, dst, count)
+	}
+	out, err := h.Run(ctx, "ping", "-n", "-q", "-c", strconv.Itoa(count), "-i", "0.2", "-W", "2", dst.String())
+	if err != nil {
+		return fmt.Errorf("testbed: %w", err)
+	}
+	if err := allAnswered(out, count); err != nil {
+		return fmt.Errorf("testbed: %s: ping %v: %w:\n%s", h.Name, dst, err, out)
+	}
+	return nil
+}
+
+// allAnswered reads ping's summary and checks that count replies came back.
+func allAnswered(out []byte, count int) error {
+	m := pingSummary.FindSubmatch(out)
+	if m == nil {
+		return errors.New("no summary in its output")
+	}
+	if received, _ := strconv.Atoi(string(m[2])); received < count {
+		return fmt.Errorf("%d of %d answered", received, count)
+	}
+	return nil
 }
 
 // TransferResult says what a TCPTransfer moved and how fast.
 type TransferResult struct {
-	Bytes          int           // each way
-	Up, Down       time.Duration // client to server, server to client
-	UpMBps, DownMB float64       // megabytes (10^6) per second
+	Bytes            int           // each way
+	Up, Down         time.Duration // client to server, server to client
+	UpMBps, DownMBps float64       // megabytes (10^6) per second
+	// ClientSeenAs is the client's address and port as the server saw them:
+	// the client's own, or what a NAT on the way made of it.
+	ClientSeenAs netip.AddrPort
 }
 
 func (r TransferResult) String() string {
 	return fmt.Sprintf("%d bytes each way, %.0f MB/s up (%.2f Gbit/s), %.0f MB/s down (%.2f Gbit/s)",
-		r.Bytes, r.UpMBps, r.UpMBps*8/1000, r.DownMB, r.DownMB*8/1000)
+		r.Bytes, r.UpMBps, r.UpMBps*8/1000, r.DownMBps, r.DownMBps*8/1000)
 }
 
 // pattern is a deterministic pseudo-random stream, so both ends can check
@@ -60,19 +91,57 @@ func (p *patternReader) Read(b []byte) (int, error) {
 	return len(b), nil
 }
 
-func digestOf(seed uint64, size int) [sha256.Size]byte {
-	h := sha256.New()
-	_, _ = io.CopyN(h, pattern(seed), int64(size))
-	var d [sha256.Size]byte
-	copy(d[:], h.Sum(nil))
-	return d
+// verifyStream reads r to its end and checks that it is exactly the first
+// want bytes of pattern(seed). It returns how many bytes arrived; the error
+// says where the stream first differs, or how short or long it was.
+func verifyStream(r io.Reader, seed uint64, want int) (int, error) {
+	expect := pattern(seed)
+	got := make([]byte, 64<<10)
+	exp := make([]byte, len(got))
+	n := 0
+	for {
+		k, err := r.Read(got)
+		if k > 0 {
+			if n+k > want {
+				return n + k, fmt.Errorf("%d bytes arrived, more than the %d sent", n+k, want)
+			}
+			_, _ = expect.Read(exp[:k])
+			if i := firstDifference(got[:k], exp[:k]); i >= 0 {
+				return n + k, fmt.Errorf("byte %d differs: got %#02x, want %#02x", n+i, got[i], exp[i])
+			}
+			n += k
+		}
+		switch {
+		case err == io.EOF && n < want:
+			return n, fmt.Errorf("the stream ended after %d of %d bytes", n, want)
+		case err == io.EOF:
+			return n, nil
+		case err != nil:
+			return n, fmt.Errorf("after %d of %d bytes: %w", n, want, err)
+		}
+	}
 }
 
-// TCPTransfer listens on serverAddr in the server's namespace, connects from
-// the client's, and moves size bytes of a pseudo-random stream each way:
-// the client sends and half-closes, the server checks every byte it got
-// (length and SHA-256) and sends its own stream back, which the client
-// checks. Any difference is an error saying how many bytes arrived.
+// firstDifference returns the index of the first byte where a and b (of equal
+// length) differ, or -1.
+func firstDifference(a, b []byte) int {
+	if bytes.Equal(a, b) {
+		return -1
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return -1
+}
+
+// TCPTransfer listens on serverAddr in the server's namespace (port 0: any),
+// connects from the client's, and moves size bytes of a pseudo-random stream
+// each way: the client sends and half-closes, the server checks every byte
+// it got and then sends its own stream back, which the client checks. Any
+// difference is an error saying how many bytes arrived and where the first
+// wrong one is. ctx bounds the whole exchange.
 func TCPTransfer(ctx context.Context, client, server *Host, serverAddr netip.AddrPort, size int) (TransferResult, error) {
 	res := TransferResult{Bytes: size}
 	var ln net.Listener
@@ -84,29 +153,35 @@ func TCPTransfer(ctx context.Context, client, server *Host, serverAddr netip.Add
 		return res, fmt.Errorf("testbed: listen on %s in %s: %w", serverAddr, server.Name, err)
 	}
 	defer ln.Close()
+	serverAddr = netip.AddrPortFrom(serverAddr.Addr(), uint16(ln.Addr().(*net.TCPAddr).Port))
+	stopListening := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stopListening()
+
 	const upSeed, downSeed = 1, 2
-	serverErr := make(chan error, 1)
+	type serverOutcome struct {
+		peer netip.AddrPort
+		err  error
+	}
+	served := make(chan serverOutcome, 1)
 	go func() {
-		serverErr <- func() error {
+		var out serverOutcome
+		out.err = func() error {
 			c, err := ln.Accept()
 			if err != nil {
-				return err
+				return fmt.Errorf("accept: %w", err)
 			}
 			defer c.Close()
-			stopOnDone(ctx, c)
-			h := sha256.New()
-			n, err := io.Copy(h, c)
-			if err != nil {
-				return fmt.Errorf("server read after %d bytes: %w", n, err)
-			}
-			if n != int64(size) || [sha256.Size]byte(h.Sum(nil)) != digestOf(upSeed, size) {
-				return fmt.Errorf("server got %d bytes, want %d, content differs: %t", n, size, n == int64(size))
+			defer context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })()
+			out.peer = c.RemoteAddr().(*net.TCPAddr).AddrPort()
+			if n, err := verifyStream(c, upSeed, size); err != nil {
+				return fmt.Errorf("the server received %d of %d bytes: %w", n, size, err)
 			}
 			if _, err := io.CopyN(c, pattern(downSeed), int64(size)); err != nil {
-				return fmt.Errorf("server write: %w", err)
+				return fmt.Errorf("the server's reply: %w", err)
 			}
 			return c.(*net.TCPConn).CloseWrite()
 		}()
+		served <- out
 	}()
 
 	var conn net.Conn
@@ -119,47 +194,147 @@ func TCPTransfer(ctx context.Context, client, server *Host, serverAddr netip.Add
 		return res, fmt.Errorf("testbed: connect from %s to %s: %w", client.Name, serverAddr, err)
 	}
 	defer conn.Close()
-	stopOnDone(ctx, conn)
+	defer context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })()
 	start := time.Now()
-	if _, err := io.CopyN(conn, pattern(upSeed), int64(size)); err != nil {
-		return res, fmt.Errorf("testbed: %s -> %s: send: %w", client.Name, serverAddr, err)
+	clientErr := func() error {
+		if _, err := io.CopyN(conn, pattern(upSeed), int64(size)); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+		if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+			return fmt.Errorf("half-close: %w", err)
+		}
+		// The server replies only once it has checked everything, so the
+		// first byte back marks the end of the upload.
+		first := make([]byte, 1)
+		if _, err := io.ReadFull(conn, first); err != nil {
+			return fmt.Errorf("no reply: %w", err)
+		}
+		res.Up = time.Since(start)
+		if n, err := verifyStream(io.MultiReader(bytes.NewReader(first), conn), downSeed, size); err != nil {
+			return fmt.Errorf("the client received %d of %d bytes back: %w", n, size, err)
+		}
+		return nil
+	}()
+	if clientErr != nil {
+		// The server's account says more (it checks first); unblock it.
+		conn.Close()
 	}
-	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
-		return res, err
+	out := <-served
+	res.ClientSeenAs = out.peer
+	if err := errors.Join(out.err, clientErr); err != nil {
+		return res, fmt.Errorf("testbed: TCP %s <-> %s: %w", client.Name, serverAddr, err)
 	}
-	// The server replies only once it has checked everything, so the first
-	// byte back marks the end of the upload.
-	h := sha256.New()
-	first := make([]byte, 1)
-	n, err := io.ReadFull(conn, first)
-	res.Up = time.Since(start)
-	if err == nil {
-		h.Write(first)
-		var rest int64
-		rest, err = io.Copy(h, conn)
-		n += int(rest)
-	}
-	if err := <-serverErr; err != nil {
-		return res, fmt.Errorf("testbed: %s -> %s: %w", client.Name, serverAddr, err)
-	}
-	if err != nil {
-		return res, fmt.Errorf("testbed: %s <- %s: receive after %d bytes: %w", client.Name, serverAddr, n, err)
-	}
-	if n != size || [sha256.Size]byte(h.Sum(nil)) != digestOf(downSeed, size) {
-		return res, fmt.Errorf("testbed: %s <- %s: got %d bytes, want %d, or the content differs", client.Name, serverAddr, n, size)
-	}
-	total := time.Since(start)
-	res.Down = total - res.Up
-	res.UpMBps = float64(size) / res.Up.Seconds() / 1e6
-	res.DownMB = float64(size) / max(res.Down.Seconds(), 1e-9) / 1e6
+	res.Down = time.Since(start) - res.Up
+	res.UpMBps = float64(size) / max(res.Up.Seconds(), 1e-9) / 1e6
+	res.DownMBps = float64(size) / max(res.Down.Seconds(), 1e-9) / 1e6
 	return res, nil
 }
 
-// stopOnDone closes c when ctx ends, so a stuck transfer fails instead of
-// hanging the test.
-func stopOnDone(ctx context.Context, c net.Conn) {
+// EchoResult says what a UDPEcho saw.
+type EchoResult struct {
+	Datagrams int // echoed intact, one of each size
+	// ClientSeenAs is the client's address and port as the server saw them.
+	ClientSeenAs netip.AddrPort
+}
+
+// udpEchoSizes are the payload sizes UDPEcho sends: from tiny to what fits
+// an overlay MTU of 1280 after the IPv4 and UDP headers.
+var udpEchoSizes = []int{8, 64, 512, 1252}
+
+// UDPEcho runs a UDP echo server on serverAddr in the server's namespace
+// (port 0: any) and sends it datagrams of several sizes from the client's,
+// each with distinct pseudo-random content; every echo must come back
+// byte for byte. A datagram without an echo is resent (UDP may drop) until
+// ctx ends, and then it is an error; without a deadline on ctx, 10 s.
+func UDPEcho(ctx context.Context, client, server *Host, serverAddr netip.AddrPort) (EchoResult, error) {
+	var res EchoResult
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+	}
+	var srv *net.UDPConn
+	if err := server.Do(func() error {
+		var err error
+		srv, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(serverAddr))
+		return err
+	}); err != nil {
+		return res, fmt.Errorf("testbed: listen on udp %s in %s: %w", serverAddr, server.Name, err)
+	}
+	defer srv.Close()
+	serverAddr = srv.LocalAddr().(*net.UDPAddr).AddrPort()
+	var seenMu sync.Mutex
+	var seen netip.AddrPort
 	go func() {
-		<-ctx.Done()
-		_ = c.SetDeadline(time.Unix(1, 0))
+		buf := make([]byte, 64<<10)
+		for {
+			n, from, err := srv.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return // closed
+			}
+			seenMu.Lock()
+			seen = from
+			seenMu.Unlock()
+			_, _ = srv.WriteToUDPAddrPort(buf[:n], from)
+		}
 	}()
+
+	var conn *net.UDPConn
+	if err := client.Do(func() error {
+		var err error
+		conn, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(serverAddr))
+		return err
+	}); err != nil {
+		return res, fmt.Errorf("testbed: udp from %s to %s: %w", client.Name, serverAddr, err)
+	}
+	defer conn.Close()
+	defer context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })()
+	for i, size := range udpEchoSizes {
+		if err := echoOnce(ctx, conn, uint64(i), size); err != nil {
+			return res, fmt.Errorf("testbed: UDP %s <-> %s: datagram of %d bytes: %w", client.Name, serverAddr, size, err)
+		}
+		res.Datagrams++
+	}
+	seenMu.Lock()
+	res.ClientSeenAs = seen
+	seenMu.Unlock()
+	return res, nil
+}
+
+// echoOnce sends one datagram (its first 8 bytes its sequence number) until
+// its echo comes back, ignoring late echoes of earlier ones.
+func echoOnce(ctx context.Context, conn *net.UDPConn, seq uint64, size int) error {
+	msg := make([]byte, size)
+	_, _ = pattern(seq + 100).Read(msg)
+	binary.BigEndian.PutUint64(msg, seq)
+	buf := make([]byte, 64<<10)
+	for tries := 1; ; tries++ {
+		if _, err := conn.Write(msg); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				if ctx.Err() != nil {
+					return fmt.Errorf("no echo after %d tries: %w", tries, ctx.Err())
+				}
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					break // resend
+				}
+				return fmt.Errorf("receive: %w", err)
+			}
+			if n >= 8 && binary.BigEndian.Uint64(buf) != seq {
+				continue // a late echo of an earlier datagram
+			}
+			if n != size {
+				return fmt.Errorf("the echo has %d bytes, want %d", n, size)
+			}
+			if i := firstDifference(buf[:n], msg); i >= 0 {
+				return fmt.Errorf("the echo differs at byte %d: got %#02x, want %#02x", i, buf[i], msg[i])
+			}
+			return nil
+		}
+	}
 }
