@@ -44,13 +44,13 @@ bench: build
 	$(GO) build -o bin/wireguard-go golang.zx2c4.com/wireguard
 	$(GO) run ./bench --overlayd $(BIN) --wireguard-go bin/wireguard-go $(if $(QUICK),--quick)
 
-# Go microbenchmarks of the per-packet path, five runs each, summarised by
+# Go microbenchmarks of the per-packet path, six runs each (benchstat wants six for a confidence interval), summarised by
 # benchstat (installed with go install if missing).
 BENCHSTAT := $(shell $(GO) env GOPATH)/bin/benchstat
 bench-micro:
 	@test -x $(BENCHSTAT) || $(GO) install golang.org/x/perf/cmd/benchstat@latest
 	@mkdir -p bench/results
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./encap/ ./router/ ./conn/ | tee bench/results/micro.txt
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./encap/ ./router/ ./nat/ ./conn/ | tee bench/results/micro.txt
 	$(BENCHSTAT) bench/results/micro.txt
 
 clean:

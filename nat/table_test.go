@@ -114,3 +114,21 @@ func TestEchoReply(t *testing.T) {
 		t.Errorf("checksums differ from gopacket's:\n%x\n%x", pkt, buf.Bytes())
 	}
 }
+
+func BenchmarkTableLookup(b *testing.B) {
+	tb := newTable(1<<20, 1<<20, Timeouts{})
+	keys := make([]flowKey, 10000)
+	for i := range keys {
+		keys[i] = flowKey{proto: "udp", inside: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), uint16(i)),
+			dest: netip.MustParseAddrPort("198.18.3.10:53")}
+		tb.add(keys[i], "UNREPLIED")
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if tb.lookup(keys[i%len(keys)]) == nil {
+			b.Fatal("missing flow")
+		}
+		i++
+	}
+}

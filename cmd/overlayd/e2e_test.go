@@ -982,6 +982,22 @@ func TestE2ENATOutgoing(t *testing.T) {
 	if m["overlayd_nat_flows_created_total"] < 3 {
 		t.Errorf("the NAT table counted %v flows, want the TCP, UDP and ICMP ones", m["overlayd_nat_flows_created_total"])
 	}
+
+	// The admin commands read the running daemon.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []struct{ name, want string }{
+		{"nat", "udp  17 src=" + c.addr["node-a"].String() + " dst=" + out.String()},
+		{"status", "node node-a, running since"},
+		{"routes", "kernel routes owned by overlayd"},
+	} {
+		got := runIn(t, c.bed.Host("node-a"), "env", childEnv+"=1", self, cmd.name)
+		if !strings.Contains(got, cmd.want) {
+			t.Errorf("overlayd %s:\n%s\nwant a line with %q", cmd.name, got, cmd.want)
+		}
+	}
 }
 
 // withPrefix writes an example cluster file with extra TOML in front (and

@@ -39,6 +39,17 @@ func (e Encap) String() string {
 // MarshalText renders the encapsulation by name in JSON.
 func (e Encap) MarshalText() ([]byte, error) { return []byte(e.String()), nil }
 
+// UnmarshalText reads the name back, so clients of the admin API decode it.
+func (e *Encap) UnmarshalText(b []byte) error {
+	for c := EncapNone; c <= EncapVXLAN; c++ {
+		if string(b) == c.String() {
+			*e = c
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown encapsulation %q: want none, ipip or vxlan", b)
+}
+
 // Overhead is the bytes an encapsulation adds on the wire.
 func (e Encap) Overhead() int {
 	switch e {

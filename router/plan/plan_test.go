@@ -257,3 +257,20 @@ blocks = ["10.2.0.64/26"]
 		t.Errorf("a disabled natOutgoing pool's traffic out is %s, want nat", d.Action)
 	}
 }
+
+func TestEncapTextRoundTrip(t *testing.T) {
+	for _, e := range []Encap{EncapNone, EncapIPIP, EncapVXLAN} {
+		b, err := e.MarshalText()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Encap
+		if err := back.UnmarshalText(b); err != nil || back != e {
+			t.Errorf("%s -> %q -> %s (%v)", e, b, back, err)
+		}
+	}
+	var e Encap
+	if err := e.UnmarshalText([]byte("gre")); err == nil {
+		t.Error("an unknown name must be an error")
+	}
+}
