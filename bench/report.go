@@ -51,12 +51,12 @@ func table(results []result) string {
 		} else if r.Mode.Name == "underlay" {
 			rss = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%.2f%s\t%.2f%s\t%.0f%s (%.0f%%)\t%.0f / %.0f\t%.1f%s\t%s\t%d B / %d\n",
+		fmt.Fprintf(tw, "%s\t%.2f%s\t%.2f%s\t%.0f%s (%.0f%%)\t%.0f / %.0f%s\t%.1f%s\t%s\t%d B / %d\n",
 			r.Mode.Name,
 			r.TCP1Gbps, ratio(r.TCP1Gbps, ref.TCP1Gbps),
 			r.TCP4Gbps, ratio(r.TCP4Gbps, ref.TCP4Gbps),
 			r.UDPkpps, ratio(r.UDPkpps, ref.UDPkpps), r.UDPLossPct,
-			r.RTTp50us, r.RTTp99us,
+			r.RTTp50us, r.RTTp99us, ratio(r.RTTp50us, ref.RTTp50us),
 			r.CPUPerGB, ratio(r.CPUPerGB, ref.CPUPerGB),
 			rss, r.Mode.Overhead, r.Mode.MTU)
 	}

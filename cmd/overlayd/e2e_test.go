@@ -765,6 +765,9 @@ address = "198.18.2.10/24"
 		t.Fatal(err)
 	}
 	progress("bad file")
+	if out := c.procs["node-a"].Output(); !strings.Contains(out, `msg="pool changed" pool=pool`) {
+		t.Errorf("the mode switches are not logged as pool changes:\n%s", out)
+	}
 	if out := c.procs["node-a"].Output(); !strings.Contains(out, "reload refused") || !strings.Contains(out, file+":4") {
 		t.Errorf("the refused reload is not logged with the file and line:\n%s", out)
 	}

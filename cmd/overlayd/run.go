@@ -336,9 +336,11 @@ func (d *daemon) reload() error {
 	if err != nil {
 		return refuse(err)
 	}
+	old := d.router.Plan()
 	if err := d.router.Update(p, vx, ipip); err != nil {
 		return refuse(err)
 	}
+	logPoolChanges(d.log, old.Pools, p.Pools)
 	if err := d.routes.ConfigureLink(d.device, p.TunnelMTU, p.TunnelAddr); err != nil {
 		d.log.Error("reconfiguring the TUN device", "err", err)
 	}
@@ -347,6 +349,28 @@ func (d *daemon) reload() error {
 	d.reloads.Add(1)
 	d.log.Info("reload applied", "config", d.configPath, "remoteBlocks", len(p.Routes))
 	return nil
+}
+
+// logPoolChanges says, one line each, which pools a reload added, removed
+// or changed.
+func logPoolChanges(log *slog.Logger, before, after []plan.PoolSummary) {
+	was := map[string]plan.PoolSummary{}
+	for _, p := range before {
+		was[p.Name] = p
+	}
+	for _, p := range after {
+		old, ok := was[p.Name]
+		switch {
+		case !ok:
+			log.Info("pool added", "pool", p.Name, "cidr", p.CIDR, "ipipMode", p.IPIPMode, "vxlanMode", p.VXLANMode, "natOutgoing", p.NATOutgoing)
+		case old != p:
+			log.Info("pool changed", "pool", p.Name, "cidr", p.CIDR, "ipipMode", p.IPIPMode, "vxlanMode", p.VXLANMode, "natOutgoing", p.NATOutgoing, "disabled", p.Disabled)
+		}
+		delete(was, p.Name)
+	}
+	for name := range was {
+		log.Info("pool removed", "pool", name)
+	}
 }
 
 func (d *daemon) status() statusReply {
