@@ -49,7 +49,6 @@ type table struct {
 	self       [4]byte // this node's underlay address
 	tunnelAddr [4]byte // zero when the node has none
 	vtepMAC    [6]byte
-	mtu        int
 	// transports are the router's, by encapsulation (nil: not open).
 	transports [numEncaps]Transport
 	// natSources are the natOutgoing pools; natExempt the destinations
@@ -66,7 +65,6 @@ func newTable(p *plan.Plan, transports [numEncaps]Transport) *table {
 		dests:      new(bart.Fast[*dest]),
 		byAddr:     new(bart.Fast[*peer]),
 		self:       p.Address.Addr().As4(),
-		mtu:        p.TunnelMTU,
 	}
 	if p.TunnelAddr.IsValid() {
 		t.tunnelAddr = p.TunnelAddr.As4()
