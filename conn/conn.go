@@ -1,0 +1,46 @@
+// Package conn is overlayd's underlay side: a UDP socket for VXLAN and a raw
+// IPv4 socket for IP-in-IP, each moving a batch of packets per system call
+// (recvmmsg, sendmmsg) with no allocation per call. golang.org/x/net/ipv4's
+// PacketConn allocates a net.Addr per received message, so the batch here
+// keeps its own message headers, iovecs and addresses and reuses them.
+package conn
+
+// Message is one packet of a batch, filled in place by the router.
+type Message struct {
+	// Buf holds the bytes to send, or the room to receive into (its
+	// length, not its capacity, is what the kernel may fill).
+	Buf []byte
+	// N is the number of bytes received into Buf.
+	N int
+	// Addr is the peer: destination on send, source on receive.
+	Addr [4]byte
+	// Port is the peer's UDP port (UDP only; zero on the raw socket).
+	Port uint16
+	// Truncated is set on receive when the packet was longer than Buf: the
+	// kernel dropped the rest (MSG_TRUNC), and N is len(Buf). A flag, not
+	// an error, so the other packets of the batch are still delivered.
+	Truncated bool
+}
+
+// Transport is an underlay socket with batched I/O. ReadBatch and WriteBatch
+// may run at the same time, but each from one goroutine at a time: a
+// direction's message headers are reused from call to call.
+type Transport interface {
+	// ReadBatch blocks until at least one packet is there, then receives
+	// as many as are queued, up to len(msgs) and MaxBatch, into msgs[:n]
+	// (N, Addr, Port, Truncated set; msgs[n:] untouched). After Close it
+	// returns an error wrapping net.ErrClosed.
+	ReadBatch(msgs []Message) (n int, err error)
+	// WriteBatch sends every message, waiting for socket buffer room as
+	// needed, and returns how many the kernel accepted. A message the
+	// kernel refuses (too big, no route, filtered) is skipped, the rest
+	// still sent, and the first refusal returned as the error; so n <
+	// len(msgs) comes with an error, and len(msgs)-n is the count lost.
+	WriteBatch(msgs []Message) (n int, err error)
+	// Close closes the socket and unblocks a waiting ReadBatch.
+	Close() error
+}
+
+// MaxBatch is the most messages one ReadBatch receives; WriteBatch sends
+// longer slices in several system calls.
+const MaxBatch = 128
