@@ -1,142 +1,212 @@
 package nat
 
 import (
-	"encoding/binary"
+	"context"
+	"errors"
 	"net"
 	"net/netip"
+	"syscall"
 	"time"
 
-	"golang.org/x/net/icmp"
-	"golang.org/x/net/ipv4"
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-
-	"github.com/overlayd/overlayd/encap"
 )
 
-// echoWait is how long an echo request waits for the destination's reply.
-const echoWait = 5 * time.Second
+// echoQueueLen is how many echo requests of one flow may wait for its
+// socket (a ping flood beyond that is dropped and counted).
+const echoQueueLen = 64
 
-// echo answers a workload's ICMP echo request with the real destination's
-// answer: the netstack would answer it itself, lying about reachability. It
-// sends the echo from a host ping socket and, when the reply comes, builds
-// the echo reply the workload expects, from the destination.
-func (n *NAT) echo(pkt []byte) {
-	ip := header.IPv4(pkt)
-	hl := int(ip.HeaderLength())
-	if len(pkt) < hl+header.ICMPv4MinimumSize || int(ip.TotalLength()) > len(pkt) {
-		return
-	}
-	pkt = pkt[:ip.TotalLength()]
+// echoRequest is a workload's echo request waiting to be sent.
+type echoRequest struct {
+	seq  uint16
+	data []byte
+}
+
+// echoRequest takes a workload's echo request (pkt, an IPv4 packet with an
+// ICMP echo after hl bytes of header). The netstack is kept out of it: with
+// spoofing on it would answer every echo itself, claiming any destination
+// is up. Instead the flow's host socket sends a real echo, and its reply
+// comes back as the reply the workload expects.
+func (n *NAT) echoRequest(pkt []byte, hl int, src, dst netip.Addr, now time.Time) {
 	req := header.ICMPv4(pkt[hl:])
-	if req.Type() != header.ICMPv4Echo {
-		return // other ICMP from a workload is not forwarded
-	}
-	src, dst := netip.AddrFrom4([4]byte(pkt[12:16])), netip.AddrFrom4([4]byte(pkt[16:20]))
-	key := flowKey{proto: "icmp", inside: netip.AddrPortFrom(src, req.Ident()), dest: netip.AddrPortFrom(dst, req.Ident())}
-	e, refused := n.table.add(key, "")
+	ident := req.Ident()
+	k := flowKey{protoICMP, netip.AddrPortFrom(src, ident), netip.AddrPortFrom(dst, ident)}
+	e, fresh, refused := n.table.addWith(k, stateNone, func(e *entry) {
+		e.echoRequests = make(chan echoRequest, echoQueueLen)
+	})
 	if refused != "" {
-		n.reply(encap.Prohibited, pkt)
+		n.refuseWithICMP(pkt)
 		return
 	}
-	e.countOut(len(pkt))
-	ident, seq, payload := req.Ident(), req.Sequence(), append([]byte(nil), req.Payload()...)
-	n.wg.Go(func() {
-		defer time.AfterFunc(n.table.timeout(e), func() {
-			if time.Since(time.Unix(0, e.lastSeen.Load())) >= n.table.timeout(e) {
-				n.table.remove(e, true)
-			}
-		})
-		conn, err := n.pingSocket()
-		if err != nil {
-			n.log.Debug("nat: no ICMP socket for echo", "err", err)
+	if fresh {
+		reqs := e.echoRequests
+		if !n.goTracked(func() { n.relayEcho(e, reqs) }) {
+			n.table.remove(e)
 			return
 		}
-		defer conn.Close()
-		if local, ok := conn.LocalAddr().(*net.UDPAddr); ok {
-			o := netip.AddrPortFrom(n.cfg.Outside, uint16(local.Port))
-			e.outside.Store(&o)
-		}
-		msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: int(ident), Seq: int(seq), Data: payload}}
-		wire, err := msg.Marshal(nil)
-		if err != nil {
-			return
-		}
-		to := net.Addr(&net.UDPAddr{IP: dst.AsSlice()})
-		if _, raw := conn.LocalAddr().(*net.IPAddr); raw {
-			to = &net.IPAddr{IP: dst.AsSlice()}
-		}
-		if _, err := conn.WriteTo(wire, to); err != nil {
-			return
-		}
-		deadline := time.Now().Add(echoWait)
-		buf := make([]byte, 65536)
-		for {
-			if conn.SetReadDeadline(deadline) != nil {
-				return
-			}
-			k, from, err := conn.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if !sameAddr(from, dst) {
-				continue
-			}
-			got, err := icmp.ParseMessage(1, buf[:k])
-			if err != nil || got.Type != ipv4.ICMPTypeEchoReply {
-				continue
-			}
-			body, ok := got.Body.(*icmp.Echo)
-			if !ok || body.Seq != int(seq) {
-				continue
-			}
-			reply := echoReply(dst, src, ident, seq, body.Data)
-			e.countIn(len(reply))
-			_ = n.cfg.Out(reply)
-			return
-		}
-	})
-}
-
-// pingSocket opens an unprivileged ping socket from the outside address,
-// or a raw ICMP socket where the ping group range does not allow that.
-func (n *NAT) pingSocket() (net.PacketConn, error) {
-	if c, err := icmp.ListenPacket("udp4", n.cfg.Outside.String()); err == nil {
-		return c, nil
 	}
-	return icmp.ListenPacket("ip4:icmp", n.cfg.Outside.String())
+	e.countOut(len(pkt), now)
+	select {
+	case e.echoRequests <- echoRequest{seq: req.Sequence(), data: append([]byte(nil), req.Payload()...)}:
+	default:
+		n.dropped.Add(1)
+	}
 }
 
-func sameAddr(a net.Addr, want netip.Addr) bool {
+// relayEcho serves one echo flow (a workload, an identifier, a destination)
+// with one host ICMP socket, until the flow expires.
+func (n *NAT) relayEcho(e *entry, reqs <-chan echoRequest) {
+	conn, err := n.net.ListenICMP(n.cfg.Outside)
+	if err != nil {
+		n.log.Warn("nat: no host ICMP socket for an echo flow", "flow", e.key, "err", err)
+		n.table.refuse(RefusedDial)
+		n.table.remove(e)
+		return
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(e.ctx, func() { conn.Close() })
+	defer stop()
+	dst := e.key.dest.Addr()
+	var to net.Addr
+	var ident uint16
+	if ua, ping := conn.LocalAddr().(*net.UDPAddr); ping {
+		// The kernel gives a ping socket its identifier and demultiplexes
+		// replies by it.
+		ident, to = uint16(ua.Port), &net.UDPAddr{IP: dst.AsSlice()}
+		if sc, ok := conn.(syscall.Conn); ok {
+			if err := enableRecvErr(sc); err != nil {
+				n.log.Debug("nat: echo flow without ICMP errors", "flow", e.key, "err", err)
+			}
+		}
+	} else {
+		// A raw socket sees every ICMP message: an identifier of our own
+		// tells this flow's replies from other flows'.
+		ident, to = uint16(n.echoIdent.Add(1)), &net.IPAddr{IP: dst.AsSlice()}
+	}
+	e.setOutside(netip.AddrPortFrom(n.cfg.Outside, ident))
+	if !n.goTracked(func() { n.echoReplies(e, conn, ident) }) {
+		return
+	}
+	for {
+		select {
+		case <-e.ctx.Done():
+			return
+		case r := <-reqs:
+			if _, err := conn.WriteTo(echoRequestMsg(ident, r.seq, r.data), to); err != nil {
+				n.log.Debug("nat: echo send", "flow", e.key, "err", err)
+				if code, ok := unreachableCode(err); ok {
+					n.sendICMPError(header.ICMPv4DstUnreachable, code, 0, dst, e.echoQuote(r.seq, len(r.data)))
+				}
+			}
+		}
+	}
+}
+
+// echoQuote is what an ICMP error about the flow's echo request seq quotes.
+func (e *entry) echoQuote(seq uint16, dataLen int) []byte {
+	return echoQuote(e.key.inside.Addr(), e.key.dest.Addr(), e.key.inside.Port(), seq, dataLen)
+}
+
+// echoReplies turns what the flow's socket receives into packets for the
+// workload: echo replies from the destination, and the ICMP errors about
+// the flow's requests (from the error queue of a ping socket, as messages
+// on a raw one).
+func (n *NAT) echoReplies(e *entry, conn net.PacketConn, ident uint16) {
+	bufp := n.datagramBufs.Get().(*[]byte)
+	defer n.datagramBufs.Put(bufp)
+	buf := *bufp
+	sc, canQueue := conn.(syscall.Conn)
+	_, raw := conn.LocalAddr().(*net.IPAddr)
+	src, dst := e.key.inside.Addr(), e.key.dest.Addr()
+	errs := 0
+	for {
+		k, from, err := conn.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			got := 0
+			if canQueue && !raw {
+				reports, qerr := readErrQueue(sc)
+				if qerr != nil {
+					n.log.Debug("nat: echo error queue", "flow", e.key, "err", qerr)
+				}
+				for _, r := range reports {
+					seq := uint16(0)
+					if len(r.payload) >= header.ICMPv4MinimumSize {
+						seq = header.ICMPv4(r.payload).Sequence()
+					}
+					n.relayReport(r, e, e.echoQuote(seq, max(0, len(r.payload)-header.ICMPv4MinimumSize)))
+				}
+				got = len(reports)
+			}
+			if got == 0 {
+				if errs++; errs >= maxReadErrors {
+					n.log.Debug("nat: echo flow ends on read errors", "flow", e.key, "err", err)
+					return
+				}
+			}
+			continue
+		}
+		errs = 0
+		msg := header.ICMPv4(buf[:k])
+		sender, ok := addrOf(from)
+		if k < header.ICMPv4MinimumSize || !ok {
+			continue
+		}
+		switch msg.Type() {
+		case header.ICMPv4EchoReply:
+			if sender != dst || (raw && msg.Ident() != ident) {
+				continue
+			}
+			reply := echoReply(dst, src, e.key.inside.Port(), msg.Sequence(), msg.Payload())
+			e.countIn(len(reply), n.table.now())
+			if err := n.cfg.Out(reply); err != nil {
+				n.log.Debug("nat: writing an echo reply toward a workload", "err", err)
+			}
+		case header.ICMPv4DstUnreachable, header.ICMPv4TimeExceeded:
+			if !raw {
+				continue // a ping socket reports these on its error queue
+			}
+			if seq, ours := quotedEcho(msg.Payload(), n.cfg.Outside, dst, ident); ours {
+				r := icmpReport{typ: uint8(msg.Type()), code: uint8(msg.Code()), info: uint32(msg.MTU()), offender: sender}
+				n.relayReport(r, e, e.echoQuote(seq, 0))
+			}
+		}
+	}
+}
+
+// quotedEcho says whether an ICMP error's quote is one of our echo
+// requests, from outside to dst with identifier ident, and gives its
+// sequence number.
+func quotedEcho(quote []byte, outside, dst netip.Addr, ident uint16) (seq uint16, ok bool) {
+	if len(quote) < header.IPv4MinimumSize {
+		return 0, false
+	}
+	ip := header.IPv4(quote)
+	hl := int(ip.HeaderLength())
+	if hl < header.IPv4MinimumSize || len(quote) < hl+header.ICMPv4MinimumSize || ip.Protocol() != uint8(protoICMP) {
+		return 0, false
+	}
+	if netip.AddrFrom4(ip.SourceAddress().As4()) != outside || netip.AddrFrom4(ip.DestinationAddress().As4()) != dst {
+		return 0, false
+	}
+	m := header.ICMPv4(quote[hl:])
+	if m.Type() != header.ICMPv4Echo || m.Ident() != ident {
+		return 0, false
+	}
+	return m.Sequence(), true
+}
+
+func addrOf(a net.Addr) (netip.Addr, bool) {
+	var ip net.IP
 	switch v := a.(type) {
 	case *net.UDPAddr:
-		return v.IP.Equal(want.AsSlice())
+		ip = v.IP
 	case *net.IPAddr:
-		return v.IP.Equal(want.AsSlice())
+		ip = v.IP
+	default:
+		return netip.Addr{}, false
 	}
-	return false
+	addr, ok := netip.AddrFromSlice(ip)
+	return addr.Unmap(), ok
 }
-
-// echoReply builds the IPv4 echo reply from src to dst.
-func echoReply(src, dst netip.Addr, ident, seq uint16, data []byte) []byte {
-	const hl = header.IPv4MinimumSize
-	b := make([]byte, hl+header.ICMPv4MinimumSize+len(data))
-	ip := header.IPv4(b)
-	ip.Encode(&header.IPv4Fields{
-		TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.ICMPv4ProtocolNumber),
-		SrcAddr: tcpipAddr(src), DstAddr: tcpipAddr(dst),
-	})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	m := header.ICMPv4(b[hl:])
-	m.SetType(header.ICMPv4EchoReply)
-	m.SetCode(0)
-	binary.BigEndian.PutUint16(m[4:], ident)
-	binary.BigEndian.PutUint16(m[6:], seq)
-	copy(m[header.ICMPv4MinimumSize:], data)
-	m.SetChecksum(0)
-	m.SetChecksum(^checksum.Checksum(m, 0))
-	return b
-}
-
-func tcpipAddr(a netip.Addr) tcpip.Address { return tcpip.AddrFrom4(a.As4()) }

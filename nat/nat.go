@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -14,380 +12,432 @@ import (
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
-	"gvisor.dev/gvisor/pkg/waiter"
-
-	"github.com/overlayd/overlayd/encap"
 )
 
 // Config is what a NAT needs.
 type Config struct {
-	// Outside is the node's address: flows leave from it.
+	// Outside is the node's underlay address: flows leave from it.
 	Outside netip.Addr
-	// Out writes one IPv4 packet toward a workload (into the TUN). It may be
-	// called from several goroutines at once and must not keep pkt.
+	// Out writes one IPv4 packet toward a workload (to the TUN). It is
+	// called from the NAT's goroutines, possibly concurrently, and must
+	// copy or consume pkt before returning.
 	Out func(pkt []byte) error
-	// MaxFlows and MaxFlowsPerSource limit the table (0: 65536 and 1024).
+	// MaxFlows and MaxFlowsPerSource limit the live flows in all and per
+	// workload address; 0 means 65536 and 1024.
 	MaxFlows, MaxFlowsPerSource int
-	Timeouts                    Timeouts
-	// MTU of the path to the workloads, for the netstack's NIC.
+	// Timeouts are the idle timeouts; zero fields take conntrack's.
+	Timeouts Timeouts
+	// Net opens the host sockets; nil means ProcessNet, the process's own
+	// network namespace.
+	Net HostNet
+	// MTU of the path to the workloads (the TUN's), which sizes the
+	// netstack's segments toward them; 0 means 1500.
 	MTU    int
 	Logger *slog.Logger
 }
 
-// Stats are the NAT's counters.
-type Stats struct {
-	Flows   map[string]int    `json:"flows"` // by "proto/state"
-	Created uint64            `json:"created"`
-	Expired uint64            `json:"expired"`
-	Refused map[string]uint64 `json:"refused"` // by reason
-	Dropped uint64            `json:"dropped"` // packets the queue had no room for
-}
+// Defaults of Config.
+const (
+	DefaultMaxFlows          = 65536
+	DefaultMaxFlowsPerSource = 1024
+	defaultMTU               = 1500
+	// queueLen is how many workload packets may wait for the netstack.
+	queueLen = 4096
+	// smallPacket is the size of pooled Deliver buffers; larger packets
+	// get their own.
+	smallPacket = 2048
+)
 
-// NAT terminates workloads' outgoing flows and re-originates them.
+// NAT terminates workloads' outgoing flows in a netstack and re-originates
+// them from host sockets. Its methods are safe for concurrent use.
 type NAT struct {
-	cfg    Config
-	log    *slog.Logger
-	stack  *stack.Stack
-	link   *channel.Endpoint
-	table  *table
+	cfg   Config
+	net   HostNet
+	log   *slog.Logger
+	stack *stack.Stack
+	link  *channel.Endpoint
+	table *table
+
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	queue  chan []byte // packets from the router for the netstack
-	drops  atomic.Uint64
+	queue  chan []byte
+	// bufs holds Deliver's packet copies, relayBufs the TCP relays'
+	// buffers, datagramBufs buffers for the largest datagram.
+	bufs, relayBufs, datagramBufs sync.Pool
+
+	// wg counts the NAT's goroutines; track refuses new ones once Close
+	// has begun, so wg.Wait cannot race with a late Add.
+	wgMu    sync.Mutex
+	closing bool
+	wg      sync.WaitGroup
+
+	dropped, ignored atomic.Uint64
+	// echoIdent hands out echo identifiers for raw ICMP sockets, which
+	// unlike ping sockets do not get one from the kernel.
+	echoIdent atomic.Uint32
 }
 
 const nicID = 1
 
-// New starts a NAT.
+// New starts a NAT: its netstack and its goroutines.
 func New(cfg Config) (*NAT, error) {
-	if !cfg.Outside.Is4() || cfg.Out == nil {
-		return nil, errors.New("nat: an IPv4 outside address and an Out function are required")
+	if !cfg.Outside.Is4() {
+		return nil, fmt.Errorf("nat: outside address %v: want IPv4", cfg.Outside)
+	}
+	if cfg.Out == nil {
+		return nil, errors.New("nat: no Out function to send packets toward the workloads")
+	}
+	if cfg.MaxFlows < 0 || cfg.MaxFlowsPerSource < 0 || cfg.MTU < 0 {
+		return nil, fmt.Errorf("nat: negative limit or MTU (maxFlows %d, maxFlowsPerSource %d, MTU %d)", cfg.MaxFlows, cfg.MaxFlowsPerSource, cfg.MTU)
 	}
 	if cfg.MaxFlows == 0 {
-		cfg.MaxFlows = 65536
+		cfg.MaxFlows = DefaultMaxFlows
 	}
 	if cfg.MaxFlowsPerSource == 0 {
-		cfg.MaxFlowsPerSource = 1024
+		cfg.MaxFlowsPerSource = DefaultMaxFlowsPerSource
 	}
 	if cfg.MTU == 0 {
-		cfg.MTU = 1500
+		cfg.MTU = defaultMTU
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	n := &NAT{cfg: cfg, net: cfg.Net, log: cfg.Logger, queue: make(chan []byte, queueLen)}
+	if n.net == nil {
+		n.net = ProcessNet{}
 	}
+	if n.log == nil {
+		n.log = slog.New(slog.DiscardHandler)
+	}
+	n.bufs.New = func() any { b := make([]byte, smallPacket); return &b }
+	n.relayBufs.New = func() any { b := make([]byte, relayBufSize); return &b }
+	n.datagramBufs.New = func() any { b := make([]byte, 1<<16); return &b }
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.table = newTable(n.ctx, cfg.MaxFlows, cfg.MaxFlowsPerSource, cfg.Timeouts, time.Now)
+	if err := n.newStack(); err != nil {
+		n.cancel()
+		return nil, err
+	}
+	n.wg.Add(3)
+	go n.inbound()
+	go n.outbound()
+	go n.sweep()
+	return n, nil
+}
+
+// newStack makes the netstack that stands in for every outside destination.
+func (n *NAT) newStack() error {
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
 	})
-	link := channel.New(1024, uint32(cfg.MTU), "")
-	if err := s.CreateNIC(nicID, link); err != nil {
-		return nil, fmt.Errorf("nat: netstack NIC: %v", err)
+	n.link = channel.New(queueLen, uint32(n.cfg.MTU), "")
+	if err := s.CreateNIC(nicID, n.link); err != nil {
+		s.Destroy()
+		return fmt.Errorf("nat: netstack NIC: %s", err)
 	}
 	// Accept packets for any address and answer from it: the netstack
-	// stands in for every destination outside the pools.
-	s.SetPromiscuousMode(nicID, true)
-	s.SetSpoofing(nicID, true)
+	// plays every destination outside the pools.
+	if err := s.SetPromiscuousMode(nicID, true); err != nil {
+		s.Destroy()
+		return fmt.Errorf("nat: promiscuous NIC: %s", err)
+	}
+	if err := s.SetSpoofing(nicID, true); err != nil {
+		s.Destroy()
+		return fmt.Errorf("nat: spoofing NIC: %s", err)
+	}
 	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}})
-	// A large receive window so one flow is not held back by the relay.
-	sack := tcpip.TCPSACKEnabled(true)
-	s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	n := &NAT{cfg: cfg, log: log, stack: s, link: link, ctx: ctx, cancel: cancel,
-		table: newTable(cfg.MaxFlows, cfg.MaxFlowsPerSource, cfg.Timeouts), queue: make(chan []byte, 4096)}
-	tcpFwd := tcp.NewForwarder(s, 0, 4096, n.handleTCP)
+	// Windows large enough that the netstack leg does not hold back a bulk
+	// flow; the buffers grow only as a flow needs them.
+	sack, moderate := tcpip.TCPSACKEnabled(true), tcpip.TCPModerateReceiveBufferOption(true)
+	opts := []tcpip.SettableTransportProtocolOption{
+		&sack, &moderate,
+		&tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 256 << 10, Max: 8 << 20},
+		&tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 256 << 10, Max: 8 << 20},
+	}
+	for _, o := range opts {
+		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, o); err != nil {
+			s.Destroy()
+			return fmt.Errorf("nat: netstack TCP option %T: %s", o, err)
+		}
+	}
+	tcpFwd := tcp.NewForwarder(s, 0, queueLen, n.handleTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
 	udpFwd := udp.NewForwarder(s, n.handleUDP)
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
-	n.wg.Go(n.inbound)
-	n.wg.Go(n.outbound)
-	return n, nil
+	n.stack = s
+	return nil
 }
 
-// Deliver takes a workload's packet for the outside. It copies what it
-// keeps and never blocks: when the queue is full the packet is dropped and
-// counted, as a full NIC queue would.
+// track counts a new goroutine in wg, or refuses once Close has begun.
+func (n *NAT) track() bool {
+	n.wgMu.Lock()
+	defer n.wgMu.Unlock()
+	if n.closing {
+		return false
+	}
+	n.wg.Add(1)
+	return true
+}
+
+// goTracked runs fn in a goroutine Close waits for, unless Close has begun.
+func (n *NAT) goTracked(fn func()) bool {
+	if !n.track() {
+		return false
+	}
+	go func() {
+		defer n.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// Deliver takes a workload's IPv4 packet for the outside. It copies the
+// packet and returns at once: when the queue is full the packet is dropped
+// and counted, as a full NIC queue would.
 func (n *NAT) Deliver(pkt []byte) {
-	if len(pkt) < header.IPv4MinimumSize || header.IPv4(pkt).HeaderLength() < header.IPv4MinimumSize {
+	if len(pkt) < header.IPv4MinimumSize || pkt[0]>>4 != 4 {
+		n.ignored.Add(1)
 		return
 	}
+	var buf []byte
+	if len(pkt) <= smallPacket {
+		buf = (*n.bufs.Get().(*[]byte))[:len(pkt)]
+	} else {
+		buf = make([]byte, len(pkt))
+	}
+	copy(buf, pkt)
 	select {
-	case n.queue <- append([]byte(nil), pkt...):
+	case n.queue <- buf:
 	default:
-		n.drops.Add(1)
+		n.dropped.Add(1)
+		n.putBuf(buf)
 	}
 }
 
-// inbound feeds the netstack, answering ICMP echo and refusing new UDP
-// flows over a limit on the way.
+func (n *NAT) putBuf(b []byte) {
+	if cap(b) == smallPacket {
+		b = b[:smallPacket]
+		n.bufs.Put(&b)
+	}
+}
+
+// inbound takes the workload packets off the queue: it accounts them to
+// their flows, admits new flows, answers echo requests itself and feeds the
+// rest to the netstack.
 func (n *NAT) inbound() {
+	defer n.wg.Done()
 	for {
 		select {
 		case <-n.ctx.Done():
 			return
 		case pkt := <-n.queue:
-			ip := header.IPv4(pkt)
-			switch ip.TransportProtocol() {
-			case header.ICMPv4ProtocolNumber:
-				n.echo(pkt)
-				continue
-			case header.UDPProtocolNumber:
-				if !n.admitUDP(pkt) {
-					continue
-				}
+			if n.admit(pkt) {
+				n.link.InjectInbound(ipv4.ProtocolNumber, stack.NewPacketBuffer(stack.PacketBufferOptions{
+					Payload: buffer.MakeWithData(pkt), // copies
+				}))
 			}
-			n.link.InjectInbound(ipv4.ProtocolNumber, stack.NewPacketBuffer(stack.PacketBufferOptions{
-				Payload: buffer.MakeWithData(pkt),
-			}))
+			n.putBuf(pkt)
 		}
 	}
 }
 
-// outbound hands what the netstack sends (replies for the workloads) to Out.
+// admit looks at one workload packet and says whether the netstack should
+// have it. New UDP flows and TCP SYNs get their entry here, where the whole
+// packet is at hand for an ICMP error (UDP over a limit) or the quote of
+// later ones (TCP). A refused SYN still goes to the netstack, whose TCP
+// forwarder answers it with a reset.
+func (n *NAT) admit(pkt []byte) bool {
+	ip := header.IPv4(pkt)
+	if !ip.IsValid(len(pkt)) {
+		n.ignored.Add(1)
+		return false
+	}
+	pkt = pkt[:ip.TotalLength()]
+	hl := int(ip.HeaderLength())
+	p := proto(ip.Protocol())
+	if ip.FragmentOffset() != 0 {
+		// Later fragments carry no ports: the netstack reassembles them
+		// with the first, which was accounted.
+		if p == protoICMP {
+			n.ignored.Add(1)
+			return false
+		}
+		return true
+	}
+	src, dst := netip.AddrFrom4(ip.SourceAddress().As4()), netip.AddrFrom4(ip.DestinationAddress().As4())
+	now := n.table.now()
+	switch p {
+	case protoICMP:
+		if ip.More() || len(pkt) < hl+header.ICMPv4MinimumSize || header.ICMPv4(pkt[hl:]).Type() != header.ICMPv4Echo {
+			// ICMP from a workload other than an echo (its errors about
+			// our replies, say) has no flow to follow.
+			n.ignored.Add(1)
+			return false
+		}
+		n.echoRequest(pkt, hl, src, dst, now)
+		return false
+	case protoUDP:
+		if len(pkt) < hl+header.UDPMinimumSize {
+			n.ignored.Add(1)
+			return false
+		}
+		u := header.UDP(pkt[hl:])
+		k := flowKey{protoUDP, netip.AddrPortFrom(src, u.SourcePort()), netip.AddrPortFrom(dst, u.DestinationPort())}
+		e, _, refused := n.table.add(k, stateUnreplied)
+		if refused != "" {
+			n.refuseWithICMP(pkt)
+			return false
+		}
+		e.countOut(len(pkt), now)
+		return true
+	case protoTCP:
+		if len(pkt) < hl+header.TCPMinimumSize {
+			return true // the netstack drops it
+		}
+		t := header.TCP(pkt[hl:])
+		k := flowKey{protoTCP, netip.AddrPortFrom(src, t.SourcePort()), netip.AddrPortFrom(dst, t.DestinationPort())}
+		e := n.table.lookup(k)
+		if e == nil || e.getState() == stateClosed {
+			if t.Flags()&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn {
+				return true // no flow: the netstack resets it
+			}
+			var refused string
+			e, _, refused = n.table.addWith(k, stateSynSent, func(e *entry) {
+				e.synQuote = append([]byte(nil), pkt[:hl+quotedPayload]...)
+			})
+			if refused != "" {
+				return true // the forwarder finds no entry and resets
+			}
+		}
+		e.countOut(len(pkt), now)
+		return true
+	}
+	n.ignored.Add(1)
+	return false
+}
+
+// refuseWithICMP answers a packet whose new flow a limit refused with ICMP
+// "communication administratively prohibited" from its destination.
+func (n *NAT) refuseWithICMP(pkt []byte) {
+	dst := netip.AddrFrom4(header.IPv4(pkt).DestinationAddress().As4())
+	n.sendICMPError(header.ICMPv4DstUnreachable, header.ICMPv4AdminProhibited, 0, dst, pkt)
+}
+
+// sendICMPError builds an ICMP error about quote from `from` and writes it
+// toward the workload.
+func (n *NAT) sendICMPError(typ header.ICMPv4Type, code header.ICMPv4Code, info uint16, from netip.Addr, quote []byte) {
+	msg := icmpError(typ, code, info, from, quote)
+	if msg == nil {
+		return
+	}
+	if err := n.cfg.Out(msg); err != nil {
+		n.log.Debug("nat: writing an ICMP error toward a workload", "err", err)
+	}
+}
+
+// outbound hands what the netstack sends (the outside's side of every
+// flow) to Out, accounting it to its flow.
 func (n *NAT) outbound() {
+	defer n.wg.Done()
+	buf := make([]byte, 1<<16)
 	for {
 		pkt := n.link.ReadContext(n.ctx)
 		if pkt == nil {
 			return
 		}
-		view := pkt.ToView()
-		if err := n.cfg.Out(view.AsSlice()); err != nil {
+		size := 0
+		for _, s := range pkt.AsSlices() {
+			size += copy(buf[size:], s)
+		}
+		pkt.DecRef()
+		n.countReply(buf[:size])
+		if err := n.cfg.Out(buf[:size]); err != nil {
 			n.log.Debug("nat: writing toward a workload", "err", err)
 		}
-		view.Release()
-		pkt.DecRef()
 	}
 }
 
-// reply sends an ICMP error about orig back toward its workload.
-func (n *NAT) reply(build func(dst, orig []byte, from [4]byte) []byte, orig []byte) {
-	buf := make([]byte, encap.MaxFragNeededLen)
-	if msg := build(buf, orig, [4]byte(orig[16:20])); msg != nil {
-		_ = n.cfg.Out(msg)
-	}
-}
-
-func addrPort(a tcpip.Address, port uint16) netip.AddrPort {
-	return netip.AddrPortFrom(netip.AddrFrom4(a.As4()), port)
-}
-
-func (n *NAT) handleTCP(r *tcp.ForwarderRequest) {
-	id := r.ID()
-	key := flowKey{proto: "tcp", inside: addrPort(id.RemoteAddress, id.RemotePort), dest: addrPort(id.LocalAddress, id.LocalPort)}
-	e, refused := n.table.add(key, "SYN_SENT")
-	if refused != "" {
-		r.Complete(true)
-		return
-	}
-	d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: n.cfg.Outside.AsSlice()}}
-	out, err := d.DialContext(n.ctx, "tcp4", key.dest.String())
-	if err != nil {
-		// Refused or unreachable outside: the workload gets a reset.
-		n.table.refuse(RefusedDial)
-		n.table.remove(e, false)
-		r.Complete(true)
-		return
-	}
-	var wq waiter.Queue
-	ep, terr := r.CreateEndpoint(&wq)
-	if terr != nil {
-		out.Close()
-		n.table.remove(e, false)
-		r.Complete(true)
-		return
-	}
-	r.Complete(false)
-	local := out.LocalAddr().(*net.TCPAddr).AddrPort()
-	e.outside.Store(&local)
-	e.setState("ESTABLISHED")
-	in := gonet.NewTCPConn(&wq, ep)
-	n.relayTCP(e, in, out.(*net.TCPConn))
-}
-
-// relayTCP copies both ways, carrying each half-close across, until both
-// directions are done.
-func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, out *net.TCPConn) {
-	defer n.table.remove(e, false)
-	defer in.Close()
-	defer out.Close()
-	stop := context.AfterFunc(n.ctx, func() { in.Close(); out.Close() })
-	defer stop()
-	var wg sync.WaitGroup
-	var closing atomic.Bool
-	copyDir := func(dst io.Writer, src io.Reader, count func(int), closeWrite func() error) {
-		buf := make([]byte, 64<<10)
-		for {
-			k, err := src.Read(buf)
-			if k > 0 {
-				count(k)
-				if _, werr := dst.Write(buf[:k]); werr != nil {
-					in.Close()
-					out.Close()
-					return
-				}
-			}
-			if err != nil {
-				if errors.Is(err, io.EOF) {
-					if !closing.Swap(true) {
-						e.setState("FIN_WAIT")
-					}
-					_ = closeWrite()
-				} else {
-					// A reset on one side is carried as a reset to the other.
-					in.Close()
-					out.Close()
-				}
-				return
-			}
-		}
-	}
-	wg.Go(func() { copyDir(out, in, e.countOut, out.CloseWrite) })
-	wg.Go(func() { copyDir(in, out, e.countIn, in.CloseWrite) })
-	wg.Wait()
-	e.setState("CLOSED")
-}
-
-// admitUDP checks a UDP packet against the table: a new flow over a limit
-// is answered ICMP administratively prohibited and not injected.
-func (n *NAT) admitUDP(pkt []byte) bool {
+// countReply accounts a packet from the netstack to the workload to its
+// flow; the first one of a UDP flow makes it ASSURED.
+func (n *NAT) countReply(pkt []byte) {
 	ip := header.IPv4(pkt)
-	if int(ip.HeaderLength())+header.UDPMinimumSize > len(pkt) {
-		return false
+	if len(pkt) < header.IPv4MinimumSize || ip.FragmentOffset() != 0 {
+		return
 	}
-	u := header.UDP(pkt[ip.HeaderLength():])
-	key := flowKey{proto: "udp",
-		inside: netip.AddrPortFrom(netip.AddrFrom4([4]byte(pkt[12:16])), u.SourcePort()),
-		dest:   netip.AddrPortFrom(netip.AddrFrom4([4]byte(pkt[16:20])), u.DestinationPort())}
-	if n.table.lookup(key) != nil {
-		return true
+	hl := int(ip.HeaderLength())
+	if len(pkt) < hl+4 {
+		return
 	}
-	if _, refused := n.table.add(key, "UNREPLIED"); refused != "" {
-		n.reply(encap.Prohibited, pkt)
-		return false
+	p := proto(ip.Protocol())
+	if p != protoTCP && p != protoUDP {
+		return
 	}
-	return true
-}
-
-func (n *NAT) handleUDP(r *udp.ForwarderRequest) {
-	id := r.ID()
-	key := flowKey{proto: "udp", inside: addrPort(id.RemoteAddress, id.RemotePort), dest: addrPort(id.LocalAddress, id.LocalPort)}
-	e := n.table.lookup(key)
+	// Both TCP and UDP start with the two ports.
+	ports := header.UDP(pkt[hl:])
+	k := flowKey{p,
+		netip.AddrPortFrom(netip.AddrFrom4(ip.DestinationAddress().As4()), ports.DestinationPort()),
+		netip.AddrPortFrom(netip.AddrFrom4(ip.SourceAddress().As4()), ports.SourcePort())}
+	e := n.table.lookup(k)
 	if e == nil {
-		return // refused in admitUDP
-	}
-	var wq waiter.Queue
-	ep, terr := r.CreateEndpoint(&wq)
-	if terr != nil {
-		n.table.remove(e, false)
 		return
 	}
-	in := gonet.NewUDPConn(&wq, ep)
-	// The forwarder calls this inline: dialling and relaying go on in
-	// their own goroutine.
-	n.wg.Go(func() { n.relayUDP(e, in) })
-}
-
-func (n *NAT) relayUDP(e *entry, in *gonet.UDPConn) {
-	defer n.table.remove(e, true)
-	defer in.Close()
-	out, err := net.DialUDP("udp4", &net.UDPAddr{IP: n.cfg.Outside.AsSlice()}, net.UDPAddrFromAddrPort(e.key.dest))
-	if err != nil {
-		n.table.refuse(RefusedDial)
-		return
+	e.countIn(len(pkt), n.table.now())
+	if p == protoUDP && e.getState() == stateUnreplied {
+		n.table.setState(e, stateAssured)
 	}
-	defer out.Close()
-	local := out.LocalAddr().(*net.UDPAddr).AddrPort()
-	e.outside.Store(&local)
-	stop := context.AfterFunc(n.ctx, func() { in.Close(); out.Close() })
-	defer stop()
-	var wg sync.WaitGroup
-	idle := func(c interface{ SetReadDeadline(time.Time) error }) bool {
-		// Expired when nothing moved either way for the state's timeout.
-		last := time.Unix(0, e.lastSeen.Load())
-		if time.Since(last) >= n.table.timeout(e) {
-			return true
+}
+
+// sweep expires idle flows, often enough for the shortest timeout.
+func (n *NAT) sweep() {
+	defer n.wg.Done()
+	every := min(max(n.table.timeouts.shortest()/4, 50*time.Millisecond), time.Second)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case now := <-tick.C:
+			if k := n.table.expire(now); k > 0 {
+				n.log.Debug("nat: flows expired", "count", k)
+			}
 		}
-		_ = c.SetReadDeadline(last.Add(n.table.timeout(e)))
-		return false
 	}
-	wg.Go(func() {
-		buf := make([]byte, 65536)
-		for {
-			if idle(in) {
-				out.Close()
-				return
-			}
-			k, err := in.Read(buf)
-			if err != nil {
-				if isTimeout(err) {
-					continue
-				}
-				out.Close()
-				return
-			}
-			e.countOut(k)
-			_, _ = out.Write(buf[:k])
-		}
-	})
-	wg.Go(func() {
-		buf := make([]byte, 65536)
-		for {
-			if idle(out) {
-				in.Close()
-				return
-			}
-			k, err := out.Read(buf)
-			if err != nil {
-				if isTimeout(err) {
-					continue
-				}
-				in.Close()
-				return
-			}
-			e.countIn(k)
-			e.setState("ASSURED")
-			_, _ = in.Write(buf[:k])
-		}
-	})
-	wg.Wait()
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// Flows returns a snapshot of the NAT table.
+// Flows returns a snapshot of the NAT table, oldest flow first.
 func (n *NAT) Flows() []Flow { return n.table.snapshot() }
 
 // Stats returns the NAT's counters.
 func (n *NAT) Stats() Stats {
-	s := Stats{Flows: map[string]int{}, Refused: map[string]uint64{},
-		Created: n.table.created.Load(), Expired: n.table.expired.Load(), Dropped: n.drops.Load()}
-	for _, f := range n.table.snapshot() {
-		s.Flows[f.Proto+"/"+f.State]++
-	}
-	n.table.refused.Range(func(k, v any) bool {
-		s.Refused[k.(string)] = v.(*atomic.Uint64).Load()
-		return true
-	})
+	s := n.table.stats()
+	s.Dropped = n.dropped.Load()
+	s.Ignored = n.ignored.Load()
 	return s
 }
 
-// Close ends every flow and stops the NAT.
+// Close ends every flow (TCP ones with a reset both ways), closes every host
+// socket and waits for the NAT's goroutines. Deliver may still be called
+// afterwards; it does nothing useful.
 func (n *NAT) Close() error {
+	n.wgMu.Lock()
+	if n.closing {
+		n.wgMu.Unlock()
+		return nil
+	}
+	n.closing = true
+	n.wgMu.Unlock()
 	n.cancel()
+	n.table.stopAll()
+	// Closing the stack aborts its endpoints, handshakes in progress
+	// included, so no forwarder goroutine stays blocked in one.
+	n.stack.Close()
 	n.link.Close()
 	n.wg.Wait()
-	n.stack.Close()
+	n.stack.Wait()
 	return nil
 }

@@ -1,0 +1,187 @@
+package nat
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// relayBufSize is each relay direction's buffer: a thousand flows hold 64
+// MiB of them, and bulk flows move 32 KiB per system call.
+const relayBufSize = 32 << 10
+
+func addrPortOf(a tcpip.Address, port uint16) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom4(a.As4()), port)
+}
+
+// keyOf is the flow a netstack request belongs to: the netstack's remote
+// end is the workload, its local end the destination.
+func keyOf(p proto, id stack.TransportEndpointID) flowKey {
+	return flowKey{p, addrPortOf(id.RemoteAddress, id.RemotePort), addrPortOf(id.LocalAddress, id.LocalPort)}
+}
+
+// handleTCP serves a workload's SYN, in a goroutine of the forwarder's: it
+// connects to the real destination first and completes the workload's
+// handshake only if that worked, so the workload sees what the outside did
+// (accept, refuse, unreachable).
+func (n *NAT) handleTCP(r *tcp.ForwarderRequest) {
+	if !n.track() {
+		r.Complete(true)
+		return
+	}
+	defer n.wg.Done()
+	k := keyOf(protoTCP, r.ID())
+	e := n.table.lookup(k)
+	if e == nil || e.getState() != stateSynSent || !e.relaying.CompareAndSwap(false, true) {
+		// Refused by a limit when its SYN came in (and counted then), or
+		// gone since.
+		r.Complete(true)
+		return
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, n.table.timeouts.TCPSynSent)
+	out, err := n.net.DialTCP(ctx, n.cfg.Outside, k.dest)
+	cancel()
+	if err != nil {
+		n.dialFailed(r, e, err)
+		return
+	}
+	var wq waiter.Queue
+	ep, terr := r.CreateEndpoint(&wq)
+	r.Complete(false)
+	if terr != nil {
+		// The workload went away during the handshake.
+		n.log.Debug("nat: workload handshake failed", "flow", k, "err", terr)
+		resetConn(out)
+		n.table.end(e)
+		return
+	}
+	if tc, ok := out.LocalAddr().(*net.TCPAddr); ok {
+		e.setOutside(tc.AddrPort())
+	}
+	n.table.setState(e, stateEstablished)
+	n.relayTCP(e, gonet.NewTCPConn(&wq, ep), ep, out)
+}
+
+// dialFailed tells the workload how the outside answered its SYN: a reset
+// for a refused connection, ICMP unreachable from the destination for an
+// unreachable one, nothing for no answer (its own SYN timer then runs out,
+// as behind a real NAT).
+func (n *NAT) dialFailed(r *tcp.ForwarderRequest, e *entry, err error) {
+	n.log.Debug("nat: outside dial failed", "flow", e.key, "err", err)
+	n.table.refuse(RefusedDial)
+	code, unreachable := unreachableCode(err)
+	switch {
+	case unreachable && e.synQuote != nil:
+		r.Complete(false)
+		n.sendICMPError(header.ICMPv4DstUnreachable, code, 0, e.key.dest.Addr(), e.synQuote)
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		r.Complete(false)
+	default:
+		r.Complete(true)
+	}
+	n.table.end(e)
+}
+
+// unreachableCode maps a connect error to the ICMP unreachable code that
+// caused it, if one did.
+func unreachableCode(err error) (header.ICMPv4Code, bool) {
+	switch {
+	case errors.Is(err, syscall.ENETUNREACH):
+		return header.ICMPv4NetUnreachable, true
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.EHOSTDOWN):
+		return header.ICMPv4HostUnreachable, true
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return header.ICMPv4AdminProhibited, true
+	}
+	return 0, false
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// resetConn closes a host connection with a reset rather than a FIN.
+func resetConn(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Close()
+}
+
+// relayTCP copies both ways until both directions have ended. A FIN (EOF)
+// is carried across as a half-close, so either side may keep sending after
+// the other is done; a reset or error on either side resets both; so does
+// the flow's end (expiry, NAT closed).
+func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.Conn) {
+	var resetOnce sync.Once
+	resetBoth := func() {
+		resetOnce.Do(func() {
+			ep.Abort()
+			resetConn(out)
+		})
+	}
+	stop := context.AfterFunc(e.ctx, resetBoth)
+	defer stop()
+
+	outHalf, _ := out.(interface{ CloseWrite() error })
+	var finMu sync.Mutex
+	fins := 0
+	finished := func() {
+		finMu.Lock()
+		defer finMu.Unlock()
+		if fins++; fins == 1 {
+			n.table.setState(e, stateFinWait)
+		}
+	}
+	pipe := func(dst io.Writer, src io.Reader, closeWrite func() error) {
+		bufp := n.relayBufs.Get().(*[]byte)
+		defer n.relayBufs.Put(bufp)
+		buf := *bufp
+		for {
+			k, err := src.Read(buf)
+			if k > 0 {
+				if _, werr := dst.Write(buf[:k]); werr != nil {
+					resetBoth()
+					return
+				}
+			}
+			if errors.Is(err, io.EOF) {
+				if closeWrite == nil || closeWrite() != nil {
+					resetBoth()
+				}
+				finished()
+				return
+			}
+			if err != nil {
+				resetBoth()
+				return
+			}
+		}
+	}
+	var outCloseWrite func() error
+	if outHalf != nil {
+		outCloseWrite = outHalf.CloseWrite
+	}
+	done := make(chan struct{})
+	if !n.goTracked(func() { defer close(done); pipe(out, in, outCloseWrite) }) {
+		resetBoth()
+		close(done)
+	}
+	pipe(in, out, in.CloseWrite)
+	<-done
+	in.Close()
+	out.Close()
+	n.table.end(e)
+}
