@@ -133,7 +133,6 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.C
 		})
 	}
 	stop := context.AfterFunc(e.ctx, resetBoth)
-	defer stop()
 
 	outHalf, _ := out.(interface{ CloseWrite() error })
 	var finMu sync.Mutex
@@ -181,6 +180,10 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.C
 	}
 	pipe(in, out, in.CloseWrite)
 	<-done
+	// Disarm the reset before ending the flow (which cancels its
+	// context): after two FINs the netstack may still hold data for the
+	// workload, which a close delivers and an abort would discard.
+	stop()
 	in.Close()
 	out.Close()
 	n.table.end(e)
