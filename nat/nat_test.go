@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -580,5 +581,101 @@ func TestClose(t *testing.T) {
 	_ = outside.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := outside.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !strings.Contains(fmt.Sprint(err), "reset") {
 		t.Errorf("the outside's connection after Close: %v, want it reset", err)
+	}
+}
+
+// TestResets: a reset on either side reaches the other as a reset.
+func TestResets(t *testing.T) {
+	b := newBed(t)
+	h := newHarness(t, b, nat.Config{})
+	ln := listenTCP(t, b.outside, 9400)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	connect := func(t *testing.T) (*net.TCPConn, net.Conn) {
+		t.Helper()
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			if c, err := ln.Accept(); err == nil {
+				accepted <- c
+			}
+		}()
+		w, err := h.work.dial(ctx, workloadA, netip.AddrPortFrom(outsideAddr, 9400))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { w.Close() })
+		select {
+		case c := <-accepted:
+			t.Cleanup(func() { c.Close() })
+			return c.(*net.TCPConn), w
+		case <-ctx.Done():
+			t.Fatal("the outside accepted nothing")
+		}
+		return nil, nil
+	}
+
+	t.Run("the outside resets", func(t *testing.T) {
+		outside, w := connect(t)
+		_ = outside.SetLinger(0)
+		outside.Close()
+		_ = w.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err := w.Read(make([]byte, 1))
+		if err == nil || !strings.Contains(err.Error(), "reset") {
+			t.Errorf("the workload read %v after the outside reset, want a reset", err)
+		}
+	})
+
+	t.Run("the workload resets", func(t *testing.T) {
+		outside, w := connect(t)
+		// Closing with data unread makes a stack reset, Linux's and
+		// gVisor's alike.
+		if _, err := outside.Write([]byte("unread")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+		w.Close()
+		_ = outside.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err := outside.Read(make([]byte, 1))
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("the outside read %v after the workload reset, want ECONNRESET", err)
+		}
+	})
+	h.waitFlows(t, 0, 5*time.Second)
+}
+
+// TestIdleTCPExpires: an ESTABLISHED flow idle past its timeout leaves the
+// table, and both ends are reset rather than left hanging.
+func TestIdleTCPExpires(t *testing.T) {
+	b := newBed(t)
+	timeouts := shortTimeouts
+	timeouts.TCPEstablished = time.Second
+	h := newHarness(t, b, nat.Config{Timeouts: timeouts})
+	ln := listenTCP(t, b.outside, 9500)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	w, err := h.work.dial(ctx, workloadA, netip.AddrPortFrom(outsideAddr, 9500))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	outside := <-accepted
+	defer outside.Close()
+	h.waitFlows(t, 0, 3*time.Second)
+	if st := h.nat.Stats(); st.Expired != 1 {
+		t.Errorf("stats %+v: want 1 flow expired", st)
+	}
+	_ = w.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := w.Read(make([]byte, 1)); err == nil || !strings.Contains(err.Error(), "reset") {
+		t.Errorf("the workload's end after expiry: %v, want a reset", err)
+	}
+	_ = outside.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := outside.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the outside's end after expiry: %v, want ECONNRESET", err)
 	}
 }
