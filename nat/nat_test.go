@@ -587,7 +587,11 @@ func TestClose(t *testing.T) {
 // TestResets: a reset on either side reaches the other as a reset.
 func TestResets(t *testing.T) {
 	b := newBed(t)
-	h := newHarness(t, b, nat.Config{})
+	// Timeouts longer than the test, so that only a carried reset, not
+	// an expiry, can end the other side.
+	timeouts := shortTimeouts
+	timeouts.TCPEstablished, timeouts.TCPFinWait = time.Minute, time.Minute
+	h := newHarness(t, b, nat.Config{Timeouts: timeouts})
 	ln := listenTCP(t, b.outside, 9400)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
