@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -10,25 +11,28 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// NATTable is the routing table natOutgoing traffic is steered to; its
-// default route is the TUN device.
+// NATTable is the routing table natOutgoing traffic is steered to; its only
+// route is the default route into the TUN device.
 const NATTable = 211
 
-// Rule priorities: overlayd's rules sit in a block of their own, before
-// the main table's rule (32766), the "to a pool" exemptions first.
+// Rule priorities: overlayd's rules sit in a block of their own before the
+// main table's rule (32766), the exemptions ("to a pool: main") before the
+// rule that sends the rest to the NAT table. Rules in this block without a
+// protocol are taken for overlayd's too (see owned).
 const (
-	rulePriorityExempt = 31000
-	rulePriorityNAT    = 31001
+	RulePriorityExempt = 31000
+	RulePriorityNAT    = 31001
 )
 
-// Rule is one policy-routing rule: traffic from Src (to Dst, if set) looks
-// up Table.
+// Rule is one policy-routing rule overlayd owns: traffic from Src (to Dst,
+// if valid) looks up Table.
 type Rule struct {
 	Src, Dst netip.Prefix
 	Table    int
 	Priority int
 }
 
+// String renders the rule as the `ip rule` command that makes it.
 func (r Rule) String() string {
 	to := ""
 	if r.Dst.IsValid() {
@@ -41,48 +45,95 @@ func (r Rule) String() string {
 	return fmt.Sprintf("priority %d from %s%s lookup %s proto %d", r.Priority, r.Src, to, table, RouteProtocol)
 }
 
-// NATRules are the rules that send traffic from each natOutgoing pool to
-// destinations outside every pool into the NAT table, while destinations
-// in any pool (disabled ones too) and the exempt addresses (node addresses,
-// with [nat] exclude = "IPPoolsAndHostIPs") keep the main table.
+// steers reports whether the rule sends traffic to the NAT (rather than
+// exempting it): such a rule must never exist without its exemptions.
+func (r Rule) steers() bool { return r.Table == NATTable }
+
+// NATRules are the rules for natOutgoing, as Felix's cali-nat-outgoing
+// decides it: traffic from each natOutgoing pool goes to the NAT table,
+// except to a destination in any pool (allPools: disabled pools too) or to
+// an exempt address (the node addresses, with [nat] exclude =
+// "IPPoolsAndHostIPs"), which keeps the main table. The node's own
+// addresses need no rule: the local table comes first. Duplicates are
+// dropped; the order is exemptions before the NAT rule, pool by pool.
 func NATRules(natPools, allPools []netip.Prefix, exempt []netip.Addr) []Rule {
 	var rules []Rule
+	add := func(r Rule) {
+		if !slices.Contains(rules, r) {
+			rules = append(rules, r)
+		}
+	}
 	for _, src := range natPools {
+		src = src.Masked()
 		for _, dst := range allPools {
-			rules = append(rules, Rule{Src: src, Dst: dst, Table: unix.RT_TABLE_MAIN, Priority: rulePriorityExempt})
+			add(Rule{Src: src, Dst: dst.Masked(), Table: unix.RT_TABLE_MAIN, Priority: RulePriorityExempt})
 		}
 		for _, a := range exempt {
-			rules = append(rules, Rule{Src: src, Dst: netip.PrefixFrom(a, 32), Table: unix.RT_TABLE_MAIN, Priority: rulePriorityExempt})
+			if a.Is4() {
+				add(Rule{Src: src, Dst: netip.PrefixFrom(a, 32), Table: unix.RT_TABLE_MAIN, Priority: RulePriorityExempt})
+			}
 		}
-		rules = append(rules, Rule{Src: src, Table: NATTable, Priority: rulePriorityNAT})
+		add(Rule{Src: src, Table: NATTable, Priority: RulePriorityNAT})
 	}
 	return rules
 }
 
-// ReconcileRules makes overlayd's rules exactly these, and the NAT table's
-// default route the TUN device (none when there are no rules). Rules carry
-// protocol 211, so other owners' rules are never touched.
-func (k *Routes) ReconcileRules(rules []Rule, tunDev string) (added, removed []Rule, err error) {
+// ListRules returns the rules overlayd owns now.
+func (k *Routes) ListRules() ([]Rule, error) {
+	nl, err := k.ownedRules()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Rule, 0, len(nl))
+	for _, r := range nl {
+		out = append(out, ruleFromNetlink(r))
+	}
+	return out, nil
+}
+
+// ownedRules lists the IPv4 rules overlayd owns: those of protocol 211, and
+// those without a protocol in its priority block, which is what its own
+// look like on a kernel that does not keep a rule's protocol (before 4.17).
+func (k *Routes) ownedRules() ([]netlink.Rule, error) {
 	all, err := k.h.RuleList(unix.AF_INET)
 	if err != nil {
-		return nil, nil, fmt.Errorf("listing rules: %w", err)
+		return nil, fmt.Errorf("listing rules: %w", err)
 	}
-	// netlink's rule filter does not honour the protocol, so select
-	// overlayd's own here: the kernel's local, main and default rules must
-	// never be touched.
-	var current []netlink.Rule
+	// netlink's rule filter does not look at the protocol, so the
+	// selection is made here: the kernel's local, main and default rules
+	// and other owners' must never be touched.
+	var owned []netlink.Rule
 	for _, r := range all {
-		if r.Protocol == uint8(RouteProtocol) {
-			current = append(current, r)
+		inBlock := r.Priority >= RulePriorityExempt && r.Priority <= RulePriorityNAT
+		if r.Protocol == uint8(RouteProtocol) || (r.Protocol == unix.RTPROT_UNSPEC && inBlock) {
+			owned = append(owned, r)
 		}
 	}
-	var errs []error
-	have := make([]Rule, 0, len(current))
-	for _, c := range current {
-		have = append(have, ruleFromNetlink(c))
+	return owned, nil
+}
+
+// ReconcileRules makes overlayd's rules exactly these (stale ones from an
+// earlier run or plan are removed, missing ones added) and puts the NAT
+// table's default route on tunDev, or removes it when there are no rules.
+// A pool's NAT rule is never in place without its exemptions: rules that
+// steer to the NAT are removed first and added last. It carries on past a
+// failing rule and returns every failure joined; added and removed say what
+// changed.
+func (k *Routes) ReconcileRules(rules []Rule, tunDev string) (added, removed []Rule, err error) {
+	current, err := k.ownedRules()
+	if err != nil {
+		return nil, nil, err
 	}
-	for i, r := range have {
-		if slices.Contains(rules, r) {
+	var errs []error
+	// A steering rule first, so none outlives its exemptions.
+	slices.SortStableFunc(current, func(a, b netlink.Rule) int {
+		return cmp.Compare(steerRank(a.Table == NATTable), steerRank(b.Table == NATTable))
+	})
+	var have []Rule
+	for i := range current {
+		r := ruleFromNetlink(current[i])
+		if slices.Contains(rules, r) && !slices.Contains(have, r) {
+			have = append(have, r)
 			continue
 		}
 		if err := k.h.RuleDel(&current[i]); err != nil && !errors.Is(err, unix.ENOENT) {
@@ -91,27 +142,31 @@ func (k *Routes) ReconcileRules(rules []Rule, tunDev string) (added, removed []R
 		}
 		removed = append(removed, r)
 	}
-	for _, r := range rules {
-		if slices.Contains(have, r) {
+	if err := k.natTableRoute(len(rules) > 0, tunDev); err != nil {
+		errs = append(errs, err)
+	}
+	// Exemptions first, then what steers to the NAT.
+	want := slices.Clone(rules)
+	slices.SortStableFunc(want, func(a, b Rule) int { return -cmp.Compare(steerRank(a.steers()), steerRank(b.steers())) })
+	for _, r := range want {
+		if slices.Contains(have, r) || slices.Contains(added, r) {
 			continue
 		}
-		nr := netlink.NewRule()
-		nr.Family = unix.AF_INET
-		nr.Src = ipNet(r.Src)
-		if r.Dst.IsValid() {
-			nr.Dst = ipNet(r.Dst)
-		}
-		nr.Table, nr.Priority, nr.Protocol = r.Table, r.Priority, uint8(RouteProtocol)
-		if err := k.h.RuleAdd(nr); err != nil {
+		if err := k.h.RuleAdd(r.toNetlink()); err != nil {
 			errs = append(errs, fmt.Errorf("ip rule add %s: %w", r, permHint(err)))
 			continue
 		}
 		added = append(added, r)
 	}
-	if err := k.natTableRoute(len(rules) > 0, tunDev); err != nil {
-		errs = append(errs, err)
-	}
 	return added, removed, errors.Join(errs...)
+}
+
+// steerRank orders rules that steer to the NAT before exemptions.
+func steerRank(steers bool) int {
+	if steers {
+		return 0
+	}
+	return 1
 }
 
 // natTableRoute puts (or removes) `default dev TUN` in the NAT table.
@@ -135,9 +190,20 @@ func (k *Routes) natTableRoute(want bool, tunDev string) error {
 	return nil
 }
 
+func (r Rule) toNetlink() *netlink.Rule {
+	nr := netlink.NewRule()
+	nr.Family = unix.AF_INET
+	nr.Src = ipNet(r.Src)
+	if r.Dst.IsValid() {
+		nr.Dst = ipNet(r.Dst)
+	}
+	nr.Table, nr.Priority, nr.Protocol = r.Table, r.Priority, uint8(RouteProtocol)
+	return nr
+}
+
 func ruleFromNetlink(r netlink.Rule) Rule {
 	out := Rule{Table: r.Table, Priority: r.Priority}
-	if p, ok := prefixOf(r.Src); ok && r.Src != nil {
+	if p, ok := prefixOf(r.Src); ok {
 		out.Src = p
 	}
 	if r.Dst != nil {
