@@ -19,6 +19,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/overlayd/overlayd/internal/testbed"
 	"github.com/overlayd/overlayd/nat"
 )
 
@@ -340,18 +341,7 @@ func TestThousandConnections(t *testing.T) {
 	b := newBed(t)
 	h := newHarness(t, b, nat.Config{})
 	ln := listenTCP(t, b.outside, 9100)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
+	testbed.ServeEcho(ln)
 	const perSource = 500
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()

@@ -1030,18 +1030,7 @@ func echoServer(t *testing.T, h *testbed.Host, addr netip.AddrPort) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
+	testbed.ServeEcho(ln)
 }
 
 // dialMany opens n connections from a host (sockets keep its namespace).

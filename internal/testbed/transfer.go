@@ -338,3 +338,20 @@ func echoOnce(ctx context.Context, conn *net.UDPConn, seq uint64, size int) erro
 		}
 	}
 }
+
+// ServeEcho accepts connections on ln until it is closed and echoes each
+// one back to its sender, for tests that only need a peer to talk to.
+func ServeEcho(ln net.Listener) {
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+}
