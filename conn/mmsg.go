@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -21,19 +22,38 @@ type mmsghdr struct {
 // batch is the state of one direction of a socket: the headers, iovecs and
 // addresses the kernel reads and writes, and the call in progress. The call's
 // inputs and results live in fields so that the closure handed to
-// syscall.RawConn is made once, at open, and not per call. UDP GSO and GRO
-// will add a control buffer per message here (msg_control).
+// syscall.RawConn is made once, at open, and not per call.
 type batch struct {
 	hdrs  [MaxBatch]mmsghdr
 	iovs  [MaxBatch]unix.Iovec
 	names [MaxBatch]unix.RawSockaddrInet4
-	n     int // messages in the call
-	// done counts the messages the kernel is through with, sent or
-	// refused; failed counts the refused ones (send only).
+	// ctrl is each header's control message: UDP_SEGMENT on send, where
+	// UDP_GRO's segment size arrives on receive.
+	ctrl [MaxBatch][ctrlSpace]byte
+	// pkts is how many messages (iovecs) each header carries: more than
+	// one for a GSO train, which the kernel cuts at the segment size.
+	pkts [MaxBatch]int
+	n    int // headers in the call
+	// done counts the headers the kernel is through with, sent or
+	// refused; failed counts the messages of the refused ones (send only).
 	done, failed int
-	err          error
-	op           func(fd uintptr) bool
+	// gsoRefused: the kernel refused a GSO train with EIO (the route's
+	// device cannot checksum for it); the call stopped there.
+	gsoRefused bool
+	err        error
+	op         func(fd uintptr) bool
 }
+
+// ctrlSpace holds one control message with an int of data (CMSG_SPACE(4)).
+const ctrlSpace = 24
+
+// maxGSOSegments is the most datagrams one UDP_SEGMENT send may carry
+// (UDP_MAX_SEGMENTS; raised from 64 to 128 only in recent kernels), and
+// maxGSOBytes the most UDP payload one IPv4 datagram can hold.
+const (
+	maxGSOSegments = 64
+	maxGSOBytes    = 65535 - 20 - 8
+)
 
 // batchConn is a socket with one batch per direction.
 type batchConn struct {
@@ -44,6 +64,11 @@ type batchConn struct {
 	// withPort: a UDP socket, whose messages carry a port; the raw IP
 	// socket's do not.
 	withPort bool
+	// gsoSegment is the largest datagram sendmmsg may join into a UDP GSO
+	// train; 0: GSO off. gro: UDP_GRO is on, so received messages carry
+	// their segment size in a control message.
+	gsoSegment atomic.Int64
+	gro        bool
 }
 
 func newBatchConn(rc syscall.RawConn, closer func() error, withPort bool) *batchConn {
@@ -53,23 +78,117 @@ func newBatchConn(rc syscall.RawConn, closer func() error, withPort bool) *batch
 	return c
 }
 
-// prepare points the headers at msgs, at most MaxBatch of them.
-func (b *batch) prepare(msgs []Message) {
+// prepareRead points one header at each of msgs, at most MaxBatch of them,
+// with room for the GRO control message when GRO is on.
+func (c *batchConn) prepareRead(msgs []Message) {
+	b := &c.rd
 	b.n, b.done, b.failed, b.err = min(len(msgs), MaxBatch), 0, 0, nil
 	for i := range b.n {
-		buf := msgs[i].Buf
-		b.iovs[i] = unix.Iovec{}
-		if len(buf) > 0 {
-			b.iovs[i].Base = &buf[0]
-		}
-		b.iovs[i].SetLen(len(buf))
+		b.iovs[i] = iovec(msgs[i].Buf)
 		b.hdrs[i] = mmsghdr{hdr: unix.Msghdr{
 			Name:    (*byte)(unsafe.Pointer(&b.names[i])),
 			Namelen: unix.SizeofSockaddrInet4,
 			Iov:     &b.iovs[i],
 			Iovlen:  1,
 		}}
+		if c.gro {
+			b.hdrs[i].hdr.Control = &b.ctrl[i][0]
+			b.hdrs[i].hdr.SetControllen(ctrlSpace)
+		}
 	}
+}
+
+// prepareWrite fills the headers from the front of msgs and returns how
+// many messages they hold. With GSO on, a run of messages to the same peer
+// whose sizes are equal (the last may be shorter) becomes one header whose
+// iovecs are those messages, sent with UDP_SEGMENT: one datagram for the
+// kernel's whole path down to the device, cut into the original datagrams
+// only where it must be, and not copied on the way here.
+func (c *batchConn) prepareWrite(msgs []Message) int {
+	b := &c.wr
+	b.n, b.done, b.failed, b.err, b.gsoRefused = 0, 0, 0, nil, false
+	// Every message takes one iovec, so used also counts the iovecs taken
+	// and bounds the call at MaxBatch messages.
+	used := 0
+	for used < len(msgs) && used < MaxBatch {
+		first := &msgs[used]
+		seg := len(first.Buf)
+		count, total := 1, seg
+		if gso := int(c.gsoSegment.Load()); gso > 0 && seg > 0 && seg <= gso {
+			for used+count < min(len(msgs), MaxBatch) && count < maxGSOSegments {
+				next := &msgs[used+count]
+				l := len(next.Buf)
+				if next.Addr != first.Addr || next.Port != first.Port || l == 0 || l > seg || total+l > maxGSOBytes {
+					break
+				}
+				count++
+				total += l
+				if l < seg {
+					break // only a train's last datagram may be shorter
+				}
+			}
+		}
+		// The iovecs of one header are consecutive, and the headers take
+		// them in order: used is also the index of this header's first.
+		for i := range count {
+			b.iovs[used+i] = iovec(msgs[used+i].Buf)
+		}
+		h := &b.hdrs[b.n]
+		*h = mmsghdr{hdr: unix.Msghdr{
+			Name:    (*byte)(unsafe.Pointer(&b.names[b.n])),
+			Namelen: unix.SizeofSockaddrInet4,
+			Iov:     &b.iovs[used],
+		}}
+		h.hdr.SetIovlen(count)
+		b.names[b.n] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: first.Addr}
+		if c.withPort {
+			setPort(&b.names[b.n], first.Port)
+		}
+		if count > 1 {
+			putSegmentSize(&b.ctrl[b.n], seg)
+			h.hdr.Control = &b.ctrl[b.n][0]
+			h.hdr.SetControllen(int(unix.CmsgLen(2)))
+		}
+		b.pkts[b.n] = count
+		b.n++
+		used += count
+	}
+	return used
+}
+
+func iovec(buf []byte) unix.Iovec {
+	var v unix.Iovec
+	if len(buf) > 0 {
+		v.Base = &buf[0]
+	}
+	v.SetLen(len(buf))
+	return v
+}
+
+// putSegmentSize writes the UDP_SEGMENT control message: a cmsghdr and the
+// segment size as a native-endian uint16.
+func putSegmentSize(ctrl *[ctrlSpace]byte, seg int) {
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&ctrl[0]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	*(*uint16)(unsafe.Pointer(&ctrl[unix.CmsgLen(0)])) = uint16(seg)
+}
+
+// segmentSize finds UDP_GRO's segment size among a received message's
+// control messages; 0 when the kernel did not coalesce it.
+func segmentSize(ctrl []byte) int {
+	for len(ctrl) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&ctrl[0]))
+		l := int(h.Len)
+		if l < unix.SizeofCmsghdr || l > len(ctrl) {
+			return 0
+		}
+		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(4) {
+			return int(*(*int32)(unsafe.Pointer(&ctrl[unix.CmsgLen(0)])))
+		}
+		ctrl = ctrl[min(unix.CmsgSpace(l-unix.CmsgLen(0)), len(ctrl)):]
+	}
+	return 0
 }
 
 // recvmmsg is the RawConn.Read callback: false sends the goroutine to the
@@ -109,26 +228,40 @@ func (c *batchConn) sendmmsg(fd uintptr) bool {
 		case unix.EAGAIN:
 			return false
 		default:
+			if e == unix.EIO && b.pkts[b.done] > 1 {
+				// udp_send_skb refuses GSO through a device that cannot
+				// checksum; WriteBatch turns GSO off and sends the rest
+				// one datagram each.
+				b.gsoRefused = true
+				return true
+			}
 			// sendmmsg stops at a message the kernel refuses and reports
 			// the error only when that message comes first, as here: skip
 			// it, keep the first error, and send the rest.
 			if b.err == nil {
 				b.err = fmt.Errorf("sendmmsg to %s: %w", c.peer(&b.names[b.done]), e)
 			}
+			b.failed += b.pkts[b.done]
 			b.done++
-			b.failed++
 		}
 	}
 	return true
 }
 
-// ReadBatch receives into msgs; see Transport.ReadBatch.
+// ReadBatch receives into msgs; see Transport.ReadBatch. With GRO on, a
+// message may hold several datagrams; segments says their size (0: one).
 func (c *batchConn) ReadBatch(msgs []Message) (int, error) {
+	return c.readBatch(msgs, nil)
+}
+
+// readBatch is ReadBatch, also reporting each message's GRO segment size
+// into segments when it is not nil.
+func (c *batchConn) readBatch(msgs []Message, segments []int) (int, error) {
 	if len(msgs) == 0 {
 		return 0, nil
 	}
 	b := &c.rd
-	b.prepare(msgs)
+	c.prepareRead(msgs)
 	if err := c.rc.Read(b.op); err != nil {
 		return 0, fmt.Errorf("receiving a batch: %w", err)
 	}
@@ -137,10 +270,17 @@ func (c *batchConn) ReadBatch(msgs []Message) (int, error) {
 	}
 	for i := range b.done {
 		m := &msgs[i]
-		m.N = int(b.hdrs[i].len)
-		m.Truncated = b.hdrs[i].hdr.Flags&unix.MSG_TRUNC != 0
+		h := &b.hdrs[i]
+		m.N = int(h.len)
+		m.Truncated = h.hdr.Flags&unix.MSG_TRUNC != 0
 		m.Addr = b.names[i].Addr
 		m.Port = port(&b.names[i])
+		if segments != nil {
+			segments[i] = 0
+			if c.gro && h.hdr.Controllen > 0 {
+				segments[i] = segmentSize(b.ctrl[i][:min(int(h.hdr.Controllen), ctrlSpace)])
+			}
+		}
 	}
 	return b.done, nil
 }
@@ -151,22 +291,24 @@ func (c *batchConn) WriteBatch(msgs []Message) (int, error) {
 	sent := 0
 	var firstErr error
 	for len(msgs) > 0 {
-		chunk := msgs[:min(len(msgs), MaxBatch)]
-		msgs = msgs[len(chunk):]
-		b.prepare(chunk)
-		for i := range chunk {
-			b.names[i] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: chunk[i].Addr}
-			if c.withPort {
-				setPort(&b.names[i], chunk[i].Port)
-			}
+		used := c.prepareWrite(msgs)
+		err := c.rc.Write(b.op)
+		consumed := 0
+		for i := range b.done {
+			consumed += b.pkts[i]
 		}
-		if err := c.rc.Write(b.op); err != nil {
-			return sent + b.done - b.failed, fmt.Errorf("sending a batch: %w", err)
+		sent += consumed - b.failed
+		if err != nil {
+			return sent, fmt.Errorf("sending a batch: %w", err)
 		}
-		sent += b.done - b.failed
 		if firstErr == nil {
 			firstErr = b.err
 		}
+		if b.gsoRefused {
+			c.gsoSegment.Store(0)
+			used = consumed
+		}
+		msgs = msgs[used:]
 	}
 	return sent, firstErr
 }

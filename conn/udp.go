@@ -35,17 +35,51 @@ func setBuffers(rc syscall.RawConn) error {
 	return errors.Join(err, optErr)
 }
 
+// groBatch is how many (possibly coalesced) messages one receive system
+// call takes with GRO on, and groBufSize the room for each: a coalesced
+// message is up to 64 KiB.
+const (
+	groBatch   = 32
+	groBufSize = 1 << 16
+)
+
 // UDPConn is a UDP socket with batched I/O: VXLAN's transport.
+//
+// It uses the kernel's UDP segmentation offloads where the kernel has them:
+// WriteBatch joins runs of equal-sized datagrams to one peer into one GSO
+// send (UDP_SEGMENT), and the socket receives with UDP_GRO, so that a train
+// from a peer doing the same crosses the underlay's stack as one packet.
+// ReadBatch hands out the datagrams one per Message as before, splitting
+// the coalesced ones; what does not fit in the caller's batch waits for its
+// next call.
 type UDPConn struct {
 	*batchConn
 	pc *net.UDPConn
+	// gro holds the messages received with GRO and not yet handed out.
+	gro *groQueue
+}
+
+// groQueue is the receive side's own buffers under GRO: coalesced messages
+// are received here and split into the caller's messages, which cannot
+// hold more than one datagram each.
+type groQueue struct {
+	msgs     [groBatch]Message
+	segments [groBatch]int
+	n, next  int // messages received; the next one to split
+	off      int // where in msgs[next] the next datagram starts
+	// coalesced counts the messages the kernel handed over coalesced.
+	coalesced uint64
 }
 
 var _ Transport = (*UDPConn)(nil)
 
 // ListenUDP opens a UDP socket bound to local, the node's underlay address
-// and VXLAN port. It sends with UDP checksum zero, as RFC 7348 allows VXLAN
-// to (the inner packet carries its own checksums), and needs no privilege.
+// and VXLAN port, and needs no privilege. Where the kernel offers UDP GSO,
+// trains of datagrams up to 1472 bytes (a 1500-byte underlay) are joined;
+// SetUnderlayMTU changes that. Without GSO it sends with UDP checksum zero,
+// as RFC 7348 allows VXLAN to (the inner packet carries its own checksums);
+// GSO needs the checksum, which the device or the kernel computes once per
+// train.
 func ListenUDP(local netip.AddrPort) (*UDPConn, error) {
 	pc, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(local))
 	if err != nil {
@@ -56,15 +90,91 @@ func ListenUDP(local netip.AddrPort) (*UDPConn, error) {
 		pc.Close()
 		return nil, fmt.Errorf("UDP %s: %w", local, err)
 	}
+	var gso, gro bool
 	var optErr error
 	err = rc.Control(func(fd uintptr) {
-		optErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_NO_CHECK, 1)
+		// Reading UDP_SEGMENT back tells whether the kernel knows it
+		// (4.18 and later); UDP_GRO is set where it is known (5.0).
+		_, segErr := unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT)
+		gso = segErr == nil
+		gro = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
+		if !gso {
+			optErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_NO_CHECK, 1)
+		}
 	})
 	if err = errors.Join(err, optErr, setBuffers(rc)); err != nil {
 		pc.Close()
 		return nil, fmt.Errorf("setting up UDP %s: %w", local, err)
 	}
-	return &UDPConn{batchConn: newBatchConn(rc, pc.Close, true), pc: pc}, nil
+	c := &UDPConn{batchConn: newBatchConn(rc, pc.Close, true), pc: pc}
+	if gso {
+		c.gsoSegment.Store(1500 - 28)
+	}
+	if gro {
+		c.batchConn.gro = true
+		c.gro = new(groQueue)
+		for i := range c.gro.msgs {
+			c.gro.msgs[i].Buf = make([]byte, groBufSize)
+		}
+	}
+	return c, nil
+}
+
+// SetUnderlayMTU sets the largest datagram a GSO train may hold to what
+// fits the underlay's MTU unfragmented; the kernel refuses a train whose
+// segments would need fragmenting. Safe while the socket is in use.
+func (c *UDPConn) SetUnderlayMTU(mtu int) {
+	if c.gsoSegment.Load() > 0 {
+		c.gsoSegment.Store(int64(mtu - 28))
+	}
+}
+
+// Offloads reports whether UDP GSO (send) and GRO (receive) are in use.
+func (c *UDPConn) Offloads() (gso, gro bool) { return c.gsoSegment.Load() > 0, c.gro != nil }
+
+// ReadBatch receives into msgs, one datagram each; see Transport.ReadBatch.
+// Under GRO it returns what an earlier call left over before it waits for
+// more.
+func (c *UDPConn) ReadBatch(msgs []Message) (int, error) {
+	q := c.gro
+	if q == nil {
+		return c.batchConn.ReadBatch(msgs)
+	}
+	if len(msgs) == 0 {
+		return 0, nil
+	}
+	if q.next == q.n {
+		n, err := c.readBatch(q.msgs[:], q.segments[:])
+		if err != nil {
+			return 0, err
+		}
+		q.n, q.next, q.off = n, 0, 0
+		for _, seg := range q.segments[:n] {
+			if seg > 0 {
+				q.coalesced++
+			}
+		}
+	}
+	out := 0
+	for out < len(msgs) && q.next < q.n {
+		m := &q.msgs[q.next]
+		seg := q.segments[q.next]
+		if seg <= 0 {
+			seg = m.N
+		}
+		end := min(q.off+seg, m.N)
+		dst := &msgs[out]
+		k := copy(dst.Buf, m.Buf[q.off:end])
+		dst.N, dst.Addr, dst.Port = k, m.Addr, m.Port
+		dst.Truncated = k < end-q.off || (m.Truncated && end == m.N)
+		out++
+		q.off = end
+		if q.off >= m.N {
+			q.next++
+			q.off = 0
+		}
+	}
+	return out, nil
 }
 
 // LocalAddr is the address the socket is bound to (with the port the

@@ -236,8 +236,10 @@ func (d *daemon) openTransports(p *plan.Plan, r *router.Router) (vx, ipip router
 		if err != nil {
 			return nil, nil, fmt.Errorf("opening the VXLAN socket: %w", err)
 		}
+		c.SetUnderlayMTU(p.UnderlayMTU)
 		vx = c
-		d.log.Info("VXLAN socket open", "local", local, "vni", p.VNI)
+		gso, gro := c.Offloads()
+		d.log.Info("VXLAN socket open", "local", local, "vni", p.VNI, "gso", gso, "gro", gro)
 	}
 	if p.UsesIPIP && (r == nil || !r.HasTransport(plan.EncapIPIP)) {
 		c, err := conn.ListenIPIP(me)

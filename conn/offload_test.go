@@ -1,0 +1,95 @@
+package conn
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+)
+
+// TestUDPOffloads sends runs the sender joins into GSO trains and checks
+// that every datagram arrives whole and in order, one per Message, however
+// the receiver's GRO coalesced them and however few Messages each
+// ReadBatch offers.
+func TestUDPOffloads(t *testing.T) {
+	a, b, c := listenUDP(t), listenUDP(t), listenUDP(t)
+	if gso, gro := a.Offloads(); !gso || !gro {
+		t.Skipf("skipping: this kernel has no UDP GSO (%v) or GRO (%v)", gso, gro)
+	}
+	toB, toC := b.LocalAddr(), c.LocalAddr()
+	type datagram struct {
+		size int
+		to   netip.AddrPort
+	}
+	run := func(n, size int, to netip.AddrPort) []datagram {
+		d := make([]datagram, n)
+		for i := range d {
+			d[i] = datagram{size, to}
+		}
+		return d
+	}
+	tests := []struct {
+		name      string
+		datagrams []datagram
+		perRead   int
+	}{
+		{"a TSO burst: 45 of 1400 bytes and a 700-byte tail", append(run(45, 1400, toB), datagram{700, toB}), MaxBatch},
+		{"200 equal datagrams, more than one train holds", run(200, 1000, toB), MaxBatch},
+		{"200 equal datagrams read 7 at a time", run(200, 1000, toB), 7},
+		{"a shorter datagram ends a train, the next starts a new one", append(append(run(10, 900, toB), datagram{100, toB}), run(10, 900, toB)...), MaxBatch},
+		{"two peers interleaved", append(append(run(5, 500, toB), run(5, 500, toC)...), run(5, 500, toB)...), MaxBatch},
+		{"larger than a segment may be: sent alone", append(run(3, 1472, toB), datagram{1473, toB}, datagram{1473, toB}), MaxBatch},
+		{"64-byte datagrams, as for a packet rate test", run(128, 64, toB), MaxBatch},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := make([]Message, len(tt.datagrams))
+			want := map[netip.AddrPort][]Message{}
+			for i, d := range tt.datagrams {
+				out[i] = Message{Buf: payload(i, d.size), Addr: d.to.Addr().As4(), Port: d.to.Port()}
+				want[d.to] = append(want[d.to], out[i])
+			}
+			before := b.gro.coalesced
+			sent, err := a.WriteBatch(out)
+			if err != nil || sent != len(out) {
+				t.Fatalf("WriteBatch: %d of %d sent, %v", sent, len(out), err)
+			}
+			for to, rx := range map[netip.AddrPort]*UDPConn{toB: b, toC: c} {
+				for i, m := range receiveInto(t, rx, len(want[to]), tt.perRead, 65536) {
+					w := want[to][i]
+					if !bytes.Equal(m.Buf, w.Buf) || m.Truncated {
+						t.Fatalf("to %s, datagram %d: %d bytes starting %x (truncated %v), want %d starting %x", to, i, m.N, head(m.Buf), m.Truncated, len(w.Buf), head(w.Buf))
+					}
+					if from := netip.AddrPortFrom(netip.AddrFrom4(m.Addr), m.Port); from != a.LocalAddr() {
+						t.Errorf("datagram %d: source %s, want %s", i, from, a.LocalAddr())
+					}
+				}
+			}
+			if len(want[toB]) > 1 && b.gro.coalesced == before {
+				t.Errorf("no message arrived coalesced: GSO or GRO did not take effect")
+			}
+		})
+	}
+}
+
+// TestUDPSegmentSize follows SetUnderlayMTU: a jumbo underlay lets larger
+// datagrams join a train.
+func TestUDPSegmentSize(t *testing.T) {
+	a := listenUDP(t)
+	if gso, _ := a.Offloads(); !gso {
+		t.Skip("skipping: this kernel has no UDP GSO")
+	}
+	to := listenUDP(t).LocalAddr()
+	msgs := make([]Message, 4)
+	for i := range msgs {
+		msgs[i] = Message{Buf: make([]byte, 8000), Addr: to.Addr().As4(), Port: to.Port()}
+	}
+	for _, tt := range []struct {
+		mtu        int
+		wantTrains int
+	}{{1500, 4}, {9000, 1}} {
+		a.SetUnderlayMTU(tt.mtu)
+		if used := a.prepareWrite(msgs); used != len(msgs) || a.wr.n != tt.wantTrains {
+			t.Errorf("MTU %d: %d messages in %d headers, want %d in %d", tt.mtu, used, a.wr.n, len(msgs), tt.wantTrains)
+		}
+	}
+}
