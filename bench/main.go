@@ -54,6 +54,7 @@ func main() {
 	out := flag.String("out", "bench/results", "where to write DATE.md, DATE.json and DATE.svg")
 	only := flag.String("mode", "", "measure only the mode with this name")
 	render := flag.String("render", "", "measure nothing: write the reports of a saved run (its .json) again")
+	flag.StringVar(&e.profileDir, "profile", "", "write CPU and allocation profiles of each overlayd during the one-stream TCP run to this directory")
 	flag.Parse()
 	if *render != "" {
 		if err := rerender(*render); err != nil {
@@ -66,7 +67,7 @@ func main() {
 	if *quick {
 		p = plan{tcpSeconds: 1, repeats: 1, udpSeconds: 1, pingSamples: 100}
 	}
-	for _, path := range []*string{&e.overlayd, &e.wireguardGo, &e.examples, out} {
+	for _, path := range []*string{&e.overlayd, &e.wireguardGo, &e.examples, out, &e.profileDir} {
 		if *path != "" {
 			abs, err := filepath.Abs(*path)
 			if err != nil {
@@ -139,7 +140,9 @@ func runMode(ctx context.Context, e *env, m mode, p plan, start time.Time) resul
 		run  func() error
 	}{
 		{"TCP, 1 stream", func() error {
+			profiled := startProfiles(e, ep, m, p.tcpSeconds*p.repeats)
 			r, err := measureTCP(ctx, ep, 1, p.tcpSeconds, p.repeats)
+			profiled()
 			if err == nil && r.bytes > 0 {
 				res.TCP1Gbps = r.gbps
 				res.CPUPerGB = r.cpuSecs / (r.bytes / 1e9)

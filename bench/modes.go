@@ -39,6 +39,7 @@ type env struct {
 	overlayd    string
 	wireguardGo string
 	examples    string
+	profileDir  string // "": no profiles
 }
 
 func modes() []mode {
@@ -103,7 +104,11 @@ func overlaydMode(file string) func(*env, *testbed.Bed) (*endpoints, error) {
 					return nil, err
 				}
 			}
-			proc, err := bed.Host(name).Start(e.overlayd, "run", "--config", path, "--node", name, "--metrics-listen", "off")
+			listen := "off"
+			if e.profileDir != "" {
+				listen = profileListen
+			}
+			proc, err := bed.Host(name).Start(e.overlayd, "run", "--config", path, "--node", name, "--metrics-listen", listen)
 			if err != nil {
 				return nil, err
 			}

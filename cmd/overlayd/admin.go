@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -43,6 +44,13 @@ type statusReply struct {
 }
 
 func (d *daemon) adminHandlers(mux *http.ServeMux) {
+	// Profiles of the running router, on the same local listener as the
+	// metrics: what `make bench --profile` and an operator chasing a hot
+	// spot fetch with `go tool pprof`.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	writeJSON := func(w http.ResponseWriter, v any) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
