@@ -1,6 +1,7 @@
 package router
 
 import (
+	"encoding/binary"
 	"net/netip"
 
 	"github.com/gaissmai/bart"
@@ -42,6 +43,9 @@ type peer struct {
 type table struct {
 	plan  *plan.Plan
 	dests *bart.Fast[*dest]
+	// grids answer lookups instead of dests when every pool has one; then
+	// an address in no grid is in no pool.
+	grids []blockGrid
 	// byAddr finds the peer an encapsulated packet came from by its outer
 	// source address.
 	byAddr     *bart.Fast[*peer]
@@ -70,11 +74,19 @@ func newTable(p *plan.Plan, transports [numEncaps]Transport) *table {
 		t.tunnelAddr = p.TunnelAddr.As4()
 	}
 	copy(t.vtepMAC[:], p.VTEPMAC)
+	var (
+		pools, blocks   []netip.Prefix
+		noBlock, blockD []*dest
+	)
 	for _, pl := range p.Pools {
-		t.dests.Insert(pl.CIDR, &dest{kind: destNoBlock})
+		d := &dest{kind: destNoBlock}
+		t.dests.Insert(pl.CIDR, d)
+		pools, noBlock = append(pools, pl.CIDR), append(noBlock, d)
 	}
 	for _, b := range p.LocalBlocks {
-		t.dests.Insert(b.Block, &dest{kind: destLocal})
+		d := &dest{kind: destLocal}
+		t.dests.Insert(b.Block, d)
+		blocks, blockD = append(blocks, b.Block), append(blockD, d)
 	}
 	byName := map[string]*peer{}
 	for i, pp := range p.Peers {
@@ -88,8 +100,11 @@ func newTable(p *plan.Plan, transports [numEncaps]Transport) *table {
 		t.byAddr.Insert(netip.PrefixFrom(pp.Addr, 32), pe)
 	}
 	for _, r := range p.Routes {
-		t.dests.Insert(r.Block, &dest{kind: destRemote, encap: r.Encap, peer: byName[r.Node]})
+		d := &dest{kind: destRemote, encap: r.Encap, peer: byName[r.Node]}
+		t.dests.Insert(r.Block, d)
+		blocks, blockD = append(blocks, r.Block), append(blockD, d)
 	}
+	t.grids = gridsFor(pools, noBlock, blocks, blockD)
 	t.natSources, t.natExempt = new(bart.Fast[bool]), new(bart.Fast[bool])
 	for _, c := range p.NATPools {
 		t.natSources.Insert(c, true)
@@ -115,6 +130,15 @@ func (t *table) natted(src, dst [4]byte) bool {
 
 // lookup returns what dst is to this node; nil means outside every pool.
 func (t *table) lookup(dst [4]byte) *dest {
+	if t.grids != nil {
+		a := binary.BigEndian.Uint32(dst[:])
+		for i := range t.grids {
+			if d, ok := t.grids[i].lookup(a); ok {
+				return d
+			}
+		}
+		return nil
+	}
 	d, _ := t.dests.Lookup(netip.AddrFrom4(dst))
 	return d
 }
