@@ -110,7 +110,17 @@ func measureTCP(ctx context.Context, ep *endpoints, streams, seconds, repeats in
 // measureUDP offers 64-byte datagrams as fast as one iperf3 client can send
 // them and returns the packets per second received and the loss.
 func measureUDP(ctx context.Context, ep *endpoints, seconds int) (pps, lossPct float64, err error) {
-	report, err := iperf3Run(ctx, ep, seconds, "-u", "-l", "64", "-b", "0")
+	return udpRun(ctx, ep, seconds, "0")
+}
+
+// measureUDPPaced offers 64-byte datagrams at pps (iperf3 paces the bits
+// per second of payload) and returns what arrived and the loss.
+func measureUDPPaced(ctx context.Context, ep *endpoints, seconds int, pps float64) (received, lossPct float64, err error) {
+	return udpRun(ctx, ep, seconds, strconv.FormatFloat(pps*64*8, 'f', 0, 64))
+}
+
+func udpRun(ctx context.Context, ep *endpoints, seconds int, bitrate string) (pps, lossPct float64, err error) {
+	report, err := iperf3Run(ctx, ep, seconds, "-u", "-l", "64", "-b", bitrate)
 	if err != nil {
 		return 0, 0, err
 	}
