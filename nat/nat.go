@@ -394,7 +394,10 @@ func (n *NAT) countReply(pkt []byte) {
 // sweep expires idle flows, often enough for the shortest timeout.
 func (n *NAT) sweep() {
 	defer n.wg.Done()
-	every := min(max(n.table.timeouts.shortest()/4, 50*time.Millisecond), time.Second)
+	interval := func() time.Duration {
+		return min(max(n.table.getTimeouts().shortest()/4, 50*time.Millisecond), time.Second)
+	}
+	every := interval()
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -405,8 +408,36 @@ func (n *NAT) sweep() {
 			if k := n.table.expire(now); k > 0 {
 				n.log.Debug("nat: flows expired", "count", k)
 			}
+			// SetLimits may have shortened a timeout.
+			if next := interval(); next != every {
+				every = next
+				tick.Reset(every)
+			}
 		}
 	}
+}
+
+// SetLimits replaces the NAT's limits and idle timeouts while it runs, for
+// a configuration reload; the arguments mean what Config's fields of the
+// same names do (0 takes the default, a zero Timeouts field conntrack's).
+// Flows already in the table are kept even over a lowered limit: new flows
+// are refused (and counted) until enough have ended. New timeouts apply to
+// every flow, counted from its last packet, from the next sweep (within a
+// second); a lowered one may thus expire flows idle longer than it at once.
+// The data path is not slowed: the limits are read where a new flow takes
+// the table's lock anyway, the timeouts through an atomic pointer.
+func (n *NAT) SetLimits(maxFlows, maxFlowsPerSource int, timeouts Timeouts) error {
+	if maxFlows < 0 || maxFlowsPerSource < 0 {
+		return fmt.Errorf("nat: negative limit (maxFlows %d, maxFlowsPerSource %d)", maxFlows, maxFlowsPerSource)
+	}
+	if maxFlows == 0 {
+		maxFlows = DefaultMaxFlows
+	}
+	if maxFlowsPerSource == 0 {
+		maxFlowsPerSource = DefaultMaxFlowsPerSource
+	}
+	n.table.setLimits(maxFlows, maxFlowsPerSource, timeouts)
+	return nil
 }
 
 // Flows returns a snapshot of the NAT table, oldest flow first.

@@ -49,7 +49,7 @@ func (n *NAT) handleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	}
-	ctx, cancel := context.WithTimeout(e.ctx, n.table.timeouts.TCPSynSent)
+	ctx, cancel := context.WithTimeout(e.ctx, n.table.getTimeouts().TCPSynSent)
 	out, err := n.net.DialTCP(ctx, n.cfg.Outside, k.dest)
 	cancel()
 	if err != nil {
