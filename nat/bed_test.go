@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,6 +37,9 @@ var (
 
 type bed struct {
 	node, outside *testbed.Host
+	// router, in a hop bed only, forwards between the node and the
+	// outside host.
+	router *testbed.Host
 }
 
 func newBed(t *testing.T) *bed {
@@ -67,8 +71,8 @@ type nsNet struct {
 	icmpKinds []string // "ping" or "raw"
 }
 
-func (n *nsNet) DialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort) (c net.Conn, err error) {
-	if derr := n.host.Do(func() error { c, err = nat.ProcessNet{}.DialTCP(ctx, local, remote); return nil }); derr != nil {
+func (n *nsNet) DialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort, control func(fd uintptr) error) (c net.Conn, err error) {
+	if derr := n.host.Do(func() error { c, err = nat.ProcessNet{}.DialTCP(ctx, local, remote, control); return nil }); derr != nil {
 		return nil, derr
 	}
 	return c, err
@@ -111,6 +115,9 @@ type workload struct {
 	// icmp receives a copy of every ICMP packet the NAT sends toward the
 	// workloads.
 	icmp chan []byte
+	// tcp, while tcpOn, receives a copy of every TCP packet toward them.
+	tcp   chan []byte
+	tcpOn atomic.Bool
 }
 
 func newWorkload(t *testing.T, deliver func([]byte), addrs ...netip.Addr) *workload {
@@ -119,7 +126,7 @@ func newWorkload(t *testing.T, deliver func([]byte), addrs ...netip.Addr) *workl
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
 	})
-	w := &workload{stack: s, link: channel.New(1024, 1500, ""), icmp: make(chan []byte, 1024)}
+	w := &workload{stack: s, link: channel.New(1024, 1500, ""), icmp: make(chan []byte, 1024), tcp: make(chan []byte, 1024)}
 	if err := s.CreateNIC(1, w.link); err != nil {
 		t.Fatalf("workload NIC: %s", err)
 	}
@@ -163,10 +170,20 @@ func newWorkload(t *testing.T, deliver func([]byte), addrs ...netip.Addr) *workl
 
 // receive is the NAT's Out: it injects the packet into the workload stack.
 func (w *workload) receive(pkt []byte) error {
-	if len(pkt) >= header.IPv4MinimumSize && header.IPv4(pkt).TransportProtocol() == header.ICMPv4ProtocolNumber {
-		select {
-		case w.icmp <- append([]byte(nil), pkt...):
-		default:
+	if len(pkt) >= header.IPv4MinimumSize {
+		switch header.IPv4(pkt).TransportProtocol() {
+		case header.ICMPv4ProtocolNumber:
+			select {
+			case w.icmp <- append([]byte(nil), pkt...):
+			default:
+			}
+		case header.TCPProtocolNumber:
+			if w.tcpOn.Load() {
+				select {
+				case w.tcp <- append([]byte(nil), pkt...):
+				default:
+				}
+			}
 		}
 	}
 	w.link.InjectInbound(ipv4.ProtocolNumber, stack.NewPacketBuffer(stack.PacketBufferOptions{

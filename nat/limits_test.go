@@ -19,7 +19,7 @@ import (
 // SYN_SENT, and that opens no other socket: nothing leaves the test.
 type stuckNet struct{}
 
-func (stuckNet) DialTCP(ctx context.Context, _ netip.Addr, _ netip.AddrPort) (net.Conn, error) {
+func (stuckNet) DialTCP(ctx context.Context, _ netip.Addr, _ netip.AddrPort, _ func(uintptr) error) (net.Conn, error) {
 	<-ctx.Done()
 	return nil, ctx.Err()
 }

@@ -268,6 +268,16 @@ func (n *NAT) admit(pkt []byte) bool {
 		}
 		return true
 	}
+	if ip.TTL() == 0 {
+		// Only a packet that skipped the node's kernel (which drops at 1
+		// and answers itself) can come with no hop left: the node answers
+		// as the router it is.
+		n.ignored.Add(1)
+		n.sendICMPError(header.ICMPv4TimeExceeded, header.ICMPv4TTLExceeded, 0, n.cfg.Outside, pkt)
+		return false
+	}
+	tos, _ := ip.TOS()
+	marks := marksOf(ip.TTL(), tos)
 	src, dst := netip.AddrFrom4(ip.SourceAddress().As4()), netip.AddrFrom4(ip.DestinationAddress().As4())
 	now := n.table.now()
 	switch p {
@@ -278,7 +288,7 @@ func (n *NAT) admit(pkt []byte) bool {
 			n.ignored.Add(1)
 			return false
 		}
-		n.echoRequest(pkt, hl, src, dst, now)
+		n.echoRequest(pkt, hl, src, dst, marks, now)
 		return false
 	case protoUDP:
 		if len(pkt) < hl+header.UDPMinimumSize {
@@ -287,7 +297,7 @@ func (n *NAT) admit(pkt []byte) bool {
 		}
 		u := header.UDP(pkt[hl:])
 		k := flowKey{protoUDP, netip.AddrPortFrom(src, u.SourcePort()), netip.AddrPortFrom(dst, u.DestinationPort())}
-		e, _, refused := n.table.add(k, stateUnreplied)
+		e, _, refused := n.table.addWith(k, stateUnreplied, func(e *entry) { e.marks = marks })
 		if refused != "" {
 			n.refuseWithICMP(pkt)
 			return false
@@ -308,6 +318,7 @@ func (n *NAT) admit(pkt []byte) bool {
 			var refused string
 			e, _, refused = n.table.addWith(k, stateSynSent, func(e *entry) {
 				e.synQuote = append([]byte(nil), pkt[:hl+quotedPayload]...)
+				e.marks = marks
 			})
 			if refused != "" {
 				return true // the forwarder finds no entry and resets

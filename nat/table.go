@@ -161,6 +161,10 @@ type entry struct {
 	// included, for the workload's stack to accept it. Set before the entry
 	// is published, then read-only.
 	synQuote []byte
+	// marks are the TTL and TOS of the packet that opened the flow (TCP's
+	// SYN, UDP's first datagram), for its host socket. Set before the entry
+	// is published, then read-only.
+	marks ipMarks
 	// echoRequests feeds an ICMP flow's sender; only the inbound loop
 	// touches it.
 	echoRequests chan echoRequest

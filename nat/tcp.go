@@ -3,12 +3,14 @@ package nat
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"sync"
 	"syscall"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -50,10 +52,10 @@ func (n *NAT) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, n.table.getTimeouts().TCPSynSent)
-	out, err := n.net.DialTCP(ctx, n.cfg.Outside, k.dest)
+	out, reports, err := n.dialOutside(ctx, e)
 	cancel()
 	if err != nil {
-		n.dialFailed(r, e, err)
+		n.dialFailed(r, e, err, reports)
 		return
 	}
 	var wq waiter.Queue
@@ -73,13 +75,58 @@ func (n *NAT) handleTCP(r *tcp.ForwarderRequest) {
 	n.relayTCP(e, gonet.NewTCPConn(&wq, ep), ep, out)
 }
 
+// dialOutside connects the flow's host socket to its destination, with the
+// SYN's TTL and TOS and with IP_RECVERR set before the SYN leaves, so that
+// an ICMP error that fails the connect is queued with its type and sender.
+// A failed connect closes the standard library's descriptor, so a duplicate
+// keeps the socket, and its error queue, until it has been read.
+func (n *NAT) dialOutside(ctx context.Context, e *entry) (net.Conn, []icmpReport, error) {
+	keep := -1
+	control := func(fd uintptr) error {
+		if err := e.marks.set(int(fd)); err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVERR, 1); err != nil {
+			return fmt.Errorf("IP_RECVERR: %w", err)
+		}
+		dup, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("keeping the socket for its error queue: %w", err)
+		}
+		keep = dup
+		return nil
+	}
+	out, err := n.net.DialTCP(ctx, n.cfg.Outside, e.key.dest, control)
+	if keep < 0 {
+		return out, nil, err
+	}
+	defer unix.Close(keep)
+	if err == nil {
+		return out, nil, nil
+	}
+	reports, qerr := readErrQueueFD(keep)
+	if qerr != nil {
+		n.log.Debug("nat: TCP dial error queue", "flow", e.key, "err", qerr)
+	}
+	return nil, reports, err
+}
+
 // dialFailed tells the workload how the outside answered its SYN: a reset
-// for a refused connection, ICMP unreachable from the destination for an
-// unreachable one, nothing for no answer (its own SYN timer then runs out,
-// as behind a real NAT).
-func (n *NAT) dialFailed(r *tcp.ForwarderRequest, e *entry, err error) {
+// for a refused connection; the ICMP error that failed the connect
+// (unreachable, time exceeded), from its sender, quoting the SYN; nothing
+// for no answer (its own SYN timer then runs out, as behind a real NAT).
+// After an ICMP error the SYN is dropped without a reset, as a NAT that
+// forwards the error leaves the workload's connection attempt alone.
+func (n *NAT) dialFailed(r *tcp.ForwarderRequest, e *entry, err error, reports []icmpReport) {
 	n.log.Debug("nat: outside dial failed", "flow", e.key, "err", err)
 	n.table.refuse(RefusedDial)
+	for _, rep := range reports {
+		if e.synQuote != nil && n.relayReport(rep, e, e.synQuote) {
+			r.Complete(false)
+			n.table.end(e)
+			return
+		}
+	}
 	code, unreachable := unreachableCode(err)
 	switch {
 	case unreachable && e.synQuote != nil:
