@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -66,12 +67,27 @@ func newBed(t *testing.T) *bed {
 // records which kind of ICMP socket it handed out.
 type nsNet struct {
 	host *testbed.Host
+	// tcpUserTimeout, when set, bounds how long a host TCP connection
+	// waits for unacknowledged data before the kernel drops it.
+	tcpUserTimeout time.Duration
 
 	mu        sync.Mutex
 	icmpKinds []string // "ping" or "raw"
 }
 
 func (n *nsNet) DialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort, control func(fd uintptr) error) (c net.Conn, err error) {
+	if n.tcpUserTimeout > 0 {
+		natControl := control
+		control = func(fd uintptr) error {
+			if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(n.tcpUserTimeout.Milliseconds())); err != nil {
+				return err
+			}
+			if natControl == nil {
+				return nil
+			}
+			return natControl(fd)
+		}
+	}
 	if derr := n.host.Do(func() error { c, err = nat.ProcessNet{}.DialTCP(ctx, local, remote, control); return nil }); derr != nil {
 		return nil, derr
 	}
@@ -118,6 +134,8 @@ type workload struct {
 	// tcp, while tcpOn, receives a copy of every TCP packet toward them.
 	tcp   chan []byte
 	tcpOn atomic.Bool
+	// sent, when set, sees every packet the workloads send.
+	sent atomic.Pointer[func(pkt []byte)]
 }
 
 func newWorkload(t *testing.T, deliver func([]byte), addrs ...netip.Addr) *workload {
@@ -157,6 +175,9 @@ func newWorkload(t *testing.T, deliver func([]byte), addrs ...netip.Addr) *workl
 				n += copy(buf[n:], s)
 			}
 			p.DecRef()
+			if sent := w.sent.Load(); sent != nil {
+				(*sent)(buf[:n])
+			}
 			deliver(buf[:n])
 		}
 	}()

@@ -325,6 +325,7 @@ func (n *NAT) admit(pkt []byte) bool {
 			}
 		}
 		e.countOut(len(pkt), now)
+		e.noteWorkloadSeq(t, len(pkt)-hl)
 		return true
 	}
 	n.ignored.Add(1)

@@ -53,3 +53,23 @@ func withFD(c syscall.Conn, fn func(fd int) error) error {
 	}
 	return ferr
 }
+
+// tcpAlive says whether a host TCP socket still has a connection: an ICMP
+// error reported through IP_RECVERR leaves it established, a timeout or a
+// reset closes it.
+func tcpAlive(c syscall.Conn) bool {
+	alive := false
+	_ = withFD(c, func(fd int) error {
+		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return err
+		}
+		alive = info.State != tcpStateClose
+		return nil
+	})
+	return alive
+}
+
+// tcpStateClose is Linux's TCP_CLOSE, the state of a socket whose
+// connection has ended.
+const tcpStateClose = 7

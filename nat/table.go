@@ -165,6 +165,11 @@ type entry struct {
 	// SYN, UDP's first datagram), for its host socket. Set before the entry
 	// is published, then read-only.
 	marks ipMarks
+	// workloadSeqEnd is, for TCP, one past the last sequence number the
+	// workload has sent (SYN and FIN count): a sequence number its stack
+	// accepts in the quote of an ICMP error, being within its
+	// SND.UNA..SND.NXT. Only the inbound loop writes it.
+	workloadSeqEnd atomic.Uint32
 	// echoRequests feeds an ICMP flow's sender; only the inbound loop
 	// touches it.
 	echoRequests chan echoRequest

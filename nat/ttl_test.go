@@ -1,8 +1,12 @@
 package nat_test
 
 import (
+	"context"
+	"io"
 	"net"
 	"net/netip"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -284,4 +288,141 @@ func listenTCPAt(t *testing.T, h *testbed.Host, addr netip.AddrPort) net.Listene
 	}
 	t.Cleanup(func() { ln.Close() })
 	return ln
+}
+
+// TestEstablishedTCPICMPError: an ICMP error about an established
+// connection's segments reaches the workload quoting a segment its stack
+// takes for its own; the connection lives on, as behind a real NAT, until
+// the outside leg dies, when the workload is reset.
+func TestEstablishedTCPICMPError(t *testing.T) {
+	b := newHopBed(t)
+	timeouts := shortTimeouts
+	timeouts.TCPEstablished = time.Minute
+	h := newHarness(t, b, nat.Config{Timeouts: timeouts})
+	h.net.tcpUserTimeout = 2 * time.Second
+	dst := netip.AddrPortFrom(farAddr, 7)
+	testbed.ServeEcho(listenTCPAt(t, b.outside, dst))
+
+	// The workload's highest sequence number sent, by its local port.
+	var seqEnd atomic.Uint32
+	var port atomic.Uint32
+	track := func(pkt []byte) {
+		ip := header.IPv4(pkt)
+		if ip.TransportProtocol() != header.TCPProtocolNumber {
+			return
+		}
+		seg := header.TCP(ip.Payload())
+		if uint32(seg.SourcePort()) != port.Load() {
+			return
+		}
+		end := seg.SequenceNumber() + uint32(len(seg.Payload()))
+		if seg.Flags()&(header.TCPFlagSyn|header.TCPFlagFin) != 0 {
+			end++
+		}
+		if int32(end-seqEnd.Load()) > 0 || seqEnd.Load() == 0 {
+			seqEnd.Store(end)
+		}
+	}
+	h.work.sent.Store(&track)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// unreachable makes the router answer host unreachable for the far
+	// host until reachable is called or the subtest ends.
+	unreachable := func(t *testing.T) {
+		t.Helper()
+		if err := b.router.IP("route", "add", "unreachable", farAddr.String()+"/32"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.router.IP("route", "del", "unreachable", farAddr.String()+"/32") })
+	}
+	reachable := func(t *testing.T) {
+		t.Helper()
+		if err := b.router.IP("route", "del", "unreachable", farAddr.String()+"/32"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	connect := func(t *testing.T) net.Conn {
+		t.Helper()
+		c, err := h.work.dial(ctx, workloadA, dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		port.Store(uint32(c.LocalAddr().(*net.TCPAddr).Port))
+		seqEnd.Store(0)
+		echo(t, c, "before")
+		return c
+	}
+	// waitUnreachable sends data the router refuses and returns the host
+	// unreachable that reaches the workload.
+	waitUnreachable := func(t *testing.T, c net.Conn) icmpError {
+		t.Helper()
+		if _, err := c.Write([]byte("during")); err != nil {
+			t.Fatal(err)
+		}
+		pkt := h.work.waitICMP(5*time.Second, func(ip header.IPv4, m header.ICMPv4) bool {
+			return m.Type() == header.ICMPv4DstUnreachable && m.Code() == header.ICMPv4HostUnreachable
+		})
+		if pkt == nil {
+			t.Fatal("no host unreachable reached the workload")
+		}
+		e := decodeICMPError(pkt)
+		qs, qd := e.quotedAddrs()
+		sport, dport, seq, ok := e.quotedTCP()
+		local := c.LocalAddr().(*net.TCPAddr)
+		if !ok || qs != workloadA || qd != farAddr || int(sport) != local.Port || dport != 7 {
+			t.Fatalf("host unreachable quoting %v, want the workload's connection %s -> %s", e.quoteLayer, local, dst)
+		}
+		// The workload has had all it sent acknowledged by the NAT's
+		// netstack, so SND.UNA = SND.NXT = the end of what it sent.
+		if seq != seqEnd.Load() {
+			t.Errorf("the quote's sequence number is %d, want %d, within the workload's SND.UNA..SND.NXT", seq, seqEnd.Load())
+		}
+		return e
+	}
+
+	t.Run("a passing outage is a soft error", func(t *testing.T) {
+		c := connect(t)
+		unreachable(t)
+		e := waitUnreachable(t, c)
+		if e.from != farAddr {
+			t.Errorf("host unreachable from %s, want the destination %s", e.from, farAddr)
+		}
+		reachable(t)
+		// "during" was held by the host's TCP, which retransmits it now.
+		want := "during"
+		got := make([]byte, len(want))
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != want {
+			t.Fatalf("after the outage the echo read %q, %v; want %q: the connection did not survive", got, err, want)
+		}
+		echo(t, c, "after")
+	})
+
+	t.Run("an outage that outlasts the outside leg resets the workload", func(t *testing.T) {
+		c := connect(t)
+		unreachable(t)
+		waitUnreachable(t, c)
+		// The host's TCP gives up after its user timeout (2 s).
+		_ = c.SetReadDeadline(time.Now().Add(8 * time.Second))
+		_, err := c.Read(make([]byte, 64))
+		if err == nil || !strings.Contains(err.Error(), "reset") {
+			t.Errorf("the workload read %v once the outside leg died, want a reset", err)
+		}
+	})
+}
+
+// echo writes msg on an echoed connection and reads it back.
+func echo(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatalf("write %q: %v", msg, err)
+	}
+	got := make([]byte, len(msg))
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
+		t.Fatalf("echo of %q: %q, %v", msg, got, err)
+	}
+	_ = c.SetReadDeadline(time.Time{})
 }
