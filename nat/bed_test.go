@@ -37,6 +37,7 @@ var (
 )
 
 type bed struct {
+	testbed       *testbed.Bed
 	node, outside *testbed.Host
 	// router, in a hop bed only, forwards between the node and the
 	// outside host.
@@ -60,7 +61,7 @@ func newBed(t *testing.T) *bed {
 	); err != nil {
 		t.Fatal(err)
 	}
-	return &bed{node: node, outside: outside}
+	return &bed{testbed: b, node: node, outside: outside}
 }
 
 // nsNet opens the NAT's host sockets inside a namespace of the bed. It

@@ -61,7 +61,7 @@ func newHopBed(t *testing.T) *bed {
 	if err := far.IP("route", "add", "198.18.3.0/24", "via", "198.18.4.254"); err != nil {
 		t.Fatal(err)
 	}
-	return &bed{node: node, outside: far, router: router}
+	return &bed{testbed: b, node: node, outside: far, router: router}
 }
 
 // serialize builds a workload's packet with gopacket.
