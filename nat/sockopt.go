@@ -25,18 +25,17 @@ const ecnMask = 0x03
 
 func marksOf(ttl, tos uint8) ipMarks { return ipMarks{ttl: ttl, tos: tos &^ ecnMask} }
 
-// set applies the marks to a socket; a zero field is left at the socket's
-// default.
+// set applies the marks to a socket; an unknown TTL leaves the socket's.
+// The TOS is set even when 0: an echo flow's socket may carry an earlier
+// request's.
 func (m ipMarks) set(fd int) error {
 	if m.ttl != 0 {
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, int(m.ttl)); err != nil {
 			return fmt.Errorf("IP_TTL %d: %w", m.ttl, err)
 		}
 	}
-	if m.tos != 0 {
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TOS, int(m.tos)); err != nil {
-			return fmt.Errorf("IP_TOS %#x: %w", m.tos, err)
-		}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TOS, int(m.tos)); err != nil {
+		return fmt.Errorf("IP_TOS %#x: %w", m.tos, err)
 	}
 	return nil
 }

@@ -3,7 +3,10 @@
 // re-originated from host sockets, so it leaves with the node's address and
 // the replies come back without netfilter, the way slirp4netns and pasta
 // serve rootless containers. ICMP echo is not answered by the netstack but
-// relayed as a real echo. Every flow is an entry of a connection-tracking
+// relayed as a real echo. Host sockets send with the TTL and DSCP of the
+// workload's packet, and the ICMP errors they get (unreachable, time
+// exceeded) go back to the workload from their sender, quoting the
+// workload's packet, so traceroute through the NAT shows the hops beyond. Every flow is an entry of a connection-tracking
 // table, with Linux conntrack's idle timeouts and limits per source and in
 // all.
 package nat
@@ -462,7 +465,8 @@ type Stats struct {
 	// Dropped counts packets the NAT's queue had no room for.
 	Dropped uint64 `json:"dropped"`
 	// Ignored counts packets the NAT does not translate: malformed,
-	// ICMP other than echo requests, fragmented ICMP.
+	// ICMP other than echo requests, fragmented ICMP, and packets that
+	// arrive with TTL 0 (answered with time exceeded from the node).
 	Ignored uint64 `json:"ignored"`
 }
 

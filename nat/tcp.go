@@ -95,6 +95,9 @@ func (n *NAT) dialOutside(ctx context.Context, e *entry) (net.Conn, []icmpReport
 		if err != nil {
 			return fmt.Errorf("keeping the socket for its error queue: %w", err)
 		}
+		if keep >= 0 {
+			unix.Close(keep) // an earlier attempt's socket
+		}
 		keep = dup
 		return nil
 	}
