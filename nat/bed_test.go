@@ -6,9 +6,11 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -35,7 +37,11 @@ var (
 )
 
 type bed struct {
+	testbed       *testbed.Bed
 	node, outside *testbed.Host
+	// router, in a hop bed only, forwards between the node and the
+	// outside host.
+	router *testbed.Host
 }
 
 func newBed(t *testing.T) *bed {
@@ -55,20 +61,35 @@ func newBed(t *testing.T) *bed {
 	); err != nil {
 		t.Fatal(err)
 	}
-	return &bed{node: node, outside: outside}
+	return &bed{testbed: b, node: node, outside: outside}
 }
 
 // nsNet opens the NAT's host sockets inside a namespace of the bed. It
 // records which kind of ICMP socket it handed out.
 type nsNet struct {
 	host *testbed.Host
+	// tcpUserTimeout, when set, bounds how long a host TCP connection
+	// waits for unacknowledged data before the kernel drops it.
+	tcpUserTimeout time.Duration
 
 	mu        sync.Mutex
 	icmpKinds []string // "ping" or "raw"
 }
 
-func (n *nsNet) DialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort) (c net.Conn, err error) {
-	if derr := n.host.Do(func() error { c, err = nat.ProcessNet{}.DialTCP(ctx, local, remote); return nil }); derr != nil {
+func (n *nsNet) DialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort, control func(fd uintptr) error) (c net.Conn, err error) {
+	if n.tcpUserTimeout > 0 {
+		natControl := control
+		control = func(fd uintptr) error {
+			if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(n.tcpUserTimeout.Milliseconds())); err != nil {
+				return err
+			}
+			if natControl == nil {
+				return nil
+			}
+			return natControl(fd)
+		}
+	}
+	if derr := n.host.Do(func() error { c, err = nat.ProcessNet{}.DialTCP(ctx, local, remote, control); return nil }); derr != nil {
 		return nil, derr
 	}
 	return c, err
@@ -111,6 +132,11 @@ type workload struct {
 	// icmp receives a copy of every ICMP packet the NAT sends toward the
 	// workloads.
 	icmp chan []byte
+	// tcp, while tcpOn, receives a copy of every TCP packet toward them.
+	tcp   chan []byte
+	tcpOn atomic.Bool
+	// sent, when set, sees every packet the workloads send.
+	sent atomic.Pointer[func(pkt []byte)]
 }
 
 func newWorkload(t *testing.T, deliver func([]byte), addrs ...netip.Addr) *workload {
@@ -119,7 +145,7 @@ func newWorkload(t *testing.T, deliver func([]byte), addrs ...netip.Addr) *workl
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
 	})
-	w := &workload{stack: s, link: channel.New(1024, 1500, ""), icmp: make(chan []byte, 1024)}
+	w := &workload{stack: s, link: channel.New(1024, 1500, ""), icmp: make(chan []byte, 1024), tcp: make(chan []byte, 1024)}
 	if err := s.CreateNIC(1, w.link); err != nil {
 		t.Fatalf("workload NIC: %s", err)
 	}
@@ -150,6 +176,9 @@ func newWorkload(t *testing.T, deliver func([]byte), addrs ...netip.Addr) *workl
 				n += copy(buf[n:], s)
 			}
 			p.DecRef()
+			if sent := w.sent.Load(); sent != nil {
+				(*sent)(buf[:n])
+			}
 			deliver(buf[:n])
 		}
 	}()
@@ -163,10 +192,20 @@ func newWorkload(t *testing.T, deliver func([]byte), addrs ...netip.Addr) *workl
 
 // receive is the NAT's Out: it injects the packet into the workload stack.
 func (w *workload) receive(pkt []byte) error {
-	if len(pkt) >= header.IPv4MinimumSize && header.IPv4(pkt).TransportProtocol() == header.ICMPv4ProtocolNumber {
-		select {
-		case w.icmp <- append([]byte(nil), pkt...):
-		default:
+	if len(pkt) >= header.IPv4MinimumSize {
+		switch header.IPv4(pkt).TransportProtocol() {
+		case header.ICMPv4ProtocolNumber:
+			select {
+			case w.icmp <- append([]byte(nil), pkt...):
+			default:
+			}
+		case header.TCPProtocolNumber:
+			if w.tcpOn.Load() {
+				select {
+				case w.tcp <- append([]byte(nil), pkt...):
+				default:
+				}
+			}
 		}
 	}
 	w.link.InjectInbound(ipv4.ProtocolNumber, stack.NewPacketBuffer(stack.PacketBufferOptions{

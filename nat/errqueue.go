@@ -54,22 +54,9 @@ func readErrQueue(c syscall.Conn) ([]icmpReport, error) {
 	}
 	var reports []icmpReport
 	var rerr error
-	buf := make([]byte, 576)
-	oob := make([]byte, unix.CmsgSpace(int(unsafe.Sizeof(unix.SockExtendedErr{}))+unix.SizeofSockaddrInet4))
 	err = rc.Read(func(fd uintptr) bool {
-		for {
-			n, oobn, _, _, err := unix.Recvmsg(int(fd), buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
-			if err != nil {
-				if !errors.Is(err, unix.EAGAIN) {
-					rerr = err
-				}
-				return true // done either way: never wait for more
-			}
-			if r, ok := parseRecvErr(oob[:oobn]); ok {
-				r.payload = append([]byte(nil), buf[:n]...)
-				reports = append(reports, r)
-			}
-		}
+		reports, rerr = readErrQueueFD(int(fd))
+		return true // done either way: never wait for more
 	})
 	if err == nil {
 		err = rerr
@@ -78,6 +65,27 @@ func readErrQueue(c syscall.Conn) ([]icmpReport, error) {
 		return reports, fmt.Errorf("reading the error queue: %w", err)
 	}
 	return reports, nil
+}
+
+// readErrQueueFD is readErrQueue on a bare descriptor, for a socket the
+// standard library has already given up (a failed connect closes its own).
+func readErrQueueFD(fd int) ([]icmpReport, error) {
+	var reports []icmpReport
+	buf := make([]byte, 576)
+	oob := make([]byte, unix.CmsgSpace(int(unsafe.Sizeof(unix.SockExtendedErr{}))+unix.SizeofSockaddrInet4))
+	for {
+		n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) {
+				return reports, nil
+			}
+			return reports, err
+		}
+		if r, ok := parseRecvErr(oob[:oobn]); ok {
+			r.payload = append([]byte(nil), buf[:n]...)
+			reports = append(reports, r)
+		}
+	}
 }
 
 // parseRecvErr decodes the IP_RECVERR control message: a struct

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,8 +15,11 @@ import (
 // keeps the network namespace it was made in, so an implementation decides
 // where flows leave from (tests open them inside a test namespace).
 type HostNet interface {
-	// DialTCP connects from local to remote.
-	DialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort) (net.Conn, error)
+	// DialTCP connects from local to remote. control, when not nil, must
+	// be called with the socket's descriptor before it connects (the NAT
+	// sets the workload's TTL and TOS there, and asks for ICMP reports);
+	// an error from it fails the dial.
+	DialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort, control func(fd uintptr) error) (net.Conn, error)
 	// ListenUDP opens an unconnected UDP socket on local, any port, for one
 	// UDP flow.
 	ListenUDP(local netip.Addr) (*net.UDPConn, error)
@@ -32,8 +36,17 @@ type HostNet interface {
 type ProcessNet struct{}
 
 // DialTCP implements HostNet.
-func (ProcessNet) DialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort) (net.Conn, error) {
+func (ProcessNet) DialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort, control func(fd uintptr) error) (net.Conn, error) {
 	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0))}
+	if control != nil {
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			var cerr error
+			if err := rc.Control(func(fd uintptr) { cerr = control(fd) }); err != nil {
+				return err
+			}
+			return cerr
+		}
+	}
 	return d.DialContext(ctx, "tcp4", remote.String())
 }
 

@@ -19,6 +19,9 @@ const echoQueueLen = 64
 type echoRequest struct {
 	seq  uint16
 	data []byte
+	// marks are the request's own TTL and TOS: traceroute -I sends every
+	// probe of a flow with another TTL.
+	marks ipMarks
 }
 
 // echoRequest takes a workload's echo request (pkt, an IPv4 packet with an
@@ -26,7 +29,7 @@ type echoRequest struct {
 // spoofing on it would answer every echo itself, claiming any destination
 // is up. Instead the flow's host socket sends a real echo, and its reply
 // comes back as the reply the workload expects.
-func (n *NAT) echoRequest(pkt []byte, hl int, src, dst netip.Addr, now time.Time) {
+func (n *NAT) echoRequest(pkt []byte, hl int, src, dst netip.Addr, marks ipMarks, now time.Time) {
 	req := header.ICMPv4(pkt[hl:])
 	ident := req.Ident()
 	k := flowKey{protoICMP, netip.AddrPortFrom(src, ident), netip.AddrPortFrom(dst, ident)}
@@ -46,7 +49,7 @@ func (n *NAT) echoRequest(pkt []byte, hl int, src, dst netip.Addr, now time.Time
 	}
 	e.countOut(len(pkt), now)
 	select {
-	case e.echoRequests <- echoRequest{seq: req.Sequence(), data: append([]byte(nil), req.Payload()...)}:
+	case e.echoRequests <- echoRequest{seq: req.Sequence(), data: append([]byte(nil), req.Payload()...), marks: marks}:
 	default:
 		n.dropped.Add(1)
 	}
@@ -86,11 +89,19 @@ func (n *NAT) relayEcho(e *entry, reqs <-chan echoRequest) {
 	if !n.goTracked(func() { n.echoReplies(e, conn, ident) }) {
 		return
 	}
+	sc, _ := conn.(syscall.Conn)
+	var marks ipMarks // the socket's: its defaults
 	for {
 		select {
 		case <-e.ctx.Done():
 			return
 		case r := <-reqs:
+			if r.marks != marks && sc != nil {
+				if err := withFD(sc, r.marks.set); err != nil {
+					n.log.Debug("nat: echo without the workload's TTL and TOS", "flow", e.key, "err", err)
+				}
+				marks = r.marks
+			}
 			if _, err := conn.WriteTo(echoRequestMsg(ident, r.seq, r.data), to); err != nil {
 				n.log.Debug("nat: echo send", "flow", e.key, "err", err)
 				if code, ok := unreachableCode(err); ok {

@@ -268,6 +268,16 @@ func (n *NAT) admit(pkt []byte) bool {
 		}
 		return true
 	}
+	if ip.TTL() == 0 {
+		// Only a packet that skipped the node's kernel (which drops at 1
+		// and answers itself) can come with no hop left: the node answers
+		// as the router it is.
+		n.ignored.Add(1)
+		n.sendICMPError(header.ICMPv4TimeExceeded, header.ICMPv4TTLExceeded, 0, n.cfg.Outside, pkt)
+		return false
+	}
+	tos, _ := ip.TOS()
+	marks := marksOf(ip.TTL(), tos)
 	src, dst := netip.AddrFrom4(ip.SourceAddress().As4()), netip.AddrFrom4(ip.DestinationAddress().As4())
 	now := n.table.now()
 	switch p {
@@ -278,7 +288,7 @@ func (n *NAT) admit(pkt []byte) bool {
 			n.ignored.Add(1)
 			return false
 		}
-		n.echoRequest(pkt, hl, src, dst, now)
+		n.echoRequest(pkt, hl, src, dst, marks, now)
 		return false
 	case protoUDP:
 		if len(pkt) < hl+header.UDPMinimumSize {
@@ -287,7 +297,7 @@ func (n *NAT) admit(pkt []byte) bool {
 		}
 		u := header.UDP(pkt[hl:])
 		k := flowKey{protoUDP, netip.AddrPortFrom(src, u.SourcePort()), netip.AddrPortFrom(dst, u.DestinationPort())}
-		e, _, refused := n.table.add(k, stateUnreplied)
+		e, _, refused := n.table.addWith(k, stateUnreplied, func(e *entry) { e.marks = marks })
 		if refused != "" {
 			n.refuseWithICMP(pkt)
 			return false
@@ -308,12 +318,14 @@ func (n *NAT) admit(pkt []byte) bool {
 			var refused string
 			e, _, refused = n.table.addWith(k, stateSynSent, func(e *entry) {
 				e.synQuote = append([]byte(nil), pkt[:hl+quotedPayload]...)
+				e.marks = marks
 			})
 			if refused != "" {
 				return true // the forwarder finds no entry and resets
 			}
 		}
 		e.countOut(len(pkt), now)
+		e.noteWorkloadSeq(t, len(pkt)-hl)
 		return true
 	}
 	n.ignored.Add(1)
@@ -394,7 +406,10 @@ func (n *NAT) countReply(pkt []byte) {
 // sweep expires idle flows, often enough for the shortest timeout.
 func (n *NAT) sweep() {
 	defer n.wg.Done()
-	every := min(max(n.table.timeouts.shortest()/4, 50*time.Millisecond), time.Second)
+	interval := func() time.Duration {
+		return min(max(n.table.getTimeouts().shortest()/4, 50*time.Millisecond), time.Second)
+	}
+	every := interval()
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -405,8 +420,36 @@ func (n *NAT) sweep() {
 			if k := n.table.expire(now); k > 0 {
 				n.log.Debug("nat: flows expired", "count", k)
 			}
+			// SetLimits may have shortened a timeout.
+			if next := interval(); next != every {
+				every = next
+				tick.Reset(every)
+			}
 		}
 	}
+}
+
+// SetLimits replaces the NAT's limits and idle timeouts while it runs, for
+// a configuration reload; the arguments mean what Config's fields of the
+// same names do (0 takes the default, a zero Timeouts field conntrack's).
+// Flows already in the table are kept even over a lowered limit: new flows
+// are refused (and counted) until enough have ended. New timeouts apply to
+// every flow, counted from its last packet, from the next sweep (within a
+// second); a lowered one may thus expire flows idle longer than it at once.
+// The data path is not slowed: the limits are read where a new flow takes
+// the table's lock anyway, the timeouts through an atomic pointer.
+func (n *NAT) SetLimits(maxFlows, maxFlowsPerSource int, timeouts Timeouts) error {
+	if maxFlows < 0 || maxFlowsPerSource < 0 {
+		return fmt.Errorf("nat: negative limit (maxFlows %d, maxFlowsPerSource %d)", maxFlows, maxFlowsPerSource)
+	}
+	if maxFlows == 0 {
+		maxFlows = DefaultMaxFlows
+	}
+	if maxFlowsPerSource == 0 {
+		maxFlowsPerSource = DefaultMaxFlowsPerSource
+	}
+	n.table.setLimits(maxFlows, maxFlowsPerSource, timeouts)
+	return nil
 }
 
 // Flows returns a snapshot of the NAT table, oldest flow first.

@@ -3,7 +3,10 @@
 // re-originated from host sockets, so it leaves with the node's address and
 // the replies come back without netfilter, the way slirp4netns and pasta
 // serve rootless containers. ICMP echo is not answered by the netstack but
-// relayed as a real echo. Every flow is an entry of a connection-tracking
+// relayed as a real echo. Host sockets send with the TTL and DSCP of the
+// workload's packet, and the ICMP errors they get (unreachable, time
+// exceeded) go back to the workload from their sender, quoting the
+// workload's packet, so traceroute through the NAT shows the hops beyond. Every flow is an entry of a connection-tracking
 // table, with Linux conntrack's idle timeouts and limits per source and in
 // all.
 package nat
@@ -161,6 +164,15 @@ type entry struct {
 	// included, for the workload's stack to accept it. Set before the entry
 	// is published, then read-only.
 	synQuote []byte
+	// marks are the TTL and TOS of the packet that opened the flow (TCP's
+	// SYN, UDP's first datagram), for its host socket. Set before the entry
+	// is published, then read-only.
+	marks ipMarks
+	// workloadSeqEnd is, for TCP, one past the last sequence number the
+	// workload has sent (SYN and FIN count): a sequence number its stack
+	// accepts in the quote of an ICMP error, being within its
+	// SND.UNA..SND.NXT. Only the inbound loop writes it.
+	workloadSeqEnd atomic.Uint32
 	// echoRequests feeds an ICMP flow's sender; only the inbound loop
 	// touches it.
 	echoRequests chan echoRequest
@@ -188,13 +200,17 @@ func (e *entry) countIn(bytes int, now time.Time) {
 // flow (add, state change, removal) and as a read lock per packet lookup;
 // the counters of a flow are atomics.
 type table struct {
-	maxFlows, maxPerSource int
-	timeouts               Timeouts
-	now                    func() time.Time
-	base                   context.Context
+	// timeouts may be replaced while flows run (setLimits); readers load
+	// it once per decision.
+	timeouts atomic.Pointer[Timeouts]
+	now      func() time.Time
+	base     context.Context
 
-	mu    sync.RWMutex
-	flows map[flowKey]*entry
+	mu sync.RWMutex
+	// maxFlows and maxPerSource are guarded by mu, which every new flow
+	// takes anyway.
+	maxFlows, maxPerSource int
+	flows                  map[flowKey]*entry
 	// live counts flows that are not CLOSED, in all and by source: ended
 	// flows still listed do not hold a place against the limits.
 	live      int
@@ -209,10 +225,27 @@ type table struct {
 // newTable makes a table whose entries' contexts derive from base, and
 // that reads the time from now (a fake clock in tests).
 func newTable(base context.Context, maxFlows, maxPerSource int, t Timeouts, now func() time.Time) *table {
-	return &table{
-		maxFlows: maxFlows, maxPerSource: maxPerSource, timeouts: t.withDefaults(), now: now, base: base,
+	tb := &table{
+		maxFlows: maxFlows, maxPerSource: maxPerSource, now: now, base: base,
 		flows: map[flowKey]*entry{}, perSource: map[netip.Addr]int{}, refused: map[string]uint64{},
 	}
+	td := t.withDefaults()
+	tb.timeouts.Store(&td)
+	return tb
+}
+
+func (t *table) getTimeouts() Timeouts { return *t.timeouts.Load() }
+
+// setLimits replaces the limits and timeouts. Flows already in the table
+// stay, even over a lowered limit: new ones are refused until enough have
+// ended. New timeouts apply to every flow from the next sweep, counted from
+// its last packet.
+func (t *table) setLimits(maxFlows, maxPerSource int, to Timeouts) {
+	td := to.withDefaults()
+	t.mu.Lock()
+	t.maxFlows, t.maxPerSource = maxFlows, maxPerSource
+	t.mu.Unlock()
+	t.timeouts.Store(&td)
 }
 
 func (t *table) refuse(reason string) {
@@ -339,37 +372,38 @@ func (t *table) dropLocked(e *entry) {
 }
 
 // timeout is how long a flow in state st may idle.
-func (t *table) timeout(st state, p proto) time.Duration {
+func (to *Timeouts) timeout(st state, p proto) time.Duration {
 	switch st {
 	case stateSynSent:
-		return t.timeouts.TCPSynSent
+		return to.TCPSynSent
 	case stateEstablished:
-		return t.timeouts.TCPEstablished
+		return to.TCPEstablished
 	case stateFinWait:
-		return t.timeouts.TCPFinWait
+		return to.TCPFinWait
 	case stateClosed:
-		return t.timeouts.TCPClose
+		return to.TCPClose
 	case stateUnreplied:
-		return t.timeouts.UDPUnreplied
+		return to.UDPUnreplied
 	case stateAssured:
-		return t.timeouts.UDPAssured
+		return to.UDPAssured
 	}
 	if p == protoICMP {
-		return t.timeouts.ICMP
+		return to.ICMP
 	}
-	return t.timeouts.UDPUnreplied
+	return to.UDPUnreplied
 }
 
 // expire removes the flows idle for their state's timeout at now and stops
 // them; it returns how many live flows expired (CLOSED ones leaving are not
 // counted: they ended before).
 func (t *table) expire(now time.Time) int {
+	to := t.timeouts.Load()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
 	for _, e := range t.flows {
 		st := e.getState()
-		if now.Sub(time.Unix(0, e.lastSeen.Load())) < t.timeout(st, e.key.proto) {
+		if now.Sub(time.Unix(0, e.lastSeen.Load())) < to.timeout(st, e.key.proto) {
 			continue
 		}
 		if st != stateClosed {
@@ -392,6 +426,7 @@ func (t *table) stopAll() {
 
 func (t *table) snapshot() []Flow {
 	now := t.now()
+	to := t.timeouts.Load()
 	t.mu.RLock()
 	flows := make([]Flow, 0, len(t.flows))
 	for _, e := range t.flows {
@@ -402,7 +437,7 @@ func (t *table) snapshot() []Flow {
 			Created: e.created, LastSeen: last,
 			PacketsOut: e.packetsOut.Load(), BytesOut: e.bytesOut.Load(),
 			PacketsIn: e.packetsIn.Load(), BytesIn: e.bytesIn.Load(),
-			Expires: max(0, t.timeout(st, e.key.proto)-now.Sub(last)),
+			Expires: max(0, to.timeout(st, e.key.proto)-now.Sub(last)),
 		}
 		if o := e.outside.Load(); o != nil {
 			f.Outside = *o
@@ -430,7 +465,8 @@ type Stats struct {
 	// Dropped counts packets the NAT's queue had no room for.
 	Dropped uint64 `json:"dropped"`
 	// Ignored counts packets the NAT does not translate: malformed,
-	// ICMP other than echo requests, fragmented ICMP.
+	// ICMP other than echo requests, fragmented ICMP, and packets that
+	// arrive with TTL 0 (answered with time exceeded from the node).
 	Ignored uint64 `json:"ignored"`
 }
 

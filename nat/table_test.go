@@ -277,3 +277,35 @@ func BenchmarkTableLookup(b *testing.B) {
 		i++
 	}
 }
+
+// TestTableSetLimits: new limits refuse new flows but keep the ones over
+// them; new timeouts apply to flows already in the table.
+func TestTableSetLimits(t *testing.T) {
+	tb, clk := newFakeTable(10, 10, Timeouts{})
+	for port := range uint16(3) {
+		if _, _, refused := tb.add(key(protoUDP, "10.1.0.5", port+1), stateUnreplied); refused != "" {
+			t.Fatalf("flow %d refused: %s", port+1, refused)
+		}
+	}
+	tb.setLimits(10, 2, Timeouts{UDPUnreplied: 5 * time.Second})
+	if got := len(tb.snapshot()); got != 3 {
+		t.Errorf("after lowering the per-source limit to 2 the table holds %d flows, want the 3 it had", got)
+	}
+	if _, _, refused := tb.add(key(protoUDP, "10.1.0.5", 4), stateUnreplied); refused != RefusedPerSource {
+		t.Errorf("a 4th flow over the lowered limit: refused %q, want %q", refused, RefusedPerSource)
+	}
+	if _, _, refused := tb.add(key(protoUDP, "10.1.0.6", 1), stateUnreplied); refused != "" {
+		t.Errorf("another source's flow: refused %q", refused)
+	}
+	tb.setLimits(4, 10, Timeouts{UDPUnreplied: 5 * time.Second})
+	if _, _, refused := tb.add(key(protoUDP, "10.1.0.5", 5), stateUnreplied); refused != RefusedTableFull {
+		t.Errorf("a 5th flow in a table lowered to 4: refused %q, want %q", refused, RefusedTableFull)
+	}
+	clk.advance(6 * time.Second)
+	if got := tb.expire(clk.now()); got != 4 {
+		t.Errorf("6 s idle with a UDP timeout set to 5 s: %d flows expired, want 4", got)
+	}
+	if got := tb.getTimeouts(); got.UDPUnreplied != 5*time.Second || got.TCPEstablished != 432000*time.Second {
+		t.Errorf("timeouts %+v: want UDPUnreplied 5 s and conntrack's for the zero fields", got)
+	}
+}

@@ -2,16 +2,20 @@ package nat
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"sync"
 	"syscall"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -49,11 +53,11 @@ func (n *NAT) handleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	}
-	ctx, cancel := context.WithTimeout(e.ctx, n.table.timeouts.TCPSynSent)
-	out, err := n.net.DialTCP(ctx, n.cfg.Outside, k.dest)
+	ctx, cancel := context.WithTimeout(e.ctx, n.table.getTimeouts().TCPSynSent)
+	out, reports, err := n.dialOutside(ctx, e)
 	cancel()
 	if err != nil {
-		n.dialFailed(r, e, err)
+		n.dialFailed(r, e, err, reports)
 		return
 	}
 	var wq waiter.Queue
@@ -73,13 +77,61 @@ func (n *NAT) handleTCP(r *tcp.ForwarderRequest) {
 	n.relayTCP(e, gonet.NewTCPConn(&wq, ep), ep, out)
 }
 
+// dialOutside connects the flow's host socket to its destination, with the
+// SYN's TTL and TOS and with IP_RECVERR set before the SYN leaves, so that
+// an ICMP error that fails the connect is queued with its type and sender.
+// A failed connect closes the standard library's descriptor, so a duplicate
+// keeps the socket, and its error queue, until it has been read.
+func (n *NAT) dialOutside(ctx context.Context, e *entry) (net.Conn, []icmpReport, error) {
+	keep := -1
+	control := func(fd uintptr) error {
+		if err := e.marks.set(int(fd)); err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVERR, 1); err != nil {
+			return fmt.Errorf("IP_RECVERR: %w", err)
+		}
+		dup, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("keeping the socket for its error queue: %w", err)
+		}
+		if keep >= 0 {
+			unix.Close(keep) // an earlier attempt's socket
+		}
+		keep = dup
+		return nil
+	}
+	out, err := n.net.DialTCP(ctx, n.cfg.Outside, e.key.dest, control)
+	if keep < 0 {
+		return out, nil, err
+	}
+	defer unix.Close(keep)
+	if err == nil {
+		return out, nil, nil
+	}
+	reports, qerr := readErrQueueFD(keep)
+	if qerr != nil {
+		n.log.Debug("nat: TCP dial error queue", "flow", e.key, "err", qerr)
+	}
+	return nil, reports, err
+}
+
 // dialFailed tells the workload how the outside answered its SYN: a reset
-// for a refused connection, ICMP unreachable from the destination for an
-// unreachable one, nothing for no answer (its own SYN timer then runs out,
-// as behind a real NAT).
-func (n *NAT) dialFailed(r *tcp.ForwarderRequest, e *entry, err error) {
+// for a refused connection; the ICMP error that failed the connect
+// (unreachable, time exceeded), from its sender, quoting the SYN; nothing
+// for no answer (its own SYN timer then runs out, as behind a real NAT).
+// After an ICMP error the SYN is dropped without a reset, as a NAT that
+// forwards the error leaves the workload's connection attempt alone.
+func (n *NAT) dialFailed(r *tcp.ForwarderRequest, e *entry, err error, reports []icmpReport) {
 	n.log.Debug("nat: outside dial failed", "flow", e.key, "err", err)
 	n.table.refuse(RefusedDial)
+	for _, rep := range reports {
+		if e.synQuote != nil && n.relayReport(rep, e, e.synQuote) {
+			r.Complete(false)
+			n.table.end(e)
+			return
+		}
+	}
 	code, unreachable := unreachableCode(err)
 	switch {
 	case unreachable && e.synQuote != nil:
@@ -144,14 +196,35 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.C
 			n.table.setState(e, stateFinWait)
 		}
 	}
-	pipe := func(dst io.Writer, src io.Reader, closeWrite func() error) {
+	// hostError handles an error of the host socket and says whether the
+	// relay may go on. With IP_RECVERR, Linux reports an ICMP error on an
+	// established connection as an error of the next read or write but
+	// keeps the connection, as a workload behind a real NAT keeps its own
+	// when the NAT forwards the error (a soft error for its TCP). So the
+	// error goes to the workload and the relay goes on while the host
+	// connection lives; once it has died, the workload is reset too.
+	hostConn, _ := out.(syscall.Conn)
+	hostError := func(err error) bool {
+		typ, code, fromICMP := establishedICMPError(err)
+		if !fromICMP {
+			return false
+		}
+		// The kernel does not say who sent the error of an established
+		// connection (only a connecting one's is queued): it is said to
+		// come from the destination.
+		n.sendICMPError(typ, code, 0, e.key.dest.Addr(), e.tcpQuote())
+		return hostConn != nil && tcpAlive(hostConn)
+	}
+	pipe := func(dst io.Writer, src io.Reader, closeWrite func() error, fromHost bool) {
 		bufp := n.relayBufs.Get().(*[]byte)
 		defer n.relayBufs.Put(bufp)
 		buf := *bufp
 		for {
 			k, err := src.Read(buf)
-			if k > 0 {
-				if _, werr := dst.Write(buf[:k]); werr != nil {
+			for off := 0; off < k; {
+				w, werr := dst.Write(buf[off:k])
+				off += w
+				if werr != nil && (fromHost || !hostError(werr)) {
 					resetBoth()
 					return
 				}
@@ -164,6 +237,9 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.C
 				return
 			}
 			if err != nil {
+				if fromHost && hostError(err) {
+					continue
+				}
 				resetBoth()
 				return
 			}
@@ -174,11 +250,11 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.C
 		outCloseWrite = outHalf.CloseWrite
 	}
 	done := make(chan struct{})
-	if !n.goTracked(func() { defer close(done); pipe(out, in, outCloseWrite) }) {
+	if !n.goTracked(func() { defer close(done); pipe(out, in, outCloseWrite, false) }) {
 		resetBoth()
 		close(done)
 	}
-	pipe(in, out, in.CloseWrite)
+	pipe(in, out, in.CloseWrite, true)
 	<-done
 	// Disarm the reset before ending the flow (which cancels its
 	// context): after two FINs the netstack may still hold data for the
@@ -187,4 +263,70 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.C
 	in.Close()
 	out.Close()
 	n.table.end(e)
+}
+
+// noteWorkloadSeq records how far the workload's sequence numbers have got
+// with segment t (segLen bytes with its header); retransmissions, being
+// behind, change nothing. Called by the inbound loop only, so a load and a
+// store suffice.
+func (e *entry) noteWorkloadSeq(t header.TCP, segLen int) {
+	if int(t.DataOffset()) > segLen {
+		return // malformed: the netstack drops it
+	}
+	end := seqnum.Value(t.SequenceNumber()).Add(seqnum.Size(segLen - int(t.DataOffset())))
+	if t.Flags()&(header.TCPFlagSyn|header.TCPFlagFin) != 0 {
+		end = end.Add(1)
+	}
+	// 0 is the unset value (a sequence number of 0 merely costs one
+	// update).
+	if cur := seqnum.Value(e.workloadSeqEnd.Load()); cur == 0 || cur.LessThan(end) {
+		e.workloadSeqEnd.Store(uint32(end))
+	}
+}
+
+// establishedICMPError maps the error Linux reports on an established TCP
+// socket with IP_RECVERR to the ICMP error behind it (icmp_err_convert read
+// backwards); EHOSTUNREACH also stands for time exceeded and some
+// prohibitions, which the kernel does not tell apart. ECONNREFUSED on an
+// established connection can only be a port unreachable: a reset gives
+// ECONNRESET.
+func establishedICMPError(err error) (header.ICMPv4Type, header.ICMPv4Code, bool) {
+	unreachable := func(c header.ICMPv4Code) (header.ICMPv4Type, header.ICMPv4Code, bool) {
+		return header.ICMPv4DstUnreachable, c, true
+	}
+	switch {
+	case errors.Is(err, syscall.ENETUNREACH):
+		return unreachable(header.ICMPv4NetUnreachable)
+	case errors.Is(err, syscall.EHOSTUNREACH):
+		return unreachable(header.ICMPv4HostUnreachable)
+	case errors.Is(err, syscall.ENOPROTOOPT):
+		return unreachable(header.ICMPv4ProtoUnreachable)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return unreachable(header.ICMPv4PortUnreachable)
+	case errors.Is(err, syscall.EHOSTDOWN):
+		return unreachable(header.ICMPv4DestinationHostUnknown)
+	case errors.Is(err, syscall.ENONET):
+		return unreachable(header.ICMPv4SourceHostIsolated)
+	}
+	return 0, 0, false
+}
+
+// tcpQuote is what an ICMP error about the flow's established connection
+// quotes: the workload's IP header and ports, and a sequence number its
+// stack takes for one of its own segments (Linux's tcp_v4_err drops an
+// error whose quoted sequence number is outside SND.UNA..SND.NXT).
+func (e *entry) tcpQuote() []byte {
+	if len(e.synQuote) < header.IPv4MinimumSize {
+		return nil
+	}
+	q := append([]byte(nil), e.synQuote...)
+	ip := header.IPv4(q)
+	hl := int(ip.HeaderLength())
+	ip.SetTotalLength(uint16(hl + header.TCPMinimumSize))
+	ip.SetChecksum(0)
+	ip.SetChecksum(^ip.CalculateChecksum())
+	if len(q) >= hl+8 {
+		binary.BigEndian.PutUint32(q[hl+4:], e.workloadSeqEnd.Load())
+	}
+	return q
 }

@@ -63,6 +63,9 @@ func (n *NAT) relayUDP(e *entry, in *gonet.UDPConn) {
 	if err := enableRecvErr(out); err != nil {
 		n.log.Debug("nat: UDP flow without ICMP errors", "flow", e.key, "err", err)
 	}
+	if err := withFD(out, e.marks.set); err != nil {
+		n.log.Debug("nat: UDP flow without the workload's TTL and TOS", "flow", e.key, "err", err)
+	}
 	if la, ok := out.LocalAddr().(*net.UDPAddr); ok {
 		e.setOutside(la.AddrPort())
 	}
@@ -141,14 +144,16 @@ func (n *NAT) relayUDPErrors(e *entry, out *net.UDPConn) int {
 
 // relayReport sends one ICMP error the host socket got on to the workload,
 // quoting its own packet; only unreachable and time exceeded are carried.
-func (n *NAT) relayReport(r icmpReport, e *entry, quote []byte) {
+// It says whether it carried it.
+func (n *NAT) relayReport(r icmpReport, e *entry, quote []byte) bool {
 	typ := header.ICMPv4Type(r.typ)
 	if typ != header.ICMPv4DstUnreachable && typ != header.ICMPv4TimeExceeded {
-		return
+		return false
 	}
 	from := r.offender
 	if !from.IsValid() {
 		from = e.key.dest.Addr()
 	}
 	n.sendICMPError(typ, header.ICMPv4Code(r.code), uint16(r.info), from, quote)
+	return true
 }
