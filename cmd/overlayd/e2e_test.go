@@ -1120,7 +1120,8 @@ func TestE2ENATThousandConnections(t *testing.T) {
 // connection from one workload is refused with a reset and counted.
 func TestE2ENATPerSourceLimit(t *testing.T) {
 	testbed.Require(t)
-	c := startClusterNodes(t, withPrefix(t, "nat-outgoing.toml", "[nat]\nmaxFlowsPerSource = 100"), "node-a")
+	file := withPrefix(t, "nat-outgoing.toml", "[nat]\nmaxFlowsPerSource = 100")
+	c := startClusterNodes(t, file, "node-a")
 	server := netip.AddrPortFrom(c.bed.Host("outside").Addr.Addr(), 9200)
 	echoServer(t, c.bed.Host("outside"), server)
 	conns, err := dialMany(t, c.workload["node-a"], server, 100)
@@ -1138,6 +1139,30 @@ func TestE2ENATPerSourceLimit(t *testing.T) {
 	}
 	if got := scrape(t, c.bed.Host("node-a"))[`overlayd_nat_flows_refused_total{reason="per_source_limit"}`]; got != 1 {
 		t.Errorf("refusals counted: %v, want 1", got)
+	}
+
+	// A reload that raises the limit lets more in, with the 100 kept.
+	text, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, []byte(strings.Replace(string(text), "maxFlowsPerSource = 100", "maxFlowsPerSource = 110", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.procs["node-a"].Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.procs["node-a"].WaitOutput(ctx, "reload applied"); err != nil {
+		t.Fatalf("waiting for the reload: %v", err)
+	}
+	more, err := dialMany(t, c.workload["node-a"], server, 10)
+	if err != nil {
+		t.Errorf("after raising maxFlowsPerSource to 110 by reload, 10 more connections: %v", err)
+	}
+	for _, c := range more {
+		c.Close()
 	}
 }
 

@@ -176,9 +176,8 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 	d.nat, err = nat.New(nat.Config{
 		Outside: p.Address.Addr(), MTU: p.TunnelMTU, Logger: d.log,
 		MaxFlows: c.NAT.MaxFlows, MaxFlowsPerSource: c.NAT.MaxFlowsPerSource,
-		Timeouts: nat.Timeouts{TCPEstablished: c.NAT.TCPTimeout, UDPUnreplied: c.NAT.UDPTimeout,
-			UDPAssured: c.NAT.UDPStreamTimeout, ICMP: c.NAT.ICMPTimeout},
-		Out: func(pkt []byte) error { return d.router.WriteTUN(pkt) },
+		Timeouts: natTimeoutsOf(c),
+		Out:      func(pkt []byte) error { return d.router.WriteTUN(pkt) },
 	})
 	if err != nil {
 		closeAll()
@@ -342,6 +341,11 @@ func (d *daemon) reload() error {
 	if err := d.router.Update(p, vx, ipip); err != nil {
 		return refuse(err)
 	}
+	// config.Load already refused what SetLimits would (negative limits):
+	// an error here is a bug, said but not a reason to undo the plan.
+	if err := d.nat.SetLimits(c.NAT.MaxFlows, c.NAT.MaxFlowsPerSource, natTimeoutsOf(c)); err != nil {
+		d.log.Error("applying [nat] limits and timeouts", "err", err)
+	}
 	logPoolChanges(d.log, old.Pools, p.Pools)
 	if err := d.routes.ConfigureLink(d.device, p.TunnelMTU, p.TunnelAddr); err != nil {
 		d.log.Error("reconfiguring the TUN device", "err", err)
@@ -351,6 +355,12 @@ func (d *daemon) reload() error {
 	d.reloads.Add(1)
 	d.log.Info("reload applied", "config", d.configPath, "remoteBlocks", len(p.Routes))
 	return nil
+}
+
+// natTimeoutsOf is the [nat] section's idle timeouts as the NAT takes them.
+func natTimeoutsOf(c *config.Cluster) nat.Timeouts {
+	return nat.Timeouts{TCPEstablished: c.NAT.TCPTimeout, UDPUnreplied: c.NAT.UDPTimeout,
+		UDPAssured: c.NAT.UDPStreamTimeout, ICMP: c.NAT.ICMPTimeout}
 }
 
 // logPoolChanges says, one line each, which pools a reload added, removed
