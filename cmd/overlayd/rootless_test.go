@@ -265,6 +265,10 @@ func proveRootlessOnly(t *testing.T, bed *testbed.Bed, h *testbed.Host, proc *te
 	if its == mine {
 		t.Fatalf("overlayd on %s runs in the machine's user namespace %s", h, mine)
 	}
+	// Seen from the machine, root inside is nobody.
+	if uid := strings.Fields(procStatus(t, proc.Pid(), "Uid")); len(uid) < 2 || uid[1] != strconv.Itoa(testbed.UserNSOwner) {
+		t.Errorf("overlayd on %s has uids %v on the machine, want %d", h, uid, testbed.UserNSOwner)
+	}
 	// Capabilities are held in the process's own user namespace only; a
 	// process in a child user namespace has none in the machine's. The
 	// kernel's answer to "enter a namespace the machine owns" shows it.
@@ -288,8 +292,8 @@ func proveRootlessOnly(t *testing.T, bed *testbed.Bed, h *testbed.Host, proc *te
 		t.Errorf("overlayd did not set the TUN's rp_filter on %s: %q %v", h, v, err)
 	}
 	noWarnings(t, proc)
-	t.Logf("overlayd on %s: user namespace %s (the machine's: %s), CapEff %s within it, uid map %q",
-		h, its, mine, procStatus(t, proc.Pid(), "CapEff"), readUIDMap(proc.Pid()))
+	t.Logf("overlayd on %s: user namespace %s (the machine's: %s), CapEff %s within it, uid map %q, uid on the machine %s",
+		h, its, mine, procStatus(t, proc.Pid(), "CapEff"), readUIDMap(proc.Pid()), strings.Fields(procStatus(t, proc.Pid(), "Uid"))[1])
 }
 
 // noWarnings fails the test if overlayd warned or logged an error: a

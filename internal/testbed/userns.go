@@ -1,10 +1,11 @@
 package testbed
 
 // Hosts as rootless container runtimes make them: a network namespace owned
-// by a user namespace whose root is mapped to the user who made it. A
-// process that enters both has every capability *in that user namespace*
-// (so over that network namespace: TUN, routes, raw sockets, per-namespace
-// sysctls) and none in the machine's.
+// by a user namespace whose root is mapped to the unprivileged user who made
+// it (here nobody, 65534). A process that enters both is root there with
+// every capability *in that user namespace* (so over that network
+// namespace: TUN, routes, raw sockets, per-namespace sysctls), and on the
+// machine it is nobody with no capability.
 
 import (
 	"bufio"
@@ -23,6 +24,11 @@ import (
 // nsGetUserNS is ioctl_ns(2)'s NS_GET_USERNS, _IO(0xb7, 0x1): the user
 // namespace that owns a namespace. golang.org/x/sys does not define it.
 const nsGetUserNS = 0xb701
+
+// UserNSOwner is the machine's user that AddUserNSHost's user namespaces
+// map their root to: nobody, as a rootless runtime maps a container's root
+// to the unprivileged user running it.
+const UserNSOwner = 65534
 
 // StartOptions adjust how StartWith runs a command in a host.
 type StartOptions struct {
@@ -47,14 +53,14 @@ func (h *Host) command(opts StartOptions, name string, args []string) (cmd *exec
 	if err != nil {
 		return nil, nil, err
 	}
-	// nsenter enters the user namespace first, then the network namespace;
-	// uid 0 stays 0 (--preserve-credentials: a map-root-user namespace
-	// refuses setgroups). The user namespace's descriptor comes last.
+	// nsenter enters the user namespace first, then the network namespace,
+	// and becomes its root (UserNSOwner on the machine). The user
+	// namespace's descriptor comes last.
 	files := append(append([]*os.File{}, opts.ExtraFiles...), userns)
 	fd := 3 + len(files) - 1
 	cmd = exec.Command("nsenter", append([]string{
 		"--user=/proc/self/fd/" + strconv.Itoa(fd), "--net=" + netnsDir + "/" + h.NS,
-		"--preserve-credentials", "--", name}, args...)...)
+		"--", name}, args...)...)
 	cmd.ExtraFiles = files
 	return cmd, func() { userns.Close() }, nil
 }
@@ -93,8 +99,8 @@ func (h *Host) RunWith(ctx context.Context, opts StartOptions, name string, args
 }
 
 // AddUserNSHost makes a host whose network namespace is owned by a new user
-// namespace, the way `unshare --user --map-root-user --net` (and rootless
-// podman) make a container's: root inside is this process's user outside.
+// namespace, the way rootless podman makes a container's: UserNSOwner runs
+// `unshare --user --map-root-user --net`, so root inside is nobody outside.
 // The bed treats it as any host (ip -n, Do, Link, AddWorkload all work, as
 // this process is root of the parent user namespace); StartWith with
 // InUserNS runs commands with the user namespace's privileges only.
@@ -107,7 +113,9 @@ func (b *Bed) AddUserNSHost(name string) (*Host, error) {
 // the name's bind mount keeps the network namespace alive, and it keeps its
 // owning user namespace alive.
 func createUserNSNetns(ctx context.Context, ns string) error {
-	holder := exec.CommandContext(ctx, "unshare", "--user", "--map-root-user", "--net", "sh", "-c", "echo ready; exec sleep 60")
+	owner := strconv.Itoa(UserNSOwner)
+	holder := exec.CommandContext(ctx, "setpriv", "--reuid="+owner, "--regid="+owner, "--clear-groups",
+		"unshare", "--user", "--map-root-user", "--net", "sh", "-c", "echo ready; exec sleep 60")
 	holder.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	holder.WaitDelay = waitDelay
 	out, err := holder.StdoutPipe()

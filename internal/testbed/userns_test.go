@@ -31,7 +31,7 @@ func TestUserNSHost(t *testing.T) {
 		wantOut string
 	}{
 		{"root inside", []string{"id", "-u"}, true, "0"},
-		{"the user namespace maps root to this process's user", []string{"cat", "/proc/self/uid_map"}, true, "0          0          1"},
+		{"the user namespace maps root to nobody", []string{"cat", "/proc/self/uid_map"}, true, "0      65534          1"},
 		{"its own network namespace", []string{"ip", "-o", "link", "show", "eth0"}, true, "eth0"},
 		{"CAP_NET_ADMIN over it", []string{"ip", "link", "set", "eth0", "mtu", "1400"}, true, ""},
 		{"no way into a namespace the machine's user namespace owns", []string{"ip", "-n", plain.NS, "link", "show"}, false, "Operation not permitted"},
