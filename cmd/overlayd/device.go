@@ -77,7 +77,6 @@ func resolveDeviceSettings(c *config.Cluster, modeFlag string, fdFlag int, noKer
 // stack behind it.
 type workloadSide struct {
 	dev   tun.Device
-	name  string        // the kernel device's name; "" in netstack mode
 	stack *netstack.Net // netstack mode only
 	addr  netip.Addr    // netstack mode: the stack's address
 }
@@ -97,9 +96,11 @@ func (d *daemon) openWorkloadSide(p *plan.Plan) (workloadSide, error) {
 	}
 	if d.dev.programsKernel() {
 		d.tunSysctls(d.device, p)
+	} else {
+		d.log.Info("--no-kernel-routes: the TUN's address, state, routes, rules and sysctls are left to whoever set up the namespace (overlayd check --print-routes lists them)", "device", d.device)
 	}
 	d.log.Info("TUN device created", "device", d.device, "mtu", p.TunnelMTU, "batch", dev.BatchSize(), "underlayMTU", d.underlayMTU)
-	return workloadSide{dev: dev, name: d.device}, nil
+	return workloadSide{dev: dev}, nil
 }
 
 // tunCreateError says what is missing when the TUN cannot be made.
@@ -193,7 +194,7 @@ func (d *daemon) adoptTUN(p *plan.Plan) (workloadSide, error) {
 		d.tunSysctls(name, p)
 	}
 	d.log.Info("TUN device handed over", "fd", fd, "device", name, "mtu", p.TunnelMTU, "batch", dev.BatchSize(), "programsKernel", d.dev.programsKernel())
-	return workloadSide{dev: dev, name: name}, nil
+	return workloadSide{dev: dev}, nil
 }
 
 // netstackAddr is the netstack's one address: the node's tunnel address
