@@ -229,7 +229,7 @@ func (d *daemon) openNetstack(p *plan.Plan) (workloadSide, error) {
 		return workloadSide{}, fmt.Errorf("netstack mode: creating the netstack: %w", err)
 	}
 	d.log.Info("netstack created", "address", addr, "mtu", p.TunnelMTU)
-	return workloadSide{dev: dev, stack: stack, addr: addr}, nil
+	return workloadSide{dev: newBatchedDevice(dev, p.TunnelMTU), stack: stack, addr: addr}, nil
 }
 
 // configureLink gives the TUN its MTU and tunnel address and brings it up,
