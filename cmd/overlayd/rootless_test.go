@@ -389,18 +389,30 @@ func proveNoPrivileges(t *testing.T, proc *testbed.Process) {
 
 // TestHandedOverTUNNoCapabilities: a runtime (here, the test) opens each
 // node's TUN and sets up its link and routes from check --print-routes;
-// overlayd gets the descriptor and runs as nobody with no capability at
-// all, carrying a VXLAN pool.
+// overlayd gets the descriptor (node-a: --tun-fd 3, node-b: [tunnel] fd = 3
+// in its file) and runs as nobody with no capability at all, carrying a
+// VXLAN pool.
 func TestHandedOverTUNNoCapabilities(t *testing.T) {
 	testbed.Require(t)
 	exe, file := unprivilegedDir(t, rootlessCluster("vxlanMode", ""))
+	fdFile := filepath.Join(filepath.Dir(exe), "fd.toml")
+	if err := os.WriteFile(fdFile, []byte(rootlessCluster("vxlanMode", "[tunnel]\nfd = 3\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	bed, workloads := twoNodeBed(t, file, (*testbed.Bed).AddHost)
-	for _, node := range []string{"node-a", "node-b"} {
+	for _, run := range []struct {
+		node string
+		args []string
+	}{
+		{"node-a", []string{"--config", file, "--tun-fd", "3"}},
+		{"node-b", []string{"--config", fdFile}},
+	} {
+		node := run.node
 		h := bed.Host(node)
 		tunFile := openTUN(t, h, "ovl0")
 		applyKernelSetup(t, h, file, node)
-		args := append(append([]string{}, noPrivileges...), "env", childEnv+"=1", exe, "run", "--config", file, "--node", node,
-			"--tun-fd", "3", "--no-kernel-routes", "--log-level", "debug")
+		args := append(append(append(append([]string{}, noPrivileges...), "env", childEnv+"=1", exe, "run", "--node", node), run.args...),
+			"--no-kernel-routes", "--log-level", "debug")
 		proc, err := h.StartWith(testbed.StartOptions{ExtraFiles: []*os.File{tunFile}}, "setpriv", args...)
 		tunFile.Close() // overlayd holds it now
 		if err != nil {
