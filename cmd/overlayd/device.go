@@ -183,6 +183,10 @@ func (d *daemon) adoptTUN(p *plan.Plan) (workloadSide, error) {
 		dev, name, err = tun.CreateUnmonitoredTUNFromFD(fd)
 	}
 	if err != nil {
+		if permissionDenied(err) {
+			return workloadSide{}, fmt.Errorf("--tun-fd %d: %w: configuring the handed-over TUN (its MTU, address, routes) needs CAP_NET_ADMIN in this network namespace; "+
+				"with --no-kernel-routes overlayd leaves all that to the runtime (overlayd check --print-routes) and needs no capability", fd, err)
+		}
 		return workloadSide{}, fmt.Errorf("--tun-fd %d is not a usable TUN device: %w", fd, err)
 	}
 	d.device = name

@@ -598,6 +598,23 @@ func TestUnprivilegedSaysWhatIsMissing(t *testing.T) {
 			}
 		})
 	}
+	t.Run("a handed-over TUN without --no-kernel-routes", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		tunFile := openTUN(t, node, "ovl0")
+		defer tunFile.Close()
+		args := append(append([]string{}, noPrivileges...), "env", childEnv+"=1", exe, "run", "--config", vxlanFile, "--node", "node-a",
+			"--metrics-listen", "off", "--tun-fd", "3")
+		out, err := node.RunWith(ctx, testbed.StartOptions{ExtraFiles: []*os.File{tunFile}}, "setpriv", args...)
+		if err == nil {
+			t.Fatalf("overlayd started:\n%s", out)
+		}
+		for _, w := range []string{"needs CAP_NET_ADMIN in this network namespace", "with --no-kernel-routes"} {
+			if !strings.Contains(string(out), w) {
+				t.Errorf("the error lacks %q:\n%s", w, out)
+			}
+		}
+	})
 	t.Run("VXLAN below the unprivileged ports once the namespace allows them", func(t *testing.T) {
 		if err := node.Sysctl("net.ipv4.ip_unprivileged_port_start", "999"); err != nil {
 			t.Fatal(err)
