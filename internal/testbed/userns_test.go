@@ -48,3 +48,32 @@ func TestUserNSHost(t *testing.T) {
 		})
 	}
 }
+
+func TestUserNSHostIsRemovedOnClose(t *testing.T) {
+	Require(t)
+	b, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := b.AddUserNSHost("rootless")
+	if err != nil {
+		b.Close()
+		t.Fatal(err)
+	}
+	p, err := h.StartWith(StartOptions{InUserNS: true}, "sleep", "30")
+	if err != nil {
+		b.Close()
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if namespaceExists(h.NS) {
+		t.Errorf("namespace %s outlived Close", h.NS)
+	}
+	select {
+	case <-p.Exited():
+	default:
+		t.Errorf("%s outlived Close", p)
+	}
+}
