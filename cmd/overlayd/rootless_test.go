@@ -511,6 +511,7 @@ to = "127.0.0.1:9001"
 	}
 	serveHTTP(t, workloads["node-b"], workloadB.String()+":8000")
 	serveHTTP(t, a, "127.0.0.1:9001")
+	serveHTTP(t, bed.Host("underlay"), "198.18.1.1:8001")
 	want := "hello from wb to " + tunnelA.String()
 	tests := []struct {
 		name string
@@ -521,6 +522,9 @@ to = "127.0.0.1:9001"
 		{"node-a through SOCKS5 to node-b's workload", a, []string{"--socks5", "127.0.0.1:1080", "http://192.168.0.69:8000/"}, want},
 		{"node-a through the port forward to node-b's workload", a, []string{"http://127.0.0.1:8080/"}, want},
 		{"node-b's workload through the reverse forward to node-a's host", workloads["node-b"], []string{"http://" + tunnelA.String() + ":9000/"}, "hello from node-a to 127.0.0.1"},
+		// natOutgoing: the netstack's traffic to an address in no pool is
+		// NATed to node-a's address, as a workload's would be.
+		{"node-a through SOCKS5 to a host outside every pool, NATed", a, []string{"--socks5", "127.0.0.1:1080", "http://198.18.1.1:8001/"}, "hello from underlay to 198.18.1.10"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -532,6 +536,11 @@ to = "127.0.0.1:9001"
 				t.Errorf("got %q, want %q", out, tc.want)
 			}
 		})
+	}
+	pingCtx, cancelPing := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancelPing()
+	if err := workloads["node-b"].Ping(pingCtx, tunnelA, 3); err != nil {
+		t.Errorf("ping from node-b's workload to the netstack: %v", err)
 	}
 	if got := wireKinds(capture.Stop(), tunnelA, workloadB, config.DefaultVNI); got[testbed.CarriedVXLAN] == 0 || len(got) != 1 {
 		t.Errorf("netstack <-> node-b's workload traffic on node-a's eth0: %v, want only VXLAN", got)
