@@ -120,8 +120,8 @@ func tunCreateError(name string, err error) error {
 // tunSysctls sets the TUN's per-namespace sysctls (which the root of a user
 // namespace owning the network namespace may write).
 func (d *daemon) tunSysctls(dev string, p *plan.Plan) {
-	for _, s := range tunSysctls(dev, p) {
-		err := os.WriteFile(s.path(), []byte(s.value), 0)
+	for _, s := range tunSysctls(dev) {
+		err := os.WriteFile(s.file, []byte(s.value), 0)
 		switch {
 		case err == nil, errors.Is(err, fs.ErrNotExist) && s.optional:
 		case s.optional:
@@ -134,30 +134,31 @@ func (d *daemon) tunSysctls(dev string, p *plan.Plan) {
 
 // sysctl is one per-namespace setting the TUN device needs.
 type sysctl struct {
-	key, value string
-	why        string
-	optional   bool // only tidier without it
+	key   string // as sysctl(8) takes it
+	file  string // under /proc/sys
+	value string
+	why   string
+	// optional: things are only tidier with it.
+	optional bool
 }
 
-func (s sysctl) path() string { return "/proc/sys/" + strings.ReplaceAll(s.key, ".", "/") }
-
 // tunSysctls lists the TUN's sysctls; `overlayd check --print-routes`
-// prints them for whoever sets up the namespace.
-func tunSysctls(dev string, p *plan.Plan) []sysctl {
-	// The key's dots separate levels; a device name with dots keeps them
-	// as slashes, which sysctl(8) takes too.
+// prints them for whoever sets up the namespace. rp_filter is set whether
+// or not a pool has natOutgoing now: a reload may turn it on.
+func tunSysctls(dev string) []sysctl {
+	// In a sysctl(8) key dots separate levels, so a device name's own dots
+	// are written as slashes (net.ipv4.conf.eth0/100.rp_filter).
 	devKey := strings.ReplaceAll(dev, ".", "/")
-	s := []sysctl{{
-		key: "net.ipv6.conf." + devKey + ".disable_ipv6", value: "1", optional: true,
-		why: "overlayd carries IPv4 only; otherwise the kernel's IPv6 router solicitations on the device show up as drops",
-	}}
-	if len(p.NATPools) > 0 {
-		s = append(s, sysctl{
-			key: "net.ipv4.conf." + devKey + ".rp_filter", value: "2",
+	return []sysctl{
+		{
+			key: "net.ipv6.conf." + devKey + ".disable_ipv6", file: "/proc/sys/net/ipv6/conf/" + dev + "/disable_ipv6", value: "1", optional: true,
+			why: "overlayd carries IPv4 only; otherwise the kernel's IPv6 router solicitations on the device show up as drops",
+		},
+		{
+			key: "net.ipv4.conf." + devKey + ".rp_filter", file: "/proc/sys/net/ipv4/conf/" + dev + "/rp_filter", value: "2",
 			why: "NAT replies enter through the TUN from outside addresses whose route is the underlay: strict reverse-path filtering would drop them",
-		})
+		},
 	}
-	return s
 }
 
 // adoptTUN uses the TUN descriptor a runtime handed over.

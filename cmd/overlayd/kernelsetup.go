@@ -18,7 +18,7 @@ import (
 // through it, and the NAT table's route before the rules that steer to it.
 func kernelSetup(p *plan.Plan, dev string) []string {
 	var cmds []string
-	for _, s := range tunSysctls(dev, p) {
+	for _, s := range tunSysctls(dev) {
 		cmds = append(cmds, fmt.Sprintf("sysctl -w %s=%s", s.key, s.value))
 	}
 	cmds = append(cmds, fmt.Sprintf("ip link set dev %s mtu %d up", dev, p.TunnelMTU))
