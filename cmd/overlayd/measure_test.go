@@ -30,7 +30,7 @@ func TestMeasureNetstackThroughput(t *testing.T) {
 	if os.Getenv(measureEnv) != "1" {
 		t.Skipf("a measurement, not a check: set %s=1 to run it", measureEnv)
 	}
-	testbed.Require(t)
+	requireSetpriv(t)
 	exe, file := unprivilegedDir(t, rootlessCluster("vxlanMode", `
 [netstack]
 socks5 = "127.0.0.1:1080"

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 
 	"golang.org/x/sys/unix"
 )
@@ -163,4 +164,24 @@ func Capabilities(pid int) (uint64, error) {
 		}
 	}
 	return 0, errors.New("no CapEff in /proc/" + strconv.Itoa(pid) + "/status")
+}
+
+// RequireUserNS skips the test unless beds can be built (Require) and
+// AddUserNSHost can work: util-linux's unshare, nsenter and setpriv are
+// installed and the kernel lets an unprivileged user make a user namespace
+// (user.max_user_namespaces, and any distribution restriction).
+func RequireUserNS(tb testing.TB) {
+	tb.Helper()
+	Require(tb)
+	for _, cmd := range []string{"unshare", "nsenter", "setpriv"} {
+		if _, err := exec.LookPath(cmd); err != nil {
+			tb.Skipf("testbed: skipping, %s (util-linux) is not installed", cmd)
+		}
+	}
+	owner := strconv.Itoa(UserNSOwner)
+	out, err := exec.Command("setpriv", "--reuid="+owner, "--regid="+owner, "--clear-groups",
+		"unshare", "--user", "--map-root-user", "--net", "true").CombinedOutput()
+	if err != nil {
+		tb.Skipf("testbed: skipping, an unprivileged user cannot make a user namespace here (%v: %s)", err, strings.TrimSpace(string(out)))
+	}
 }

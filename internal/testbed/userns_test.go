@@ -8,6 +8,7 @@ import (
 )
 
 func TestUserNSHost(t *testing.T) {
+	RequireUserNS(t)
 	b := NewForTest(t, Options{})
 	plain, err := b.AddHost("plain")
 	if err != nil {
@@ -50,7 +51,7 @@ func TestUserNSHost(t *testing.T) {
 }
 
 func TestUserNSHostIsRemovedOnClose(t *testing.T) {
-	Require(t)
+	RequireUserNS(t)
 	b, err := New(Options{})
 	if err != nil {
 		t.Fatal(err)
