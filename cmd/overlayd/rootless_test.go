@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -412,6 +413,7 @@ func TestHandedOverTUNNoCapabilities(t *testing.T) {
 		t.Fatal(err)
 	}
 	bed, workloads := twoNodeBed(t, file, (*testbed.Bed).AddHost)
+	var procs []*testbed.Process
 	for _, run := range []struct {
 		node string
 		args []string
@@ -439,8 +441,28 @@ func TestHandedOverTUNNoCapabilities(t *testing.T) {
 		if link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/3", proc.Pid())); err != nil || link != "/dev/net/tun" {
 			t.Errorf("overlayd's descriptor 3 is %q (%v), want the handed-over /dev/net/tun", link, err)
 		}
+		procs = append(procs, proc)
 	}
 	carry(t, bed, workloads, testbed.CarriedVXLAN)
+	// A reload must not try the link or routes either.
+	for _, proc := range procs {
+		reloadCleanly(t, proc)
+	}
+}
+
+// reloadCleanly sends SIGHUP and waits for the reload, which must apply
+// with no warning or error (a privilege it lacks would show there).
+func reloadCleanly(t *testing.T, proc *testbed.Process) {
+	t.Helper()
+	if err := proc.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := proc.WaitOutput(ctx, "reload applied"); err != nil {
+		t.Error(err)
+	}
+	noWarnings(t, proc)
 }
 
 // serveHTTP serves, in a host's namespace, a page naming the server and
@@ -595,6 +617,7 @@ to = "127.0.0.1:9001"
 	if got := wireKinds(capture.Stop(), tunnelA, workloadB, config.DefaultVNI); got[testbed.CarriedVXLAN] == 0 || len(got) != 1 {
 		t.Errorf("netstack <-> node-b's workload traffic on node-a's eth0: %v, want only VXLAN", got)
 	}
+	reloadCleanly(t, procA)
 }
 
 // TestUnprivilegedSaysWhatIsMissing: where a privilege is missing, overlayd
