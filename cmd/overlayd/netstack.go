@@ -46,6 +46,9 @@ func (d *daemon) serveNetstack(ctx context.Context, c *config.Cluster) (stop fun
 		}}
 		serve("SOCKS5 listener", func() error { return srv.Serve(ctx, ln) })
 		d.log.Info("SOCKS5 listening", "address", ln.Addr().String(), "from", d.side.addr)
+		if !c.Netstack.SOCKS5.Addr().IsLoopback() {
+			d.log.Warn("the SOCKS5 listener is not on loopback and asks for no credentials: whoever reaches it reaches the overlay as this node", "address", c.Netstack.SOCKS5)
+		}
 	}
 
 	for i, f := range c.Forwards {
