@@ -45,14 +45,24 @@ type Cluster struct {
 	VXLAN   VXLAN
 	Metrics Metrics
 	NAT     NAT
-	Pools   []*pool.IPPool
-	Nodes   []*Node
+	// Netstack and Forwards serve the workload side in netstack mode
+	// (Tunnel.Mode == ModeNetstack); they are empty otherwise.
+	Netstack Netstack
+	Forwards []Forward
+	Pools    []*pool.IPPool
+	Nodes    []*Node
 }
 
 // Tunnel holds node-local defaults for the TUN device.
 type Tunnel struct {
 	Device string
 	MTU    int // 0: derived from the underlay MTU and the encapsulations in use
+	// Mode is ModeTUN (a kernel TUN device) or ModeNetstack (a gVisor
+	// netstack in the process: no device, no routes, no privilege).
+	Mode string
+	// FD is a TUN file descriptor handed over by whoever started overlayd,
+	// used instead of creating a device; -1 when there is none.
+	FD int
 }
 
 // VXLAN holds the VXLAN parameters shared by all nodes.
@@ -155,17 +165,21 @@ func Load(path string) (*Cluster, error) {
 // The file's shape. Pools is a Primitive because it is either an array of
 // tables or the name of a Calico YAML file.
 type fileRoot struct {
-	Tunnel  fileTunnel     `toml:"tunnel"`
-	VXLAN   fileVXLAN      `toml:"vxlan"`
-	Metrics fileMetrics    `toml:"metrics"`
-	NAT     fileNAT        `toml:"nat"`
-	Pools   toml.Primitive `toml:"pools"`
-	Nodes   []fileNode     `toml:"nodes"`
+	Tunnel   fileTunnel     `toml:"tunnel"`
+	VXLAN    fileVXLAN      `toml:"vxlan"`
+	Metrics  fileMetrics    `toml:"metrics"`
+	NAT      fileNAT        `toml:"nat"`
+	Netstack fileNetstack   `toml:"netstack"`
+	Forward  []fileForward  `toml:"forward"`
+	Pools    toml.Primitive `toml:"pools"`
+	Nodes    []fileNode     `toml:"nodes"`
 }
 
 type fileTunnel struct {
 	Device string `toml:"device"`
 	MTU    int    `toml:"mtu"`
+	Mode   string `toml:"mode"`
+	FD     *int   `toml:"fd"`
 }
 
 type fileVXLAN struct {
@@ -208,13 +222,15 @@ type fileNode struct {
 
 // allowedKeys lists each table's keys, for unknown-key messages.
 var allowedKeys = map[string][]string{
-	"":        {"tunnel", "vxlan", "metrics", "nat", "pools", "nodes"},
-	"tunnel":  {"device", "mtu"},
-	"vxlan":   {"vni", "port"},
-	"metrics": {"listen"},
-	"nat":     {"exclude", "maxFlows", "maxFlowsPerSource", "tcpTimeout", "udpTimeout", "udpStreamTimeout", "icmpTimeout"},
-	"pools":   {"name", "cidr", "ipipMode", "vxlanMode", "natOutgoing", "disabled", "nodeSelector", "blockSize"},
-	"nodes":   {"name", "address", "labels", "blocks", "vtepMAC"},
+	"":         {"tunnel", "vxlan", "metrics", "nat", "netstack", "forward", "pools", "nodes"},
+	"tunnel":   {"device", "mtu", "mode", "fd"},
+	"netstack": {"socks5"},
+	"forward":  {"listen", "to", "reverse"},
+	"vxlan":    {"vni", "port"},
+	"metrics":  {"listen"},
+	"nat":      {"exclude", "maxFlows", "maxFlowsPerSource", "tcpTimeout", "udpTimeout", "udpStreamTimeout", "icmpTimeout"},
+	"pools":    {"name", "cidr", "ipipMode", "vxlanMode", "natOutgoing", "disabled", "nodeSelector", "blockSize"},
+	"nodes":    {"name", "address", "labels", "blocks", "vtepMAC"},
 }
 
 // parser carries one file's state through validation.
@@ -238,7 +254,7 @@ func describeKey(table string, index int, elemName, key string) string {
 	switch table {
 	case "":
 		return key
-	case "pools", "nodes":
+	case "pools", "nodes", "forward":
 		where = fmt.Sprintf("%s[%d]", table, index)
 		if elemName != "" {
 			where += fmt.Sprintf(" %q", elemName)
@@ -339,7 +355,7 @@ func (p *parser) unknownKeys(md toml.MetaData) error {
 	}
 	index := map[string]int{}
 	for _, k := range md.Keys() {
-		if len(k) == 1 && (k[0] == "pools" || k[0] == "nodes") && md.Type(k...) == "ArrayHash" {
+		if len(k) == 1 && (k[0] == "pools" || k[0] == "nodes" || k[0] == "forward") && md.Type(k...) == "ArrayHash" {
 			index[k[0]]++
 			continue
 		}
@@ -416,6 +432,10 @@ func (p *parser) settings(root fileRoot, c *Cluster) error {
 	}
 	if m := c.Tunnel.MTU; m != 0 && (m < 576 || m > 65535) {
 		return p.errAt("tunnel", 0, "", "mtu", "%d is out of range: 0 (derive from the underlay MTU) or 576 to 65535", m)
+	}
+
+	if err := p.userspace(root, c); err != nil {
+		return err
 	}
 
 	c.VXLAN = VXLAN{VNI: DefaultVNI, Port: DefaultVXLANPort}

@@ -51,22 +51,38 @@ func (f *planFlags) build() (*config.Cluster, *plan.Plan, error) {
 }
 
 func runCheck(env *cliEnv, args []string) error {
-	fs := newFlagSet(env, "check", "--config FILE --node NAME [--underlay-mtu N] [--json]", `
+	fs := newFlagSet(env, "check", "--config FILE --node NAME [--underlay-mtu N] [--json | --print-routes [--device NAME]]", `
 Validates the cluster file and prints this node's plan: its blocks and tunnel
 address, each remote block with its node, encapsulation and why, the NAT rules
-and the tunnel MTU. Exit status 2 when the file is invalid.`)
+and the tunnel MTU. Exit status 2 when the file is invalid.
+
+--print-routes prints instead the sysctl and ip commands that set up the TUN
+device, its routes and the NAT rules: what a runtime runs in the node's
+network namespace for 'overlayd run --tun-fd N --no-kernel-routes'.`)
 	var pf planFlags
 	pf.register(fs)
 	asJSON := fs.Bool("json", false, "print the plan as JSON")
+	printRoutes := fs.Bool("print-routes", false, "print the kernel set-up commands for --no-kernel-routes")
+	device := fs.String("device", "", "with --print-routes: the TUN device's name (default: [tunnel] device)")
 	if err := parseFlags(env, fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return badInput(fmt.Errorf("unexpected arguments %q", fs.Args()))
 	}
-	_, p, err := pf.build()
+	c, p, err := pf.build()
 	if err != nil {
 		return err
+	}
+	if *printRoutes {
+		if *asJSON {
+			return badInput(errors.New("--print-routes and --json: choose one"))
+		}
+		if *device == "" {
+			*device = c.Tunnel.Device
+		}
+		printKernelSetup(env.stdout, p, *device)
+		return nil
 	}
 	if *asJSON {
 		enc := json.NewEncoder(env.stdout)

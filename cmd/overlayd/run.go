@@ -19,8 +19,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/sys/unix"
-	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/conn"
@@ -35,13 +33,22 @@ func runRun(env *cliEnv, args []string) error {
 Runs the router: creates the TUN device, programs the kernel's routes, opens
 the VXLAN and IP-in-IP sockets the pools need and carries the node's overlay
 traffic until SIGTERM or SIGINT, then removes its routes. SIGHUP re-reads the
-cluster file.`)
+cluster file.
+
+Unprivileged: --tun-fd N --no-kernel-routes uses a TUN opened by the runtime
+and leaves its set-up to it ('overlayd check --print-routes' lists it); with
+VXLAN pools that needs no capability. --tunnel-mode netstack needs no TUN at
+all: the node's workload side is a netstack reached through [netstack] socks5
+and [[forward]] port forwards.`)
 	var pf planFlags
 	pf.register(fs)
 	device := fs.String("device", "", "TUN device name (default: [tunnel] device)")
 	metricsListen := fs.String("metrics-listen", "", "address for /metrics (default: [metrics] listen; \"off\" disables it)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
+	tunnelMode := fs.String("tunnel-mode", "", "\"tun\" (a kernel TUN device) or \"netstack\" (no device: SOCKS5 and port forwards) (default: [tunnel] mode)")
+	tunFD := fs.Int("tun-fd", -1, "a TUN file descriptor (3 or more) handed over by the runtime, used instead of creating a device; -1: [tunnel] fd if set")
+	noKernel := fs.Bool("no-kernel-routes", false, "leave the TUN's link, addresses, routes, rules and sysctls to whoever set up the namespace (see overlayd check --print-routes)")
 	// The underlay MTU is read from the interface unless given.
 	fs.Lookup("underlay-mtu").DefValue = "0"
 	pf.underlayMTU = 0
@@ -73,7 +80,12 @@ cluster file.`)
 		*metricsListen = c.Metrics.Listen
 	}
 
-	d := &daemon{log: log, configPath: pf.config, node: pf.node, device: *device, underlayMTU: pf.underlayMTU, started: time.Now()}
+	dev, err := resolveDeviceSettings(c, *tunnelMode, *tunFD, *noKernel)
+	if err != nil {
+		return badInput(err)
+	}
+
+	d := &daemon{log: log, configPath: pf.config, node: pf.node, device: *device, dev: dev, underlayMTU: pf.underlayMTU, started: time.Now()}
 	return d.run(c, *metricsListen)
 }
 
@@ -98,6 +110,8 @@ type daemon struct {
 	configPath  string
 	node        string
 	device      string
+	dev         deviceSettings
+	side        workloadSide
 	underlayMTU int // 0: read from the underlay interface
 	routes      *kernel.Routes
 	router      *router.Router
@@ -133,26 +147,12 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 	for _, w := range p.Warnings {
 		d.log.Warn(w)
 	}
-	checkForwarding(d.log)
+	d.log.Info("underlay", "device", underlayDev, "mtu", d.underlayMTU)
 
-	dev, err := tun.CreateTUN(d.device, p.TunnelMTU)
-	if err != nil {
-		if errors.Is(err, unix.EPERM) || errors.Is(err, os.ErrPermission) {
-			return fmt.Errorf("creating TUN device %q: %w: overlayd needs CAP_NET_ADMIN in this network namespace and access to /dev/net/tun", d.device, err)
-		}
-		return fmt.Errorf("creating TUN device %q: %w", d.device, err)
+	if d.side, err = d.openWorkloadSide(p); err != nil {
+		return err
 	}
-	// overlayd carries IPv4 only; without this the kernel's IPv6 router
-	// solicitations on the new device show up as drops.
-	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+d.device+"/disable_ipv6", []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
-		d.log.Debug("could not turn IPv6 off on the TUN device", "err", err)
-	}
-	// NAT replies enter through the TUN from outside addresses whose route
-	// is the underlay: strict reverse-path filtering would drop them.
-	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+d.device+"/rp_filter", []byte("2"), 0); err != nil {
-		d.log.Warn("could not set loose reverse-path filtering on the TUN device: NAT replies may be dropped", "err", err)
-	}
-	d.log.Info("TUN device created", "device", d.device, "mtu", p.TunnelMTU, "batch", dev.BatchSize(), "underlay", underlayDev, "underlayMTU", d.underlayMTU)
+	dev := d.side.dev
 
 	vx, ipip, err := d.openTransports(p, nil)
 	if err != nil {
@@ -167,7 +167,7 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 			}
 		}
 	}
-	if err := d.routes.ConfigureLink(d.device, p.TunnelMTU, p.TunnelAddr); err != nil {
+	if err := d.configureLink(p); err != nil {
 		closeAll()
 		return err
 	}
@@ -195,6 +195,14 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if d.side.stack != nil {
+		stopServices, err := d.serveNetstack(ctx, c)
+		if err != nil {
+			closeAll()
+			return err
+		}
+		defer stopServices()
+	}
 	if metricsListen != "off" {
 		srv, err := d.serveMetrics(metricsListen)
 		if err != nil {
@@ -233,7 +241,7 @@ func (d *daemon) openTransports(p *plan.Plan, r *router.Router) (vx, ipip router
 		// not compare equal to nil.
 		c, err := conn.ListenUDP(local)
 		if err != nil {
-			return nil, nil, fmt.Errorf("opening the VXLAN socket: %w", err)
+			return nil, nil, vxlanSocketError(local, err)
 		}
 		c.SetUnderlayMTU(p.UnderlayMTU)
 		vx = c
@@ -246,7 +254,7 @@ func (d *daemon) openTransports(p *plan.Plan, r *router.Router) (vx, ipip router
 			if vx != nil {
 				vx.Close()
 			}
-			return nil, nil, fmt.Errorf("opening the IP-in-IP socket: %w", err)
+			return nil, nil, ipipSocketError(err)
 		}
 		ipip = c
 		d.log.Info("IP-in-IP socket open", "local", me)
@@ -256,6 +264,9 @@ func (d *daemon) openTransports(p *plan.Plan, r *router.Router) (vx, ipip router
 
 // applyRoutes makes the kernel's routes those of plan p, by difference.
 func (d *daemon) applyRoutes(p *plan.Plan) {
+	if !d.dev.programsKernel() {
+		return
+	}
 	ch, err := d.routes.Reconcile(router.KernelRoutes(p, d.device))
 	for _, r := range ch.Added {
 		d.log.Info("route added", "route", r.String())
@@ -273,6 +284,9 @@ func (d *daemon) applyRoutes(p *plan.Plan) {
 
 // applyRules steers natOutgoing traffic into the TUN by policy routing.
 func (d *daemon) applyRules(p *plan.Plan) {
+	if !d.dev.programsKernel() {
+		return
+	}
 	var all []netip.Prefix
 	for _, pl := range p.Pools {
 		all = append(all, pl.CIDR)
@@ -296,6 +310,9 @@ func (d *daemon) applyRules(p *plan.Plan) {
 }
 
 func (d *daemon) removeRules() {
+	if !d.dev.programsKernel() {
+		return
+	}
 	if _, removed, err := d.routes.ReconcileRules(nil, d.device); err != nil {
 		d.log.Error("removing rules", "err", err)
 	} else {
@@ -304,6 +321,9 @@ func (d *daemon) removeRules() {
 }
 
 func (d *daemon) removeRoutes() {
+	if !d.dev.programsKernel() {
+		return
+	}
 	removed, err := d.routes.RemoveAll()
 	if err != nil {
 		d.log.Error("removing routes", "err", err)
@@ -347,7 +367,7 @@ func (d *daemon) reload() error {
 		d.log.Error("applying [nat] limits and timeouts", "err", err)
 	}
 	logPoolChanges(d.log, old.Pools, p.Pools)
-	if err := d.routes.ConfigureLink(d.device, p.TunnelMTU, p.TunnelAddr); err != nil {
+	if err := d.configureLink(p); err != nil {
 		d.log.Error("reconfiguring the TUN device", "err", err)
 	}
 	d.applyRoutes(p)

@@ -55,6 +55,14 @@ var hostNamePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
 // interfaces unless Options.IPv6, and reverse-path filtering off, so that
 // beds behave the same whatever the machine's own sysctls are.
 func (b *Bed) AddHost(name string) (*Host, error) {
+	return b.addHost(name, func(ctx context.Context, ns string) error {
+		_, err := runIP(ctx, "netns", "add", ns)
+		return err
+	})
+}
+
+// addHost is AddHost with the way the named namespace is made.
+func (b *Bed) addHost(name string, create func(ctx context.Context, ns string) error) (*Host, error) {
 	if !hostNamePattern.MatchString(name) {
 		return nil, fmt.Errorf("testbed: host name %q: want lower-case letters, digits and dashes, at most 32", name)
 	}
@@ -77,7 +85,7 @@ func (b *Bed) AddHost(name string) (*Host, error) {
 	// of it exists even if the rest of the set-up fails.
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	if _, err := runIP(ctx, "netns", "add", h.NS); err != nil {
+	if err := create(ctx, h.NS); err != nil {
 		return nil, fmt.Errorf("testbed: add host %s: %w", name, err)
 	}
 	handle, err := netns.GetFromName(h.NS)

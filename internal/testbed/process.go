@@ -92,13 +92,22 @@ type Process struct {
 // stdout and stderr captured for Output. The process is killed when the bed
 // closes, and also if the test binary dies without closing it.
 func (h *Host) Start(name string, args ...string) (*Process, error) {
+	return h.StartWith(StartOptions{}, name, args...)
+}
+
+// StartWith is Start with options (see StartOptions).
+func (h *Host) StartWith(opts StartOptions, name string, args ...string) (*Process, error) {
 	p := &Process{Host: h, name: strings.Join(append([]string{name}, args...), " "), out: newOutputBuffer(), exited: make(chan struct{})}
 	// `ip netns exec` would report a missing command only after a
 	// successful Start; say it here. It sees the same files we do.
 	if _, err := exec.LookPath(name); err != nil {
 		return nil, fmt.Errorf("testbed: %s: start %s: %w", h.Name, p.name, err)
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", h.NS, name}, args...)...)
+	cmd, cleanup, err := h.command(opts, name, args)
+	if err != nil {
+		return nil, fmt.Errorf("testbed: %s: start %s: %w", h.Name, p.name, err)
+	}
+	defer cleanup()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = waitDelay
 	cmd.Stdout = p.out
@@ -106,7 +115,7 @@ func (h *Host) Start(name string, args ...string) (*Process, error) {
 	p.cmd = cmd
 	b := h.bed
 	var startErr error
-	err := b.register(func() {
+	err = b.register(func() {
 		// Under the bed's lock, so Close cannot miss a process being started.
 		if startErr = b.spawn.start(cmd); startErr == nil {
 			b.procs = append(b.procs, p)

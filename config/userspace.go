@@ -1,0 +1,134 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+)
+
+// Tunnel modes: how the node's workload side is made.
+const (
+	// ModeTUN is a kernel TUN device, created by overlayd or handed over
+	// (Tunnel.FD), with the kernel routing the workloads to it.
+	ModeTUN = "tun"
+	// ModeNetstack is a gVisor netstack inside the process: no device, no
+	// kernel routes, no privilege; applications reach the overlay through
+	// the SOCKS5 listener and the port forwards.
+	ModeNetstack = "netstack"
+)
+
+// Netstack holds what netstack mode exposes to the host's applications.
+type Netstack struct {
+	// SOCKS5 is the address:port of the SOCKS5 (RFC 1928, CONNECT, no
+	// authentication) listener on the host; invalid: none.
+	SOCKS5 netip.AddrPort
+}
+
+// Forward is one TCP port forward of netstack mode.
+type Forward struct {
+	// Reverse false: Listen is a host address:port whose connections are
+	// carried to To, an overlay address:port, from the netstack.
+	// Reverse true: Listen is a port on the netstack (its address is the
+	// node's netstack address when unspecified) whose connections are
+	// carried to To, a host address:port.
+	Listen  netip.AddrPort
+	To      netip.AddrPort
+	Reverse bool
+}
+
+type fileNetstack struct {
+	SOCKS5 string `toml:"socks5"`
+}
+
+type fileForward struct {
+	Listen  string `toml:"listen"`
+	To      string `toml:"to"`
+	Reverse bool   `toml:"reverse"`
+}
+
+// userspace validates [tunnel] mode and fd, [netstack] and [[forward]].
+func (p *parser) userspace(root fileRoot, c *Cluster) error {
+	switch root.Tunnel.Mode {
+	case "":
+		c.Tunnel.Mode = ModeTUN
+	case ModeTUN, ModeNetstack:
+		c.Tunnel.Mode = root.Tunnel.Mode
+	default:
+		return p.errAt("tunnel", 0, "", "mode", "invalid value %q: allowed values are %q (default: a kernel TUN device) and %q (a netstack in the process, no device)", root.Tunnel.Mode, ModeTUN, ModeNetstack)
+	}
+	c.Tunnel.FD = -1
+	if fd := root.Tunnel.FD; fd != nil {
+		if *fd < 3 {
+			return p.errAt("tunnel", 0, "", "fd", "%d is not a handed-over descriptor: 0, 1 and 2 are stdin, stdout and stderr; want 3 or more", *fd)
+		}
+		if c.Tunnel.Mode == ModeNetstack {
+			return p.errAt("tunnel", 0, "", "fd", "a TUN descriptor is of no use with mode = %q, which has no device; remove one of the two", ModeNetstack)
+		}
+		c.Tunnel.FD = *fd
+	}
+
+	if s := root.Netstack.SOCKS5; s != "" {
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil || !ap.Addr().Is4() {
+			return p.errAt("netstack", 0, "", "socks5", "%q is not an IPv4 address:port (e.g. \"127.0.0.1:1080\")", s)
+		}
+		c.Netstack.SOCKS5 = ap
+	}
+
+	for i, ff := range root.Forward {
+		fail := func(key, format string, args ...any) error {
+			return p.errAt("forward", i, "", key, format, args...)
+		}
+		var f Forward
+		f.Reverse = ff.Reverse
+		if ff.Listen == "" {
+			return fail("listen", "missing: the address:port to listen on (a host address, or with reverse = true a port on the netstack, e.g. \":8080\")")
+		}
+		listen, err := parseForwardAddr(ff.Listen, ff.Reverse)
+		if err != nil {
+			if ff.Reverse {
+				return fail("listen", "%q is not a port on the netstack (\":8080\", or its address and port)", ff.Listen)
+			}
+			return fail("listen", "%q is not a host IPv4 address:port (e.g. \"127.0.0.1:8080\")", ff.Listen)
+		}
+		f.Listen = listen
+		if ff.To == "" {
+			return fail("to", "missing: the address:port connections are carried to")
+		}
+		if f.To, err = netip.ParseAddrPort(ff.To); err != nil || !f.To.Addr().Is4() || f.To.Port() == 0 {
+			what := "an overlay IPv4 address:port (e.g. \"192.168.0.69:80\")"
+			if ff.Reverse {
+				what = "a host IPv4 address:port (e.g. \"127.0.0.1:80\")"
+			}
+			return fail("to", "%q is not %s", ff.To, what)
+		}
+		for j, g := range c.Forwards {
+			if g.Reverse == f.Reverse && g.Listen == f.Listen {
+				return fail("listen", "%s is already forwarded by forward[%d]", f.Listen, j)
+			}
+		}
+		c.Forwards = append(c.Forwards, f)
+	}
+	return nil
+}
+
+// parseForwardAddr parses a listen address; a reverse forward may leave out
+// the address (":8080"), which means the netstack's own.
+func parseForwardAddr(s string, reverse bool) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 {
+		return netip.AddrPort{}, fmt.Errorf("bad port %q", port)
+	}
+	addr := netip.IPv4Unspecified()
+	if host != "" || !reverse {
+		if addr, err = netip.ParseAddr(host); err != nil || !addr.Is4() {
+			return netip.AddrPort{}, fmt.Errorf("bad address %q", host)
+		}
+	}
+	return netip.AddrPortFrom(addr, uint16(n)), nil
+}
