@@ -37,12 +37,13 @@ demo: deps build
 
 # The encapsulation overhead harness (root): every mode on the standard bed,
 # table on stdout, Markdown, JSON and SVG in bench/results/. QUICK=1 runs one
-# short pass. wireguard-go is built from the Go module proxy at the version
+# short pass, PROFILE=DIR saves pprof profiles of each overlayd under load.
+# wireguard-go is built from the Go module proxy at the version
 # go.mod pins.
 bench: build
 	@scripts/deps.sh ip:iproute2 iperf3:iperf3 wg:wireguard-tools ss:iproute2
 	$(GO) build -o bin/wireguard-go golang.zx2c4.com/wireguard
-	$(GO) run ./bench --overlayd $(BIN) --wireguard-go bin/wireguard-go $(if $(QUICK),--quick)
+	$(GO) run ./bench --overlayd $(BIN) --wireguard-go bin/wireguard-go $(if $(QUICK),--quick) $(if $(PROFILE),--profile $(PROFILE))
 
 # Go microbenchmarks of the per-packet path, six runs each (benchstat wants six for a confidence interval), summarised by
 # benchstat (installed with go install if missing).
