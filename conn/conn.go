@@ -16,6 +16,10 @@ type Message struct {
 	Addr [4]byte
 	// Port is the peer's UDP port (UDP only; zero on the raw socket).
 	Port uint16
+	// Flow is, on send, a hash of the flow the packet carries (a UDP
+	// socket spreading its source ports picks one by it); unused on
+	// receive.
+	Flow uint32
 	// Truncated is set on receive when the packet was longer than Buf: the
 	// kernel dropped the rest (MSG_TRUNC), and N is len(Buf). A flag, not
 	// an error, so the other packets of the batch are still delivered.
@@ -23,8 +27,9 @@ type Message struct {
 }
 
 // Transport is an underlay socket with batched I/O. ReadBatch and WriteBatch
-// may run at the same time, but each from one goroutine at a time: a
-// direction's message headers are reused from call to call.
+// may run at the same time. ReadBatch is for one goroutine at a time (its
+// message headers are reused from call to call); WriteBatch may be called
+// from several, one call at a time going through.
 type Transport interface {
 	// ReadBatch blocks until at least one packet is there, then receives
 	// as many as are queued, up to len(msgs) and MaxBatch, into msgs[:n]

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -69,6 +70,7 @@ type batchConn struct {
 	// their segment size in a control message.
 	gsoSegment atomic.Int64
 	gro        bool
+	wmu        sync.Mutex
 }
 
 func newBatchConn(rc syscall.RawConn, closer func() error, withPort bool) *batchConn {
@@ -287,6 +289,10 @@ func (c *batchConn) readBatch(msgs []Message, segments []int) (int, error) {
 
 // WriteBatch sends msgs; see Transport.WriteBatch.
 func (c *batchConn) WriteBatch(msgs []Message) (int, error) {
+	// The TUN loop sends, and so does an underlay loop answering ARP: the
+	// write batch is one, so one call at a time (a lock per batch).
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	b := &c.wr
 	sent := 0
 	var firstErr error

@@ -3,6 +3,7 @@ package conn
 import (
 	"bytes"
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -91,5 +92,59 @@ func TestUDPSegmentSize(t *testing.T) {
 		if used := a.prepareWrite(msgs); used != len(msgs) || a.wr.n != tt.wantTrains {
 			t.Errorf("MTU %d: %d messages in %d headers, want %d in %d", tt.mtu, used, a.wr.n, len(msgs), tt.wantTrains)
 		}
+	}
+}
+
+// TestUDPSpreadSourcePorts checks that flows leave from several source
+// ports, each flow from one, in its order, with GSO trains still joined.
+func TestUDPSpreadSourcePorts(t *testing.T) {
+	a, b := listenUDP(t), listenUDP(t)
+	if err := a.SpreadSourcePorts(8); err != nil {
+		t.Fatal(err)
+	}
+	ports := a.SourcePorts()
+	if len(ports) != 8 {
+		t.Fatalf("%d source ports, want 8", len(ports))
+	}
+	to := b.LocalAddr()
+	const flows, perFlow = 64, 20
+	var out []Message
+	for i := range perFlow {
+		for f := range flows {
+			// Flows interleave; flow f's packets carry f and their rank.
+			p := payload(f<<8|i, 600)
+			out = append(out, Message{Buf: p, Addr: to.Addr().As4(), Port: to.Port(), Flow: uint32(f) * 0x9e3779b9})
+		}
+	}
+	// Trains too: a run of one flow's equal datagrams.
+	for i := range 40 {
+		out = append(out, Message{Buf: payload(0xff00|i, 1000), Addr: to.Addr().As4(), Port: to.Port(), Flow: 7})
+	}
+	if sent, err := a.WriteBatch(out); err != nil || sent != len(out) {
+		t.Fatalf("WriteBatch: %d of %d sent, %v", sent, len(out), err)
+	}
+	portOf := map[int]uint16{} // flow -> its source port
+	next := map[int]int{}      // flow -> the rank expected next
+	used := map[uint16]bool{}
+	for _, m := range receiveInto(t, b, len(out), MaxBatch, 65536) {
+		id := int(m.Buf[0])<<8 | int(m.Buf[1])
+		f, rank := id>>8, id&0xff
+		if p, ok := portOf[f]; ok && p != m.Port {
+			t.Fatalf("flow %d came from ports %d and %d", f, p, m.Port)
+		}
+		portOf[f] = m.Port
+		used[m.Port] = true
+		if rank != next[f] {
+			t.Fatalf("flow %d: datagram %d arrived where %d was due", f, rank, next[f])
+		}
+		next[f]++
+	}
+	for p := range used {
+		if !slices.Contains(ports, p) {
+			t.Errorf("a datagram came from port %d, not one of %v", p, ports)
+		}
+	}
+	if len(used) < 6 {
+		t.Errorf("%d flows used %d of the 8 source ports: not spread", flows, len(used))
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -57,6 +58,18 @@ type UDPConn struct {
 	pc *net.UDPConn
 	// gro holds the messages received with GRO and not yet handed out.
 	gro *groQueue
+	// senders, when set, send in the socket's stead, each from a port of
+	// its own; spread is a batch's messages by sender, reused under
+	// spreadMu.
+	senders  []*udpSender
+	spread   [][]Message
+	spreadMu sync.Mutex
+}
+
+// udpSender is one of the sockets a UDPConn spreads its source ports over.
+type udpSender struct {
+	*batchConn
+	pc *net.UDPConn
 }
 
 // groQueue is the receive side's own buffers under GRO: coalesced messages
@@ -81,32 +94,11 @@ var _ Transport = (*UDPConn)(nil)
 // GSO needs the checksum, which the device or the kernel computes once per
 // train.
 func ListenUDP(local netip.AddrPort) (*UDPConn, error) {
-	pc, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(local))
+	pc, bc, gso, gro, err := openUDP(local, true)
 	if err != nil {
-		return nil, fmt.Errorf("listening on UDP %s: %w", local, err)
+		return nil, err
 	}
-	rc, err := pc.SyscallConn()
-	if err != nil {
-		pc.Close()
-		return nil, fmt.Errorf("UDP %s: %w", local, err)
-	}
-	var gso, gro bool
-	var optErr error
-	err = rc.Control(func(fd uintptr) {
-		// Reading UDP_SEGMENT back tells whether the kernel knows it
-		// (4.18 and later); UDP_GRO is set where it is known (5.0).
-		_, segErr := unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT)
-		gso = segErr == nil
-		gro = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
-		if !gso {
-			optErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_NO_CHECK, 1)
-		}
-	})
-	if err = errors.Join(err, optErr, setBuffers(rc)); err != nil {
-		pc.Close()
-		return nil, fmt.Errorf("setting up UDP %s: %w", local, err)
-	}
-	c := &UDPConn{batchConn: newBatchConn(rc, pc.Close, true), pc: pc}
+	c := &UDPConn{batchConn: bc, pc: pc}
 	if gso {
 		c.gsoSegment.Store(1500 - 28)
 	}
@@ -120,13 +112,141 @@ func ListenUDP(local netip.AddrPort) (*UDPConn, error) {
 	return c, nil
 }
 
+// openUDP opens one UDP socket bound to local with the offloads the kernel
+// has: GSO always where known, GRO if withGRO.
+func openUDP(local netip.AddrPort, withGRO bool) (pc *net.UDPConn, bc *batchConn, gso, gro bool, err error) {
+	pc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(local))
+	if err != nil {
+		return nil, nil, false, false, fmt.Errorf("listening on UDP %s: %w", local, err)
+	}
+	rc, err := pc.SyscallConn()
+	if err != nil {
+		pc.Close()
+		return nil, nil, false, false, fmt.Errorf("UDP %s: %w", local, err)
+	}
+	var optErr error
+	err = rc.Control(func(fd uintptr) {
+		// Reading UDP_SEGMENT back tells whether the kernel knows it
+		// (4.18 and later); UDP_GRO is set where it is known (5.0).
+		_, segErr := unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT)
+		gso = segErr == nil
+		if withGRO {
+			gro = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
+		}
+		if !gso {
+			optErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_NO_CHECK, 1)
+		}
+	})
+	if err = errors.Join(err, optErr, setBuffers(rc)); err != nil {
+		pc.Close()
+		return nil, nil, false, false, fmt.Errorf("setting up UDP %s: %w", local, err)
+	}
+	return pc, newBatchConn(rc, pc.Close, true), gso, gro, nil
+}
+
+// SpreadSourcePorts makes the socket send from n sockets of its own, each
+// bound to the same address and a port of the kernel's choosing, and pick
+// one per message by its Flow, as Linux's VXLAN picks a source port per
+// inner flow: the underlay's ECMP and the receiver's RSS hash on the outer
+// ports, and one port for all of a node's traffic would put it all on one
+// path and one receive queue. A flow keeps its port, so its packets stay
+// in order. Receiving stays on the listening socket. Call it before the
+// socket is in use.
+func (c *UDPConn) SpreadSourcePorts(n int) error {
+	local := netip.AddrPortFrom(c.LocalAddr().Addr(), 0)
+	senders := make([]*udpSender, 0, n)
+	for range n {
+		pc, bc, _, _, err := openUDP(local, false)
+		if err != nil {
+			for _, s := range senders {
+				s.pc.Close()
+			}
+			return fmt.Errorf("a VXLAN source port: %w", err)
+		}
+		bc.gsoSegment.Store(c.gsoSegment.Load())
+		senders = append(senders, &udpSender{batchConn: bc, pc: pc})
+	}
+	c.senders = senders
+	c.spread = make([][]Message, n)
+	for i := range c.spread {
+		c.spread[i] = make([]Message, 0, MaxBatch)
+	}
+	return nil
+}
+
+// SourcePorts are the ports the socket sends from.
+func (c *UDPConn) SourcePorts() []uint16 {
+	if len(c.senders) == 0 {
+		return []uint16{c.LocalAddr().Port()}
+	}
+	ports := make([]uint16, len(c.senders))
+	for i, s := range c.senders {
+		ports[i] = s.pc.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	}
+	return ports
+}
+
+// WriteBatch sends msgs; see Transport.WriteBatch. With spread source
+// ports, each message goes out of the sender its Flow picks, a system call
+// per sender the batch uses.
+func (c *UDPConn) WriteBatch(msgs []Message) (int, error) {
+	if len(c.senders) == 0 {
+		return c.batchConn.WriteBatch(msgs)
+	}
+	c.spreadMu.Lock()
+	defer c.spreadMu.Unlock()
+	sent := 0
+	var firstErr error
+	for len(msgs) > 0 {
+		chunk := msgs[:min(len(msgs), MaxBatch)]
+		msgs = msgs[len(chunk):]
+		for i := range c.spread {
+			c.spread[i] = c.spread[i][:0]
+		}
+		for i := range chunk {
+			s := int(uint64(chunk[i].Flow) * uint64(len(c.senders)) >> 32)
+			c.spread[s] = append(c.spread[s], chunk[i])
+		}
+		for i, part := range c.spread {
+			if len(part) == 0 {
+				continue
+			}
+			n, err := c.senders[i].WriteBatch(part)
+			sent += n
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	return sent, firstErr
+}
+
+// Close closes the socket and its senders.
+func (c *UDPConn) Close() error {
+	err := c.batchConn.Close()
+	for _, s := range c.senders {
+		err = errors.Join(err, s.pc.Close())
+	}
+	return err
+}
+
 // SetUnderlayMTU sets the largest datagram a GSO train may hold to what
 // fits the underlay's MTU unfragmented; the kernel refuses a train whose
 // segments would need fragmenting. Safe while the socket is in use.
 func (c *UDPConn) SetUnderlayMTU(mtu int) {
-	if c.gsoSegment.Load() > 0 {
-		c.gsoSegment.Store(int64(mtu - 28))
+	for _, bc := range append([]*batchConn{c.batchConn}, c.sendersConns()...) {
+		if bc.gsoSegment.Load() > 0 {
+			bc.gsoSegment.Store(int64(mtu - 28))
+		}
 	}
+}
+
+func (c *UDPConn) sendersConns() []*batchConn {
+	bcs := make([]*batchConn, len(c.senders))
+	for i, s := range c.senders {
+		bcs[i] = s.batchConn
+	}
+	return bcs
 }
 
 // Offloads reports whether UDP GSO (send) and GRO (receive) are in use.

@@ -216,14 +216,23 @@ func (e *Encapsulator) putVXLANPayload(b []byte, dstMAC [6]byte) {
 }
 
 // VXLANSourcePort returns the outer UDP source port for an inner IPv4 packet:
-// a hash of its flow (addresses, protocol, and the ports of TCP and UDP
-// packets that are not fragments) mapped into SourcePortMin..SourcePortMax the
-// way Linux's udp_flow_src_port does, so ECMP in the underlay spreads flows
-// while keeping each one on one path. Packets too short to hold an IPv4 header
+// its FlowHash mapped into SourcePortMin..SourcePortMax the way Linux's
+// udp_flow_src_port does, so ECMP in the underlay spreads flows while
+// keeping each one on one path. Packets too short to hold an IPv4 header
 // all get SourcePortMin.
 func VXLANSourcePort(inner []byte) uint16 {
 	if len(inner) < header.IPv4MinimumSize {
 		return SourcePortMin
+	}
+	return portFromHash(FlowHash(inner))
+}
+
+// FlowHash is a hash of an inner IPv4 packet's flow: its addresses,
+// protocol, and the ports of TCP and UDP packets that are not fragments.
+// Packets too short to hold an IPv4 header hash to 0.
+func FlowHash(inner []byte) uint32 {
+	if len(inner) < header.IPv4MinimumSize {
+		return 0
 	}
 	addrs := binary.BigEndian.Uint64(inner[srcAddrOffset:])
 	proto := inner[protocolOffset]
@@ -237,7 +246,7 @@ func VXLANSourcePort(inner []byte) uint16 {
 			ports = binary.BigEndian.Uint32(inner[ihl:])
 		}
 	}
-	return portFromHash(flowHash(addrs, uint64(proto)<<32|uint64(ports)))
+	return flowHash(addrs, uint64(proto)<<32|uint64(ports))
 }
 
 // portFromHash maps a 32-bit hash onto SourcePortMin..SourcePortMax by

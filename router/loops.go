@@ -112,8 +112,9 @@ func (r *Router) tunLoop() error {
 					t.drops[DropNoTransport]++
 					continue
 				}
+				flow := encap.FlowHash(pkt)
 				out := enc.VXLANPayload(buf, size, d.peer.mac)
-				vxlanMsgs = append(vxlanMsgs, conn.Message{Buf: out, Addr: d.peer.addr, Port: tb.plan.VXLANPort})
+				vxlanMsgs = append(vxlanMsgs, conn.Message{Buf: out, Addr: d.peer.addr, Port: tb.plan.VXLANPort, Flow: flow})
 				t.txPackets[plan.EncapVXLAN]++
 				t.txBytes[plan.EncapVXLAN] += uint64(len(out) + outerIPUDP)
 				d.peer.countTx(len(out) + outerIPUDP)

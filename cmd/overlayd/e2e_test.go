@@ -168,6 +168,28 @@ func wireKinds(pkts []gopacket.Packet, a, b netip.Addr, vni uint32) map[string]i
 	return kinds
 }
 
+// wireSourcePorts returns, per inner flow that node from sent in VXLAN,
+// the outer UDP source ports it left from.
+func wireSourcePorts(pkts []gopacket.Packet, from netip.Addr) map[string]map[uint16]bool {
+	ports := map[string]map[uint16]bool{}
+	for _, p := range pkts {
+		kind, outer, inner, _ := testbed.Carried(p)
+		udp, _ := p.Layer(layers.LayerTypeUDP).(*layers.UDP)
+		if kind != testbed.CarriedVXLAN || udp == nil || !outer.SrcIP.Equal(from.AsSlice()) {
+			continue
+		}
+		flow := fmt.Sprintf("%s>%s/%s", inner.SrcIP, inner.DstIP, inner.Protocol)
+		if tcp, ok := p.Layer(layers.LayerTypeTCP).(*layers.TCP); ok {
+			flow += fmt.Sprintf(" %d>%d", tcp.SrcPort, tcp.DstPort)
+		}
+		if ports[flow] == nil {
+			ports[flow] = map[uint16]bool{}
+		}
+		ports[flow][uint16(udp.SrcPort)] = true
+	}
+	return ports
+}
+
 func TestE2EConfigurations(t *testing.T) {
 	testbed.Require(t)
 	tests := []struct {
@@ -216,6 +238,13 @@ func TestE2EConfigurations(t *testing.T) {
 				kinds := wireKinds(pkts, c.addr["node-a"], c.addr[want.peer], vni)
 				if kinds[want.kind] == 0 || len(kinds) != 1 {
 					t.Errorf("node-a <-> %s workload traffic on node-a's eth0: %v, want only %q", want.peer, kinds, want.kind)
+				}
+			}
+			// VXLAN leaves from the spread source ports, each inner flow
+			// from one, as the kernel's VXLAN picks a port per flow.
+			for flow, ports := range wireSourcePorts(pkts, c.bed.Host("node-a").Addr.Addr()) {
+				if len(ports) != 1 || ports[c.cfg.VXLAN.Port] {
+					t.Errorf("inner flow %s left node-a from UDP source ports %v, want one, not the VXLAN port", flow, ports)
 				}
 			}
 		})

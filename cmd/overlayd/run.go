@@ -231,6 +231,11 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 	return err
 }
 
+// vxlanSourcePorts is how many source ports VXLAN spreads flows over, for
+// the underlay's ECMP and the receivers' RSS (the kernel's VXLAN hashes over
+// its whole port range; a socket per port costs a descriptor and buffers).
+const vxlanSourcePorts = 8
+
 // openTransports opens the sockets plan p needs that the router does not
 // have yet (r nil: at start, it has none). Failures name what is missing.
 func (d *daemon) openTransports(p *plan.Plan, r *router.Router) (vx, ipip router.Transport, err error) {
@@ -243,10 +248,14 @@ func (d *daemon) openTransports(p *plan.Plan, r *router.Router) (vx, ipip router
 		if err != nil {
 			return nil, nil, vxlanSocketError(local, err)
 		}
+		if err := c.SpreadSourcePorts(vxlanSourcePorts); err != nil {
+			c.Close()
+			return nil, nil, fmt.Errorf("opening the VXLAN socket: %w", err)
+		}
 		c.SetUnderlayMTU(p.UnderlayMTU)
 		vx = c
 		gso, gro := c.Offloads()
-		d.log.Info("VXLAN socket open", "local", local, "vni", p.VNI, "gso", gso, "gro", gro)
+		d.log.Info("VXLAN socket open", "local", local, "vni", p.VNI, "gso", gso, "gro", gro, "sourcePorts", c.SourcePorts())
 	}
 	if p.UsesIPIP && (r == nil || !r.HasTransport(plan.EncapIPIP)) {
 		c, err := conn.ListenIPIP(me)
