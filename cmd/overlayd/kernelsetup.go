@@ -30,21 +30,28 @@ func kernelSetup(p *plan.Plan, dev string) []string {
 	}
 	if len(p.NATPools) > 0 {
 		cmds = append(cmds, fmt.Sprintf("ip route replace default dev %s scope link table %d proto %d", dev, kernel.NATTable, kernel.RouteProtocol))
-		var all []netip.Prefix
-		for _, pl := range p.Pools {
-			all = append(all, pl.CIDR)
-		}
-		var exempt []netip.Addr
-		if p.NATExcludeHostIPs {
-			for _, peer := range p.Peers {
-				exempt = append(exempt, peer.Addr)
-			}
-		}
-		for _, r := range kernel.NATRules(p.NATPools, all, exempt) {
+		for _, r := range natRules(p) {
 			cmds = append(cmds, "ip rule add "+r.String())
 		}
 	}
 	return cmds
+}
+
+// natRules are the policy rules that steer plan p's natOutgoing traffic to
+// the TUN: from each natOutgoing pool to outside every pool, node addresses
+// exempt under IPPoolsAndHostIPs.
+func natRules(p *plan.Plan) []kernel.Rule {
+	var all []netip.Prefix
+	for _, pl := range p.Pools {
+		all = append(all, pl.CIDR)
+	}
+	var exempt []netip.Addr
+	if p.NATExcludeHostIPs {
+		for _, peer := range p.Peers {
+			exempt = append(exempt, peer.Addr)
+		}
+	}
+	return kernel.NATRules(p.NATPools, all, exempt)
 }
 
 // printKernelSetup writes kernelSetup as a script to run in the node's

@@ -296,17 +296,7 @@ func (d *daemon) applyRules(p *plan.Plan) {
 	if !d.dev.programsKernel() {
 		return
 	}
-	var all []netip.Prefix
-	for _, pl := range p.Pools {
-		all = append(all, pl.CIDR)
-	}
-	var exempt []netip.Addr
-	if p.NATExcludeHostIPs {
-		for _, peer := range p.Peers {
-			exempt = append(exempt, peer.Addr)
-		}
-	}
-	added, removed, err := d.routes.ReconcileRules(kernel.NATRules(p.NATPools, all, exempt), d.device)
+	added, removed, err := d.routes.ReconcileRules(natRules(p), d.device)
 	for _, r := range added {
 		d.log.Info("rule added", "rule", r.String())
 	}
