@@ -58,6 +58,21 @@ var nodeNames = []string{"node-a", "node-b", "node-c"}
 
 // startCluster builds the standard bed, adds a workload in each node's
 // first block (and one per further block), and starts overlayd everywhere.
+// loadForBed loads a cluster file and returns it with the tunnel MTU its
+// plan gives a node on the bed's underlay: the workloads' MTU.
+func loadForBed(t *testing.T, path string) (*config.Cluster, int) {
+	t.Helper()
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := plan.Build(cfg, "node-a", testbed.DefaultMTU)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, p.TunnelMTU
+}
+
 func startCluster(t *testing.T, file string) *cluster {
 	t.Helper()
 	return startClusterNodes(t, file, nodeNames...)
@@ -73,15 +88,8 @@ func startClusterNodes(t *testing.T, file string, run ...string) *cluster {
 			t.Fatal(err)
 		}
 	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := plan.Build(cfg, "node-a", testbed.DefaultMTU)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bed := testbed.NewStandard(t, testbed.Options{WorkloadMTU: p.TunnelMTU})
+	cfg, tunnelMTU := loadForBed(t, path)
+	bed := testbed.NewStandard(t, testbed.Options{WorkloadMTU: tunnelMTU})
 	c := &cluster{t: t, bed: bed, file: path, cfg: cfg,
 		procs: map[string]*testbed.Process{}, workload: map[string]*testbed.Host{},
 		addr: map[string]netip.Addr{}, extra: map[string][]*testbed.Host{}}

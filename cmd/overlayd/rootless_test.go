@@ -29,7 +29,6 @@ import (
 
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/internal/testbed"
-	"github.com/overlayd/overlayd/router/plan"
 )
 
 // The two-node cluster of these tests: both nodes on one underlay segment,
@@ -112,15 +111,8 @@ func unprivilegedDir(t *testing.T, cluster string) (exe, file string) {
 // forward; each gets one workload in its block.
 func twoNodeBed(t *testing.T, file string, addNode func(*testbed.Bed, string) (*testbed.Host, error)) (*testbed.Bed, map[string]*testbed.Host) {
 	t.Helper()
-	cfg, err := config.Load(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := plan.Build(cfg, "node-a", testbed.DefaultMTU)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bed := testbed.NewForTest(t, testbed.Options{WorkloadMTU: p.TunnelMTU})
+	cfg, tunnelMTU := loadForBed(t, file)
+	bed := testbed.NewForTest(t, testbed.Options{WorkloadMTU: tunnelMTU})
 	underlay, err := bed.AddHost("underlay")
 	if err != nil {
 		t.Fatal(err)
