@@ -117,7 +117,7 @@ func (r *Router) tunLoop() error {
 				vxlanMsgs = append(vxlanMsgs, conn.Message{Buf: out, Addr: d.peer.addr, Port: tb.plan.VXLANPort, Flow: flow})
 				t.txPackets[plan.EncapVXLAN]++
 				t.txBytes[plan.EncapVXLAN] += uint64(len(out) + outerIPUDP)
-				d.peer.countTx(len(out) + outerIPUDP)
+				t.countTx(d.peer, len(out)+outerIPUDP)
 			case plan.EncapIPIP:
 				if tb.transports[plan.EncapIPIP] == nil {
 					t.drops[DropNoTransport]++
@@ -127,7 +127,7 @@ func (r *Router) tunLoop() error {
 				ipipMsgs = append(ipipMsgs, conn.Message{Buf: out, Addr: d.peer.addr})
 				t.txPackets[plan.EncapIPIP]++
 				t.txBytes[plan.EncapIPIP] += uint64(len(out))
-				d.peer.countTx(len(out))
+				t.countTx(d.peer, len(out))
 			}
 		}
 		if len(vxlanMsgs) > 0 {
@@ -173,22 +173,6 @@ func (r *Router) send(tr Transport, msgs []conn.Message, t *tally) {
 		t.ioErrors[errSocketWrite]++
 		t.drops[DropSendError] += uint64(len(msgs) - sent)
 		r.log.Debug("underlay send failed", "err", err, "unsent", len(msgs)-sent)
-	}
-}
-
-// countTx and countRx count a peer's traffic; a peer of a table not built
-// by a router (tests) has no counters.
-func (p *peer) countTx(bytes int) {
-	if c := p.counters; c != nil {
-		c.txPackets.Add(1)
-		c.txBytes.Add(uint64(bytes))
-	}
-}
-
-func (p *peer) countRx(bytes int) {
-	if c := p.counters; c != nil {
-		c.rxPackets.Add(1)
-		c.rxBytes.Add(uint64(bytes))
 	}
 }
 
@@ -290,7 +274,7 @@ func (r *Router) underlayLoop(tr Transport, kind plan.Encap) error {
 			}
 			t.rxPackets[kind]++
 			t.rxBytes[kind] += uint64(wire)
-			p.countRx(wire)
+			t.countRx(p, wire)
 			out = append(out, in.Bufs[i][:encap.Headroom+len(inner)])
 		}
 		if len(out) > 0 {

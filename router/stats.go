@@ -70,6 +70,8 @@ const numEncaps = int(plan.EncapVXLAN) + 1
 // added to the shared counters once per batch so the per-packet path has no
 // atomic operation.
 type tally struct {
+	// txRun and rxRun count the current run of packets to or from one peer.
+	txRun, rxRun       peerRun
 	txPackets, txBytes [numEncaps]uint64
 	rxPackets, rxBytes [numEncaps]uint64
 	decapDrops         [encap.NumDropReasons]uint64
@@ -124,8 +126,51 @@ func addAll(dst []atomic.Uint64, src []uint64) {
 	}
 }
 
+// peerRun counts consecutive packets of a batch in one direction to or
+// from one peer, and adds them to that peer's counters when the peer
+// changes or the batch ends: a batch mostly goes to one peer (a TSO
+// packet's segments, a GRO train), so that is one pair of atomic adds per
+// run rather than per packet.
+type peerRun struct {
+	packets, bytes *atomic.Uint64 // the peer's counters; nil: no run
+	n, size        uint64
+}
+
+func (r *peerRun) count(packets, bytes *atomic.Uint64, size int) {
+	if packets != r.packets {
+		r.flush()
+		r.packets, r.bytes = packets, bytes
+	}
+	r.n++
+	r.size += uint64(size)
+}
+
+func (r *peerRun) flush() {
+	if r.packets != nil && r.n != 0 {
+		r.packets.Add(r.n)
+		r.bytes.Add(r.size)
+	}
+	*r = peerRun{}
+}
+
+// countTx and countRx count a packet to or from a peer; a peer of a table
+// not built by a router (tests) has no counters.
+func (t *tally) countTx(p *peer, size int) {
+	if c := p.counters; c != nil {
+		t.txRun.count(&c.txPackets, &c.txBytes, size)
+	}
+}
+
+func (t *tally) countRx(p *peer, size int) {
+	if c := p.counters; c != nil {
+		t.rxRun.count(&c.rxPackets, &c.rxBytes, size)
+	}
+}
+
 // flush adds the batch's counts to the totals and clears the tally.
 func (c *counters) flush(t *tally) {
+	t.txRun.flush()
+	t.rxRun.flush()
 	addAll(c.txPackets[:], t.txPackets[:])
 	addAll(c.txBytes[:], t.txBytes[:])
 	addAll(c.rxPackets[:], t.rxPackets[:])
