@@ -28,10 +28,9 @@ type dest struct {
 
 // peer is another node as the data path sees it.
 type peer struct {
-	name  string
-	index int // position in table.peers, for per-peer counters
-	addr  [4]byte
-	mac   [6]byte
+	name string
+	addr [4]byte
+	mac  [6]byte
 	// tunnelAddr is the node's tunnel address, zero if it has none.
 	tunnelAddr [4]byte
 	counters   *peerCounters
@@ -41,11 +40,11 @@ type peer struct {
 // one is built on every change and published through an atomic.Pointer, so
 // the packet loops read it with no lock.
 type table struct {
-	plan  *plan.Plan
-	dests *bart.Fast[*dest]
-	// grids answer lookups instead of dests when every pool has one; then
-	// an address in no grid is in no pool.
+	plan *plan.Plan
+	// grids answer lookups when every pool can have one (an address in no
+	// grid is then in no pool); dests, the trie, is built only otherwise.
 	grids []blockGrid
+	dests *bart.Fast[*dest]
 	// byAddr finds the peer an encapsulated packet came from by its outer
 	// source address.
 	byAddr     *bart.Fast[*peer]
@@ -63,10 +62,15 @@ type table struct {
 }
 
 func newTable(p *plan.Plan, transports [numEncaps]Transport) *table {
+	return buildTable(p, transports, true)
+}
+
+// buildTable makes the table of plan p, with block grids where they can
+// answer if withGrids (false: the trie alone, which tests compare with).
+func buildTable(p *plan.Plan, transports [numEncaps]Transport, withGrids bool) *table {
 	t := &table{
 		plan:       p,
 		transports: transports,
-		dests:      new(bart.Fast[*dest]),
 		byAddr:     new(bart.Fast[*peer]),
 		self:       p.Address.Addr().As4(),
 	}
@@ -80,17 +84,15 @@ func newTable(p *plan.Plan, transports [numEncaps]Transport) *table {
 	)
 	for _, pl := range p.Pools {
 		d := &dest{kind: destNoBlock}
-		t.dests.Insert(pl.CIDR, d)
 		pools, noBlock = append(pools, pl.CIDR), append(noBlock, d)
 	}
 	for _, b := range p.LocalBlocks {
 		d := &dest{kind: destLocal}
-		t.dests.Insert(b.Block, d)
 		blocks, blockD = append(blocks, b.Block), append(blockD, d)
 	}
 	byName := map[string]*peer{}
-	for i, pp := range p.Peers {
-		pe := &peer{name: pp.Name, index: i, addr: pp.Addr.As4()}
+	for _, pp := range p.Peers {
+		pe := &peer{name: pp.Name, addr: pp.Addr.As4()}
 		if pp.TunnelAddr.IsValid() {
 			pe.tunnelAddr = pp.TunnelAddr.As4()
 		}
@@ -101,10 +103,20 @@ func newTable(p *plan.Plan, transports [numEncaps]Transport) *table {
 	}
 	for _, r := range p.Routes {
 		d := &dest{kind: destRemote, encap: r.Encap, peer: byName[r.Node]}
-		t.dests.Insert(r.Block, d)
 		blocks, blockD = append(blocks, r.Block), append(blockD, d)
 	}
-	t.grids = gridsFor(pools, noBlock, blocks, blockD)
+	if withGrids {
+		t.grids = gridsFor(pools, noBlock, blocks, blockD)
+	}
+	if t.grids == nil {
+		t.dests = new(bart.Fast[*dest])
+		for i, pl := range pools {
+			t.dests.Insert(pl, noBlock[i])
+		}
+		for i, b := range blocks {
+			t.dests.Insert(b, blockD[i])
+		}
+	}
 	t.natSources, t.natExempt = new(bart.Fast[bool]), new(bart.Fast[bool])
 	for _, c := range p.NATPools {
 		t.natSources.Insert(c, true)
