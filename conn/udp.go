@@ -234,19 +234,17 @@ func (c *UDPConn) Close() error {
 // fits the underlay's MTU unfragmented; the kernel refuses a train whose
 // segments would need fragmenting. Safe while the socket is in use.
 func (c *UDPConn) SetUnderlayMTU(mtu int) {
-	for _, bc := range append([]*batchConn{c.batchConn}, c.sendersConns()...) {
-		if bc.gsoSegment.Load() > 0 {
-			bc.gsoSegment.Store(int64(mtu - 28))
-		}
+	c.batchConn.setMaxSegment(mtu - 28)
+	for _, s := range c.senders {
+		s.setMaxSegment(mtu - 28)
 	}
 }
 
-func (c *UDPConn) sendersConns() []*batchConn {
-	bcs := make([]*batchConn, len(c.senders))
-	for i, s := range c.senders {
-		bcs[i] = s.batchConn
+// setMaxSegment sets the largest datagram of a GSO train, if GSO is on.
+func (c *batchConn) setMaxSegment(n int) {
+	if c.gsoSegment.Load() > 0 {
+		c.gsoSegment.Store(int64(n))
 	}
-	return bcs
 }
 
 // Offloads reports whether UDP GSO (send) and GRO (receive) are in use.
