@@ -56,8 +56,6 @@ type cluster struct {
 
 var nodeNames = []string{"node-a", "node-b", "node-c"}
 
-// startCluster builds the standard bed, adds a workload in each node's
-// first block (and one per further block), and starts overlayd everywhere.
 // loadForBed loads a cluster file and returns it with the tunnel MTU its
 // plan gives a node on the bed's underlay: the workloads' MTU.
 func loadForBed(t *testing.T, path string) (*config.Cluster, int) {
@@ -73,6 +71,8 @@ func loadForBed(t *testing.T, path string) (*config.Cluster, int) {
 	return cfg, p.TunnelMTU
 }
 
+// startCluster builds the standard bed, adds a workload in each node's
+// first block (and one per further block), and starts overlayd everywhere.
 func startCluster(t *testing.T, file string) *cluster {
 	t.Helper()
 	return startClusterNodes(t, file, nodeNames...)
@@ -125,13 +125,7 @@ func (c *cluster) start(node string) {
 		c.t.Fatal(err)
 	}
 	c.procs[node] = proc
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(proc.Output(), "overlayd running") {
-		if time.Now().After(deadline) {
-			c.t.Fatalf("overlayd on %s did not start:\n%s", node, proc.Output())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitRunning(c.t, proc)
 }
 
 // ping sends three echoes from one node's workload to another's.
@@ -595,10 +589,7 @@ func TestE2ERoutesLifecycle(t *testing.T) {
 // 1; with CAP_NET_ADMIN but not CAP_NET_RAW, an IP-in-IP pool is refused
 // with the capability named, and VXLAN pools still run.
 func TestE2EMissingPrivilege(t *testing.T) {
-	testbed.Require(t)
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("setpriv (util-linux) is not installed")
-	}
+	requireSetpriv(t)
 	bed := testbed.NewStandard(t, testbed.Options{})
 	self, err := os.Executable()
 	if err != nil {
@@ -632,12 +623,10 @@ func TestE2EMissingPrivilege(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.wantExit < 0 {
-				deadline := time.Now().Add(15 * time.Second)
-				for !strings.Contains(proc.Output(), tc.want) && time.Now().Before(deadline) {
-					time.Sleep(50 * time.Millisecond)
-				}
-				if !strings.Contains(proc.Output(), tc.want) {
-					t.Errorf("output %q does not contain %q", proc.Output(), tc.want)
+				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				defer cancel()
+				if err := proc.WaitOutput(ctx, tc.want); err != nil {
+					t.Errorf("%v; output %q", err, proc.Output())
 				}
 				if err := proc.Stop(); err != nil {
 					t.Errorf("stop: %v", err)
@@ -926,93 +915,22 @@ func TestE2ENATOutgoing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	// TCP: who the outside sees, then 10 MB each way with content check.
-	var ln net.Listener
-	if err := outside.Do(func() (err error) { ln, err = net.Listen("tcp4", netip.AddrPortFrom(out, 8000).String()); return err }); err != nil {
-		t.Fatal(err)
-	}
-	peerOf := make(chan netip.AddrPort, 1)
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		peerOf <- conn.RemoteAddr().(*net.TCPAddr).AddrPort()
-		conn.Close()
-	}()
-	var seenByWorkload netip.AddrPort
-	if err := wa.Do(func() error {
-		conn, err := net.DialTimeout("tcp4", netip.AddrPortFrom(out, 8000).String(), 10*time.Second)
-		if err != nil {
-			return err
-		}
-		seenByWorkload = conn.RemoteAddr().(*net.TCPAddr).AddrPort()
-		return conn.Close()
-	}); err != nil {
-		t.Fatalf("TCP from the workload to the outside: %v", err)
-	}
-	ln.Close()
-	if got := (<-peerOf).Addr(); got != nodeA {
-		t.Errorf("the outside host saw %s, want node A's address %s", got, nodeA)
-	}
-	if seenByWorkload.Addr() != out {
-		t.Errorf("the workload talked to %s, want %s", seenByWorkload, out)
-	}
+	// TCP and UDP: the outside sees node A's address. The workload sees the
+	// outside host's: its connected sockets take replies from no other.
 	res, err := testbed.TCPTransfer(ctx, wa, outside, netip.AddrPortFrom(out, 8001), 10<<20)
 	if err != nil {
 		t.Errorf("10 MB through the NAT: %v", err)
 	} else {
 		t.Logf("TCP through the NAT: %v", res)
+		if got := res.ClientSeenAs.Addr(); got != nodeA {
+			t.Errorf("the outside host saw the TCP connection from %s, want node A's address %s", got, nodeA)
+		}
 	}
-
-	// UDP request and reply.
-	var echo *net.UDPConn
-	if err := outside.Do(func() (err error) {
-		echo, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(out, 8053)))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	udpFrom := make(chan netip.AddrPort, 1)
-	go func() {
-		buf := make([]byte, 512)
-		n, from, err := echo.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			return
-		}
-		udpFrom <- from
-		_, _ = echo.WriteToUDPAddrPort(append([]byte("re:"), buf[:n]...), from)
-	}()
-	if err := wa.Do(func() error {
-		conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(out, 8053)))
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		if _, err := conn.Write([]byte("hello")); err != nil {
-			return err
-		}
-		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-		buf := make([]byte, 512)
-		n, from, err := conn.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			return fmt.Errorf("no UDP reply: %w", err)
-		}
-		if string(buf[:n]) != "re:hello" || from.Addr() != out {
-			return fmt.Errorf("UDP reply %q from %s", buf[:n], from)
-		}
-		return nil
-	}); err != nil {
-		t.Error(err)
-	}
-	select {
-	case from := <-udpFrom:
-		if from.Addr() != nodeA {
-			t.Errorf("the outside host saw the UDP request from %s, want %s", from, nodeA)
-		}
-	case <-time.After(5 * time.Second):
-		t.Error("the outside host got no UDP request")
+	echo, err := testbed.UDPEcho(ctx, wa, outside, netip.AddrPortFrom(out, 8053))
+	if err != nil {
+		t.Errorf("UDP through the NAT: %v", err)
+	} else if got := echo.ClientSeenAs.Addr(); got != nodeA {
+		t.Errorf("the outside host saw the UDP requests from %s, want node A's address %s", got, nodeA)
 	}
 
 	if err := wa.Ping(ctx, out, 3); err != nil {
