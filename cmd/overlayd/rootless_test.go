@@ -8,7 +8,6 @@ package main
 // it was started.
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -167,7 +166,7 @@ func waitRunning(t *testing.T, proc *testbed.Process) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := proc.WaitOutput(ctx, "overlayd running"); err != nil {
-		t.Fatal(err)
+		t.Fatalf("overlayd did not start: %v\n%s", err, proc.Output())
 	}
 }
 
@@ -206,18 +205,11 @@ func carry(t *testing.T, bed *testbed.Bed, workloads map[string]*testbed.Host, k
 // procStatus returns a field of /proc/PID/status.
 func procStatus(t *testing.T, pid int, field string) string {
 	t.Helper()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	v, err := testbed.ProcStatus(pid, field)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc := bufio.NewScanner(strings.NewReader(string(b)))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	t.Fatalf("no %s in /proc/%d/status", field, pid)
-	return ""
+	return v
 }
 
 // TestRootlessUserNamespace runs overlayd as root of a user namespace that
@@ -387,7 +379,7 @@ func proveNoPrivileges(t *testing.T, proc *testbed.Process) {
 			t.Errorf("overlayd's %s is %s, want none", set, v)
 		}
 	}
-	if uid := strings.Fields(procStatus(t, proc.Pid(), "Uid")); len(uid) == 0 || uid[1] != "65534" {
+	if uid := strings.Fields(procStatus(t, proc.Pid(), "Uid")); len(uid) < 2 || uid[1] != "65534" {
 		t.Errorf("overlayd's uids are %v, want nobody (65534)", uid)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -135,13 +134,7 @@ func (h *Host) IP(args ...string) error {
 // which also shows the namespace's own /sys) and returns its combined output.
 // The error includes the output.
 func (h *Host) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS, name}, args...)...)
-	cmd.WaitDelay = waitDelay
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return out, fmt.Errorf("%s: run %s: %w\n%s", h.Name, strings.Join(append([]string{name}, args...), " "), err, out)
-	}
-	return out, nil
+	return h.RunWith(ctx, StartOptions{}, name, args...)
 }
 
 // Do runs fn on an OS thread that is inside the host's namespace. Sockets fn

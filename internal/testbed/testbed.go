@@ -176,9 +176,6 @@ func (b *Bed) logProcesses(tb testing.TB) {
 // ID is the bed's unique name; every namespace of the bed starts with it.
 func (b *Bed) ID() string { return b.id }
 
-// Options returns the options the bed was made with.
-func (b *Bed) Options() Options { return b.opts }
-
 // Host returns the host (or workload) with this name. It panics if there is
 // none: asking for a host the bed was not built with is a bug in the test.
 func (b *Bed) Host(name string) *Host {

@@ -10,7 +10,6 @@ package testbed
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -151,19 +150,19 @@ func UserNamespace(pid int) (string, error) {
 	return link, nil
 }
 
-// Capabilities returns a process's effective capability set (CapEff in
-// /proc/PID/status), relative to its own user namespace.
-func Capabilities(pid int) (uint64, error) {
+// ProcStatus returns a field of /proc/PID/status (e.g. "CapEff", "Uid"),
+// its value trimmed, for tests that check what a process may do.
+func ProcStatus(pid int, field string) (string, error) {
 	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
-		return 0, err
+		return "", err
 	}
 	for _, line := range strings.Split(string(status), "\n") {
-		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
-			return strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strings.TrimSpace(v), nil
 		}
 	}
-	return 0, errors.New("no CapEff in /proc/" + strconv.Itoa(pid) + "/status")
+	return "", fmt.Errorf("testbed: no %s in /proc/%d/status", field, pid)
 }
 
 // RequireUserNS skips the test unless beds can be built (Require) and
