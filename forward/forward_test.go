@@ -9,6 +9,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/overlayd/overlayd/internal/testbed"
 )
 
 func TestServe(t *testing.T) {
@@ -17,18 +19,7 @@ func TestServe(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
+	testbed.ServeEcho(echo)
 	tests := []struct {
 		name string
 		dial DialFunc

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/overlayd/overlayd/internal/testbed"
 )
 
 // echoServer is the destination every successful CONNECT reaches.
@@ -21,18 +23,7 @@ func echoServer(t *testing.T) netip.AddrPort {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
+	testbed.ServeEcho(ln)
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
