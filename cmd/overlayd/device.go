@@ -95,7 +95,7 @@ func (d *daemon) openWorkloadSide(p *plan.Plan) (workloadSide, error) {
 		return workloadSide{}, tunCreateError(d.device, err)
 	}
 	if d.dev.programsKernel() {
-		d.tunSysctls(d.device, p)
+		d.tunSysctls(d.device)
 	} else {
 		d.log.Info("--no-kernel-routes: the TUN's address, state, routes, rules and sysctls are left to whoever set up the namespace (overlayd check --print-routes lists them)", "device", d.device)
 	}
@@ -119,7 +119,7 @@ func tunCreateError(name string, err error) error {
 
 // tunSysctls sets the TUN's per-namespace sysctls (which the root of a user
 // namespace owning the network namespace may write).
-func (d *daemon) tunSysctls(dev string, p *plan.Plan) {
+func (d *daemon) tunSysctls(dev string) {
 	for _, s := range tunSysctls(dev) {
 		err := os.WriteFile(s.file, []byte(s.value), 0)
 		switch {
@@ -196,7 +196,7 @@ func (d *daemon) adoptTUN(p *plan.Plan) (workloadSide, error) {
 			"device", name, "mtu", mtu, "planMTU", p.TunnelMTU)
 	}
 	if d.dev.programsKernel() {
-		d.tunSysctls(name, p)
+		d.tunSysctls(name)
 	}
 	d.log.Info("TUN device handed over", "fd", fd, "device", name, "mtu", p.TunnelMTU, "batch", dev.BatchSize(), "programsKernel", d.dev.programsKernel())
 	return workloadSide{dev: dev}, nil
