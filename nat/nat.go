@@ -49,9 +49,6 @@ const (
 	defaultMTU               = 1500
 	// queueLen is how many workload packets may wait for the netstack.
 	queueLen = 4096
-	// smallPacket is the size of pooled Deliver buffers; larger packets
-	// get their own.
-	smallPacket = 2048
 )
 
 // NAT terminates workloads' outgoing flows in a netstack and re-originates
@@ -66,10 +63,12 @@ type NAT struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	queue  chan []byte
-	// bufs holds Deliver's packet copies, relayBufs the TCP relays'
-	// buffers, datagramBufs buffers for the largest datagram.
-	bufs, relayBufs, datagramBufs sync.Pool
+	// queue holds Deliver's packet copies, in gVisor's pooled views,
+	// which the netstack takes over without another copy.
+	queue chan *buffer.View
+	// relayBufs holds the TCP relays' buffers, datagramBufs buffers for
+	// the largest datagram.
+	relayBufs, datagramBufs sync.Pool
 
 	// wg counts the NAT's goroutines; track refuses new ones once Close
 	// has begun, so wg.Wait cannot race with a late Add.
@@ -105,14 +104,13 @@ func New(cfg Config) (*NAT, error) {
 	if cfg.MTU == 0 {
 		cfg.MTU = defaultMTU
 	}
-	n := &NAT{cfg: cfg, net: cfg.Net, log: cfg.Logger, queue: make(chan []byte, queueLen)}
+	n := &NAT{cfg: cfg, net: cfg.Net, log: cfg.Logger, queue: make(chan *buffer.View, queueLen)}
 	if n.net == nil {
 		n.net = ProcessNet{}
 	}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
 	}
-	n.bufs.New = func() any { b := make([]byte, smallPacket); return &b }
 	n.relayBufs.New = func() any { b := make([]byte, relayBufSize); return &b }
 	n.datagramBufs.New = func() any { b := make([]byte, 1<<16); return &b }
 	n.ctx, n.cancel = context.WithCancel(context.Background())
@@ -203,25 +201,12 @@ func (n *NAT) Deliver(pkt []byte) {
 		n.ignored.Add(1)
 		return
 	}
-	var buf []byte
-	if len(pkt) <= smallPacket {
-		buf = (*n.bufs.Get().(*[]byte))[:len(pkt)]
-	} else {
-		buf = make([]byte, len(pkt))
-	}
-	copy(buf, pkt)
+	v := buffer.NewViewWithData(pkt) // pooled; the only copy
 	select {
-	case n.queue <- buf:
+	case n.queue <- v:
 	default:
 		n.dropped.Add(1)
-		n.putBuf(buf)
-	}
-}
-
-func (n *NAT) putBuf(b []byte) {
-	if cap(b) == smallPacket {
-		b = b[:smallPacket]
-		n.bufs.Put(&b)
+		v.Release()
 	}
 }
 
@@ -234,13 +219,15 @@ func (n *NAT) inbound() {
 		select {
 		case <-n.ctx.Done():
 			return
-		case pkt := <-n.queue:
-			if n.admit(pkt) {
-				n.link.InjectInbound(ipv4.ProtocolNumber, stack.NewPacketBuffer(stack.PacketBufferOptions{
-					Payload: buffer.MakeWithData(pkt), // copies
-				}))
+		case v := <-n.queue:
+			if !n.admit(v.AsSlice()) {
+				v.Release()
+				continue
 			}
-			n.putBuf(pkt)
+			// The packet buffer takes the view over: no copy.
+			n.link.InjectInbound(ipv4.ProtocolNumber, stack.NewPacketBuffer(stack.PacketBufferOptions{
+				Payload: buffer.MakeWithView(v),
+			}))
 		}
 	}
 }
