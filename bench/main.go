@@ -49,8 +49,20 @@ type result struct {
 type plan struct {
 	tcpSeconds, repeats, udpSeconds, pingSamples int
 	// pacedPPS is the rate of the paced UDP test, set once the reference
-	// is measured; 0: not run.
-	pacedPPS float64
+	// is measured or by --paced-kpps (pacedGiven); 0: not run.
+	pacedPPS   float64
+	pacedGiven bool
+}
+
+// pacedNote says, for the report, what the UDP tests offered.
+func (p plan) pacedNote() string {
+	switch {
+	case p.pacedPPS == 0:
+		return "flood only: no paced test without kernel VXLAN measured or --paced-kpps"
+	case p.pacedGiven:
+		return fmt.Sprintf("flood, then paced at %.0f kpps as --paced-kpps asked", p.pacedPPS/1000)
+	}
+	return fmt.Sprintf("flood, then paced at %.0f kpps, %.1fx kernel VXLAN's received rate", p.pacedPPS/1000, pacedShare)
 }
 
 // pacedShare is the share of kernel VXLAN's 64-byte rate the paced UDP test
@@ -80,7 +92,7 @@ func main() {
 	if *quick {
 		p = plan{tcpSeconds: 1, repeats: 1, udpSeconds: 1, pingSamples: 100}
 	}
-	p.pacedPPS = *pacedKpps * 1000
+	p.pacedPPS, p.pacedGiven = *pacedKpps*1000, *pacedKpps > 0
 	for _, path := range []*string{&e.overlayd, &e.wireguardGo, &e.examples, out, &e.profileDir} {
 		if *path != "" {
 			abs, err := filepath.Abs(*path)

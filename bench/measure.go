@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -165,18 +166,27 @@ func measureLatency(ep *endpoints, samples int) (p50, p99 time.Duration, err err
 	msg, buf := make([]byte, 64), make([]byte, 2048)
 	rtts := make([]time.Duration, 0, samples)
 	for i := range samples + 20 { // the first 20 warm ARP and caches up
+		// Each datagram carries its number: the echo of one that timed out
+		// may arrive during a later round trip, and must not end it early.
+		binary.BigEndian.PutUint32(msg, uint32(i))
 		start := time.Now()
 		if _, err := conn.Write(msg); err != nil {
 			return 0, 0, err
 		}
-		if err := conn.SetReadDeadline(time.Now().Add(time.Second)); err != nil {
+		if err := conn.SetReadDeadline(start.Add(time.Second)); err != nil {
 			return 0, 0, err
 		}
-		if _, err := conn.Read(buf); err != nil {
-			continue // a lost round trip is not a sample
-		}
-		if i >= 20 {
-			rtts = append(rtts, time.Since(start))
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				break // a lost round trip is not a sample
+			}
+			if n >= 4 && binary.BigEndian.Uint32(buf) == uint32(i) {
+				if i >= 20 {
+					rtts = append(rtts, time.Since(start))
+				}
+				break
+			}
 		}
 	}
 	if len(rtts) < samples/2 {

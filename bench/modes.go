@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -114,7 +113,10 @@ func overlaydMode(file string) func(*env, *testbed.Bed) (*endpoints, error) {
 			if err != nil {
 				return nil, err
 			}
-			if err := waitOutput(proc, "overlayd running", 20*time.Second); err != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			err = proc.WaitOutput(ctx, "overlayd running")
+			cancel()
+			if err != nil {
 				return nil, err
 			}
 			ep.routers = append(ep.routers, proc)
@@ -231,20 +233,4 @@ func setupWireguardGo(e *env, bed *testbed.Bed) (*endpoints, error) {
 func runWithStdin(ctx context.Context, h *testbed.Host, stdin string, name string, args ...string) (string, error) {
 	out, err := h.Run(ctx, "sh", "-c", fmt.Sprintf("printf '%%s' %q | %s %s", stdin, name, strings.Join(args, " ")))
 	return string(out), err
-}
-
-func waitOutput(p *testbed.Process, text string, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for !strings.Contains(p.Output(), text) {
-		select {
-		case <-p.Exited():
-			return fmt.Errorf("%s exited:\n%s", p, p.Output())
-		default:
-		}
-		if time.Now().After(deadline) {
-			return errors.New(p.String() + " did not start in time:\n" + p.Output())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return nil
 }

@@ -81,7 +81,7 @@ func writeReports(dir, stamp string, results []result, p plan, quick bool) ([]st
 		Date: time.Now().UTC().Format(time.RFC3339), Quick: quick,
 		Kernel: strings.TrimSpace(readFirstLine("/proc/sys/kernel/osrelease")), Host: host,
 		Load:    strings.TrimSpace(readFirstLine("/proc/loadavg")),
-		Plan:    fmt.Sprintf("TCP %d s x %d (median), UDP %d s (flood, then paced at 0.8x kernel VXLAN's received rate), %d round trips", p.tcpSeconds, p.repeats, p.udpSeconds, p.pingSamples),
+		Plan:    fmt.Sprintf("TCP %d s x %d (median), UDP %d s (%s), %d round trips", p.tcpSeconds, p.repeats, p.udpSeconds, p.pacedNote(), p.pingSamples),
 		Results: results,
 	}
 	js, err := json.MarshalIndent(doc, "", "  ")
