@@ -29,7 +29,7 @@ func kernelSetup(p *plan.Plan, dev string) []string {
 		cmds = append(cmds, "ip route replace "+r.String())
 	}
 	if len(p.NATPools) > 0 {
-		cmds = append(cmds, fmt.Sprintf("ip route replace default dev %s scope link table %d proto %d", dev, kernel.NATTable, kernel.RouteProtocol))
+		cmds = append(cmds, "ip route replace "+kernel.NATTableRoute(dev))
 		for _, r := range natRules(p) {
 			cmds = append(cmds, "ip rule add "+r.String())
 		}

@@ -169,7 +169,13 @@ func steerRank(steers bool) int {
 	return 1
 }
 
-// natTableRoute puts (or removes) `default dev TUN` in the NAT table.
+// NATTableRoute is, in `ip route` form, the route natTableRoute programs:
+// what `overlayd check --print-routes` tells whoever programs the kernel.
+func NATTableRoute(tunDev string) string {
+	return fmt.Sprintf("default dev %s scope link table %d proto %d", tunDev, NATTable, RouteProtocol)
+}
+
+// natTableRoute puts (or removes) NATTableRoute in the NAT table.
 func (k *Routes) natTableRoute(want bool, tunDev string) error {
 	def := &netlink.Route{Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Table: NATTable, Protocol: RouteProtocol,
 		Scope: netlink.SCOPE_LINK, Family: unix.AF_INET}
@@ -185,7 +191,7 @@ func (k *Routes) natTableRoute(want bool, tunDev string) error {
 	}
 	def.LinkIndex = link.Attrs().Index
 	if err := k.h.RouteReplace(def); err != nil {
-		return fmt.Errorf("ip route replace default dev %s table %d: %w", tunDev, NATTable, permHint(err))
+		return fmt.Errorf("ip route replace %s: %w", NATTableRoute(tunDev), permHint(err))
 	}
 	return nil
 }
