@@ -33,18 +33,24 @@ func (n *NAT) echoRequest(pkt []byte, hl int, src, dst netip.Addr, marks ipMarks
 	req := header.ICMPv4(pkt[hl:])
 	ident := req.Ident()
 	k := flowKey{protoICMP, netip.AddrPortFrom(src, ident), netip.AddrPortFrom(dst, ident)}
-	e, fresh, refused := n.table.addWith(k, stateNone, func(e *entry) {
-		e.echoRequests = make(chan echoRequest, echoQueueLen)
-	})
-	if refused != "" {
-		n.refuseWithICMP(pkt)
-		return
-	}
-	if fresh {
-		reqs := e.echoRequests
-		if !n.goTracked(func() { n.relayEcho(e, reqs) }) {
-			n.table.remove(e)
+	// A flow's later requests need only the read lock.
+	e := n.table.lookup(k)
+	if e == nil {
+		var fresh bool
+		var refused string
+		e, fresh, refused = n.table.addWith(k, stateNone, func(e *entry) {
+			e.echoRequests = make(chan echoRequest, echoQueueLen)
+		})
+		if refused != "" {
+			n.refuseWithICMP(pkt)
 			return
+		}
+		if fresh {
+			reqs := e.echoRequests
+			if !n.goTracked(func() { n.relayEcho(e, reqs) }) {
+				n.table.remove(e)
+				return
+			}
 		}
 	}
 	e.countOut(len(pkt), now)

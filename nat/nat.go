@@ -284,10 +284,15 @@ func (n *NAT) admit(pkt []byte) bool {
 		}
 		u := header.UDP(pkt[hl:])
 		k := flowKey{protoUDP, netip.AddrPortFrom(src, u.SourcePort()), netip.AddrPortFrom(dst, u.DestinationPort())}
-		e, _, refused := n.table.addWith(k, stateUnreplied, func(e *entry) { e.marks = marks })
-		if refused != "" {
-			n.refuseWithICMP(pkt)
-			return false
+		// A flow's later datagrams need only the read lock.
+		e := n.table.lookup(k)
+		if e == nil || e.getState() == stateClosed {
+			var refused string
+			e, _, refused = n.table.addWith(k, stateUnreplied, func(e *entry) { e.marks = marks })
+			if refused != "" {
+				n.refuseWithICMP(pkt)
+				return false
+			}
 		}
 		e.countOut(len(pkt), now)
 		return true
