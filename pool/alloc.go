@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-
-	"github.com/gaissmai/bart"
 )
 
 // NodeRequest is what allocation needs to know of a node.
@@ -43,7 +41,8 @@ func (e *BlockError) Error() string {
 	return fmt.Sprintf("node %q: blocks: %s", e.Node, e.Msg)
 }
 
-// Allocate gives every node its blocks.
+// Allocate gives every node its blocks. The pools must not overlap, as
+// ValidateSet ensures.
 //
 // Listed blocks are taken as they are, once checked: each must be exactly a
 // block of some pool (aligned, of the pool's blockSize) and, if the pool is
@@ -147,10 +146,12 @@ func describeOwner(o blockOwner) string {
 	return fmt.Sprintf("node %q", o.node)
 }
 
-// blockOwners records the blocks handed out so far, in an LPM table so that
-// checking a candidate block costs the same with ten nodes or ten thousand.
+// blockOwners records the blocks handed out so far. The pools do not
+// overlap (ValidateSet) and every block is exactly a block of its pool, so
+// two blocks overlap only when they are the same block: a map by prefix
+// answers in the same time with ten nodes or ten thousand.
 type blockOwners struct {
-	taken *bart.Table[blockOwner]
+	taken map[netip.Prefix]blockOwner
 	// next is, per pool, the index of the first block that may be free.
 	// Blocks are only ever added during an allocation, so the first free
 	// block of a pool never moves backwards and each pool is walked once.
@@ -158,40 +159,29 @@ type blockOwners struct {
 }
 
 func newBlockOwners() *blockOwners {
-	return &blockOwners{taken: new(bart.Table[blockOwner]), next: map[*IPPool]uint64{}}
+	return &blockOwners{taken: map[netip.Prefix]blockOwner{}, next: map[*IPPool]uint64{}}
 }
 
 func (o *blockOwners) add(p netip.Prefix, node string, auto bool) {
-	o.taken.Insert(p, blockOwner{prefix: p, node: node, auto: auto})
+	o.taken[p] = blockOwner{prefix: p, node: node, auto: auto}
 }
 
-// overlapping returns a block already handed out that overlaps p.
+// overlapping returns the block already handed out that overlaps p: p
+// itself, if it was.
 func (o *blockOwners) overlapping(p netip.Prefix) (blockOwner, bool) {
-	if !o.taken.OverlapsPrefix(p) {
-		return blockOwner{}, false
-	}
-	for _, b := range o.taken.Supernets(p) {
-		return b, true
-	}
-	for _, b := range o.taken.Subnets(p) {
-		return b, true
-	}
-	return blockOwner{}, false
+	b, ok := o.taken[p]
+	return b, ok
 }
 
-// firstFree returns the pool's first block, in address order, that overlaps
-// no block handed out.
+// firstFree returns the pool's first block, in address order, not handed
+// out yet.
 func (o *blockOwners) firstFree(p *IPPool) (netip.Prefix, bool) {
 	step := uint64(1) << (32 - p.BlockSize)
 	base := uint64(addrToUint32(p.CIDR.Addr()))
 	count := uint64(1) << (p.BlockSize - p.CIDR.Bits())
 	for i := o.next[p]; i < count; i++ {
 		b := netip.PrefixFrom(uint32ToAddr(uint32(base+i*step)), p.BlockSize)
-		if other, clash := o.overlapping(b); clash {
-			// Skip past the clashing block in one step when it is larger.
-			if end := uint64(addrToUint32(other.prefix.Addr())) + (uint64(1) << (32 - other.prefix.Bits())); end > base+(i+1)*step {
-				i = (end-base)/step - 1
-			}
+		if _, clash := o.overlapping(b); clash {
 			continue
 		}
 		o.next[p] = i

@@ -149,7 +149,7 @@ func TestAllocate(t *testing.T) {
 			want:  "a=10.9.0.0/26;b=10.9.0.64/26;c=192.168.0.0/26",
 		},
 		{
-			name:  "a larger listed block is skipped over in one step",
+			name:  "a listed block is passed over by the next automatic one",
 			pools: []Spec{{Name: "p", CIDR: "10.0.0.0/22", BlockSize: 26}},
 			nodes: []NodeRequest{{Name: "a", Blocks: prefixes("10.0.0.0/26")}, {Name: "b"}},
 			want:  "a=10.0.0.0/26;b=10.0.0.64/26",
