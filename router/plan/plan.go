@@ -66,15 +66,14 @@ const DefaultUnderlayMTU = 1500
 
 // Route is one remote block and how this node reaches it.
 type Route struct {
-	Block      netip.Prefix     `json:"block"`
-	Pool       string           `json:"pool"`
-	Node       string           `json:"node"`
-	NodeAddr   netip.Addr       `json:"nodeAddress"`
-	TunnelAddr netip.Addr       `json:"tunnelAddress,omitzero"`
-	VTEPMAC    net.HardwareAddr `json:"-"`
-	Encap      Encap            `json:"encap"`
-	SameSubnet bool             `json:"sameSubnet"`
-	Reason     string           `json:"reason"`
+	Block      netip.Prefix `json:"block"`
+	Pool       string       `json:"pool"`
+	Node       string       `json:"node"`
+	NodeAddr   netip.Addr   `json:"nodeAddress"`
+	TunnelAddr netip.Addr   `json:"tunnelAddress,omitzero"`
+	Encap      Encap        `json:"encap"`
+	SameSubnet bool         `json:"sameSubnet"`
+	Reason     string       `json:"reason"`
 }
 
 // Peer is another node: what the receive side needs to accept its packets.
@@ -201,7 +200,7 @@ func routeTo(me, n *config.Node, b pool.Block) Route {
 	same := me.Address.Contains(n.Address.Addr())
 	r := Route{
 		Block: b.Prefix, Pool: b.Pool.Name, Node: n.Name, NodeAddr: n.Address.Addr(),
-		TunnelAddr: n.TunnelAddr, VTEPMAC: n.VTEPMAC, SameSubnet: same,
+		TunnelAddr: n.TunnelAddr, SameSubnet: same,
 	}
 	subnet := fmt.Sprintf("%s is in this node's subnet %s", n.Address.Addr(), me.Address.Masked())
 	if !same {
