@@ -45,8 +45,9 @@ type Cluster struct {
 	VXLAN   VXLAN
 	Metrics Metrics
 	NAT     NAT
-	// Netstack and Forwards serve the workload side in netstack mode
-	// (Tunnel.Mode == ModeNetstack); they are empty otherwise.
+	// Netstack and Forwards serve the workload side in netstack mode; they
+	// are read whatever the file's mode, since `run --tunnel-mode netstack`
+	// may choose it, and used only in that mode.
 	Netstack Netstack
 	Forwards []Forward
 	Pools    []*pool.IPPool
