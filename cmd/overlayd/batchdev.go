@@ -93,10 +93,7 @@ func (d *batchedDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error
 		select {
 		case p = <-d.full:
 		default:
-			if d.err != nil {
-				return 0, d.err
-			}
-			return 0, os.ErrClosed
+			return 0, d.err // the pump sets it on every way out
 		}
 	}
 	n := 0
