@@ -21,6 +21,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/overlayd/overlayd/encap"
 	"github.com/overlayd/overlayd/internal/testbed"
 	"github.com/overlayd/overlayd/nat"
 )
@@ -190,8 +191,15 @@ func newWorkload(t *testing.T, deliver func([]byte), addrs ...netip.Addr) *workl
 	return w
 }
 
-// receive is the NAT's Out: it injects the packet into the workload stack.
-func (w *workload) receive(pkt []byte) error {
+// receive is the NAT's Out: it injects the packets into the workload stack.
+func (w *workload) receive(bufs [][]byte) error {
+	for _, b := range bufs {
+		w.receiveOne(b[encap.Headroom:])
+	}
+	return nil
+}
+
+func (w *workload) receiveOne(pkt []byte) {
 	if len(pkt) >= header.IPv4MinimumSize {
 		switch header.IPv4(pkt).TransportProtocol() {
 		case header.ICMPv4ProtocolNumber:
@@ -211,7 +219,6 @@ func (w *workload) receive(pkt []byte) error {
 	w.link.InjectInbound(ipv4.ProtocolNumber, stack.NewPacketBuffer(stack.PacketBufferOptions{
 		Payload: buffer.MakeWithData(pkt),
 	}))
-	return nil
 }
 
 func fullAddr(a netip.AddrPort) tcpip.FullAddress {

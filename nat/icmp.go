@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/overlayd/overlayd/encap"
 )
 
 // echoQueueLen is how many echo requests of one flow may wait for its
@@ -131,12 +133,18 @@ func (n *NAT) echoReplies(e *entry, conn net.PacketConn, ident uint16) {
 	bufp := n.datagramBufs.Get().(*[]byte)
 	defer n.datagramBufs.Put(bufp)
 	buf := *bufp
+	// Messages are read where an echo reply's ICMP part goes, behind the
+	// headroom and the IPv4 header, so the reply is built around the data
+	// in place.
+	const at = encap.Headroom + header.IPv4MinimumSize
+	in := buf[at:]
+	bufs := make([][]byte, 1)
 	sc, canQueue := conn.(syscall.Conn)
 	_, raw := conn.LocalAddr().(*net.IPAddr)
 	src, dst := e.key.inside.Addr(), e.key.dest.Addr()
 	errs := 0
 	for {
-		k, from, err := conn.ReadFrom(buf)
+		k, from, err := conn.ReadFrom(in)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -165,7 +173,7 @@ func (n *NAT) echoReplies(e *entry, conn net.PacketConn, ident uint16) {
 			continue
 		}
 		errs = 0
-		msg := header.ICMPv4(buf[:k])
+		msg := header.ICMPv4(in[:k])
 		sender, ok := addrOf(from)
 		if k < header.ICMPv4MinimumSize || !ok {
 			continue
@@ -175,9 +183,9 @@ func (n *NAT) echoReplies(e *entry, conn net.PacketConn, ident uint16) {
 			if sender != dst || (raw && msg.Ident() != ident) {
 				continue
 			}
-			reply := echoReply(dst, src, e.key.inside.Port(), msg.Sequence(), msg.Payload())
-			e.countIn(len(reply), n.table.now())
-			if err := n.cfg.Out(reply); err != nil {
+			bufs[0] = echoReply(buf, dst, src, e.key.inside.Port(), msg.Sequence(), msg.Payload())
+			e.countIn(len(bufs[0])-encap.Headroom, n.table.now())
+			if err := n.cfg.Out(bufs); err != nil {
 				n.log.Debug("nat: writing an echo reply toward a workload", "err", err)
 			}
 		case header.ICMPv4DstUnreachable, header.ICMPv4TimeExceeded:

@@ -49,7 +49,7 @@ func syn(t *testing.T, src netip.Addr, sport uint16, dst netip.AddrPort, ttl uin
 // the old ones; raised, they admit again; new timeouts end flows already
 // in the table. SetLimits runs concurrently with the data path (-race).
 func TestSetLimits(t *testing.T) {
-	n, err := nat.New(nat.Config{Outside: nodeAddr, Out: func([]byte) error { return nil }, Net: stuckNet{}})
+	n, err := nat.New(nat.Config{Outside: nodeAddr, Out: func([][]byte) error { return nil }, Net: stuckNet{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,16 +18,22 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/overlayd/overlayd/encap"
 )
 
 // Config is what a NAT needs.
 type Config struct {
 	// Outside is the node's underlay address: flows leave from it.
 	Outside netip.Addr
-	// Out writes one IPv4 packet toward a workload (to the TUN). It is
+	// Out writes IPv4 packets toward the workloads (to the TUN): each
+	// bufs[i] holds one at bufs[i][encap.Headroom:], and the bytes in
+	// front of it are the writer's to use (a TUN with offloads puts its
+	// virtio header there), so the packet goes out without a copy. It is
 	// called from the NAT's goroutines, possibly concurrently, and must
-	// copy or consume pkt before returning.
-	Out func(pkt []byte) error
+	// be done with bufs and their contents when it returns; it may change
+	// bufs' elements (the slices themselves), which the NAT resets.
+	Out func(bufs [][]byte) error
 	// MaxFlows and MaxFlowsPerSource limit the live flows in all and per
 	// workload address; 0 means 65536 and 1024.
 	MaxFlows, MaxFlowsPerSource int
@@ -49,6 +55,9 @@ const (
 	defaultMTU               = 1500
 	// queueLen is how many workload packets may wait for the netstack.
 	queueLen = 4096
+	// datagramBufSize holds the largest IPv4 packet behind the headroom
+	// Config.Out wants, so a datagram may be read where its reply goes.
+	datagramBufSize = encap.Headroom + 1<<16
 )
 
 // NAT terminates workloads' outgoing flows in a netstack and re-originates
@@ -112,7 +121,7 @@ func New(cfg Config) (*NAT, error) {
 		n.log = slog.New(slog.DiscardHandler)
 	}
 	n.relayBufs.New = func() any { b := make([]byte, relayBufSize); return &b }
-	n.datagramBufs.New = func() any { b := make([]byte, 1<<16); return &b }
+	n.datagramBufs.New = func() any { b := make([]byte, datagramBufSize); return &b }
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.table = newTable(n.ctx, cfg.MaxFlows, cfg.MaxFlowsPerSource, cfg.Timeouts, time.Now)
 	if err := n.newStack(); err != nil {
@@ -338,31 +347,55 @@ func (n *NAT) sendICMPError(typ header.ICMPv4Type, code header.ICMPv4Code, info 
 	if msg == nil {
 		return
 	}
-	if err := n.cfg.Out(msg); err != nil {
+	if err := n.cfg.Out([][]byte{msg}); err != nil {
 		n.log.Debug("nat: writing an ICMP error toward a workload", "err", err)
 	}
 }
 
 // outbound hands what the netstack sends (the outside's side of every
-// flow) to Out, accounting it to its flow.
+// flow) to Out, accounting it to its flow. It is the only user of its
+// buffer, in which each packet is copied once, at encap.Headroom.
 func (n *NAT) outbound() {
 	defer n.wg.Done()
-	buf := make([]byte, 1<<16)
+	buf, bufs := make([]byte, encap.Headroom+1<<16), make([][]byte, 1)
 	for {
 		pkt := n.link.ReadContext(n.ctx)
 		if pkt == nil {
 			return
 		}
-		size := 0
-		for _, s := range pkt.AsSlices() {
-			size += copy(buf[size:], s)
-		}
+		n.reply(pkt, buf, bufs)
 		pkt.DecRef()
-		n.countReply(buf[:size])
-		if err := n.cfg.Out(buf[:size]); err != nil {
-			n.log.Debug("nat: writing toward a workload", "err", err)
-		}
 	}
+}
+
+// reply copies a netstack packet into buf at encap.Headroom, accounts it to
+// its flow and writes it with Out through bufs, a one-element slice the
+// caller keeps; it allocates nothing.
+func (n *NAT) reply(pkt *stack.PacketBuffer, buf []byte, bufs [][]byte) {
+	size := copyPacket(buf[encap.Headroom:], pkt)
+	n.countReply(buf[encap.Headroom : encap.Headroom+size])
+	bufs[0] = buf[:encap.Headroom+size]
+	if err := n.cfg.Out(bufs); err != nil {
+		n.log.Debug("nat: writing toward a workload", "err", err)
+	}
+}
+
+// copyPacket copies the packet (from its first header) into b and returns
+// its length, walking the packet's views rather than AsSlices, which
+// allocates.
+func copyPacket(b []byte, pkt *stack.PacketBuffer) int {
+	views, skip := pkt.AsViewList()
+	size := 0
+	for v := views.Front(); v != nil; v = v.Next() {
+		s := v.AsSlice()
+		if skip >= len(s) {
+			skip -= len(s)
+			continue
+		}
+		size += copy(b[size:], s[skip:])
+		skip = 0
+	}
+	return size
 }
 
 // countReply accounts a packet from the netstack to the workload to its

@@ -6,6 +6,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/overlayd/overlayd/encap"
 )
 
 // The headers the NAT writes itself: TTL 64 as a host's, and for ICMP
@@ -33,10 +35,19 @@ func putIPv4(b []byte, tos uint8, total int, p proto, src, dst netip.Addr) {
 
 // echoReply builds the IPv4 packet a workload expects back for its echo
 // request: an echo reply from the destination dst to the workload, with the
-// workload's identifier and the reply's sequence number and data.
-func echoReply(dst, workload netip.Addr, ident, seq uint16, data []byte) []byte {
+// workload's identifier and the reply's sequence number and data. It builds
+// it in buf at encap.Headroom, as Config.Out takes it, and returns
+// buf[:encap.Headroom+the packet's length]; a buf too small is replaced by a
+// new one. data may already be where the reply's data goes in buf (an echo
+// read in place), but may not overlap it otherwise.
+func echoReply(buf []byte, dst, workload netip.Addr, ident, seq uint16, data []byte) []byte {
 	const hl = header.IPv4MinimumSize
-	b := make([]byte, hl+header.ICMPv4MinimumSize+len(data))
+	size := encap.Headroom + hl + header.ICMPv4MinimumSize + len(data)
+	if len(buf) < size {
+		buf = make([]byte, size)
+	}
+	buf = buf[:size]
+	b := buf[encap.Headroom:]
 	putIPv4(b, 0, len(b), protoICMP, dst, workload)
 	m := header.ICMPv4(b[hl:])
 	m.SetType(header.ICMPv4EchoReply)
@@ -45,7 +56,7 @@ func echoReply(dst, workload netip.Addr, ident, seq uint16, data []byte) []byte 
 	m.SetSequence(seq)
 	copy(m.Payload(), data)
 	m.SetChecksum(^checksum.Checksum(m, 0))
-	return b
+	return buf
 }
 
 // icmpError builds an ICMP error (destination unreachable, time exceeded)
@@ -54,6 +65,8 @@ func echoReply(dst, workload netip.Addr, ident, seq uint16, data []byte) []byte 
 // cut to that. info is the next-hop MTU of "fragmentation needed" (type 3
 // code 4), else 0. It returns nil where RFC 1122 forbids an error: for a
 // non-first fragment, for an ICMP error, for a source that is not unicast.
+// The packet is at encap.Headroom in the buffer returned, as Config.Out
+// takes it.
 func icmpError(typ header.ICMPv4Type, code header.ICMPv4Code, info uint16, from netip.Addr, quote []byte) []byte {
 	if len(quote) < header.IPv4MinimumSize {
 		return nil
@@ -74,7 +87,8 @@ func icmpError(typ header.ICMPv4Type, code header.ICMPv4Code, info uint16, from 
 		}
 	}
 	const headers = header.IPv4MinimumSize + header.ICMPv4MinimumSize
-	b := make([]byte, headers+len(quote))
+	buf := make([]byte, encap.Headroom+headers+len(quote))
+	b := buf[encap.Headroom:]
 	putIPv4(b, errorTOS, len(b), protoICMP, from, to)
 	m := header.ICMPv4(b[header.IPv4MinimumSize:])
 	m.SetType(typ)
@@ -84,7 +98,7 @@ func icmpError(typ header.ICMPv4Type, code header.ICMPv4Code, info uint16, from 
 	}
 	copy(b[headers:], quote)
 	m.SetChecksum(^checksum.Checksum(m, 0))
-	return b
+	return buf
 }
 
 // udpQuote is what an ICMP error about one of a UDP flow's datagrams

@@ -12,6 +12,8 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/overlayd/overlayd/encap"
 )
 
 // decode parses an IPv4 packet with gopacket, independently of the
@@ -54,6 +56,15 @@ func onesSum(b []byte) uint16 {
 
 func ipEq(a net.IP, b string) bool { return a.Equal(net.ParseIP(b)) }
 
+// packetOf is the packet in a buffer as Config.Out takes it, at
+// encap.Headroom; nil for nil.
+func packetOf(buf []byte) []byte {
+	if buf == nil {
+		return nil
+	}
+	return buf[encap.Headroom:]
+}
+
 func TestEchoReply(t *testing.T) {
 	tests := []struct {
 		name string
@@ -64,7 +75,7 @@ func TestEchoReply(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			pkt := echoReply(netip.MustParseAddr("198.18.3.10"), netip.MustParseAddr("10.1.0.5"), 0x1234, 7, tc.data)
+			pkt := packetOf(echoReply(nil, netip.MustParseAddr("198.18.3.10"), netip.MustParseAddr("10.1.0.5"), 0x1234, 7, tc.data))
 			ip, icmp := decode(t, pkt)
 			if !ipEq(ip.SrcIP, "198.18.3.10") || !ipEq(ip.DstIP, "10.1.0.5") || ip.Protocol != layers.IPProtocolICMPv4 {
 				t.Errorf("IP %s -> %s proto %v, want 198.18.3.10 -> 10.1.0.5 ICMP", ip.SrcIP, ip.DstIP, ip.Protocol)
@@ -101,14 +112,14 @@ func TestICMPError(t *testing.T) {
 		{"about an echo request", header.ICMPv4DstUnreachable, header.ICMPv4HostUnreachable, 0, "198.18.3.10",
 			echoQuote(inside.Addr(), dest.Addr(), 9, 3, 56), false},
 		{"never about an ICMP error", header.ICMPv4DstUnreachable, header.ICMPv4HostUnreachable, 0, "198.18.3.10",
-			icmpError(header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0, dest.Addr(), udp)[:28+8], true},
+			packetOf(icmpError(header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0, dest.Addr(), udp))[:28+8], true},
 		{"never to an unspecified source", header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0, "198.18.3.10",
 			udpQuote(netip.MustParseAddrPort("0.0.0.0:68"), dest, 10), true},
 		{"nothing for a short quote", header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0, "198.18.3.10", udp[:10], true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			pkt := icmpError(tc.typ, tc.code, tc.mtu, netip.MustParseAddr(tc.from), tc.quote)
+			pkt := packetOf(icmpError(tc.typ, tc.code, tc.mtu, netip.MustParseAddr(tc.from), tc.quote))
 			if tc.wantNone {
 				if pkt != nil {
 					t.Errorf("built %x, want nothing", pkt)

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/overlayd/overlayd/encap"
 	"github.com/overlayd/overlayd/internal/testbed"
 	"github.com/overlayd/overlayd/nat"
 )
@@ -63,7 +64,14 @@ func TestTraceroute(t *testing.T) {
 	}
 	n, err := nat.New(nat.Config{
 		Outside: nodeAddr, Net: &nsNet{host: b.node}, Timeouts: shortTimeouts,
-		Out: func(pkt []byte) error { _, err := dev.Write(pkt); return err },
+		Out: func(bufs [][]byte) error {
+			for _, b := range bufs {
+				if _, err := dev.Write(b[encap.Headroom:]); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
 	})
 	if err != nil {
 		dev.Close()

@@ -127,13 +127,14 @@ func (r *Router) Update(p *plan.Plan, vxlan, ipip Transport) error {
 	return nil
 }
 
-// WriteTUN writes one packet toward the workloads, for the NAT's replies;
-// it copies the packet behind the headroom the TUN device needs. Safe for
-// concurrent use (the device serialises writes).
-func (r *Router) WriteTUN(pkt []byte) error {
-	buf := make([]byte, encap.Headroom+len(pkt))
-	copy(buf[encap.Headroom:], pkt)
-	_, err := r.tun.Write([][]byte{buf}, encap.Headroom)
+// WriteTUN writes packets toward the workloads, for the NAT's replies:
+// each bufs[i] holds one at bufs[i][encap.Headroom:], and the device may use
+// the headroom in front of it, so nothing is copied; bufs is the caller's,
+// kept from one call to the next, so nothing is allocated either. The
+// device may change bufs' elements. Safe for concurrent use (the device
+// serialises writes).
+func (r *Router) WriteTUN(bufs [][]byte) error {
+	_, err := r.tun.Write(bufs, encap.Headroom)
 	return err
 }
 

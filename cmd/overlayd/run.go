@@ -177,7 +177,7 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 		Outside: p.Address.Addr(), MTU: p.TunnelMTU, Logger: d.log,
 		MaxFlows: c.NAT.MaxFlows, MaxFlowsPerSource: c.NAT.MaxFlowsPerSource,
 		Timeouts: natTimeoutsOf(c),
-		Out:      func(pkt []byte) error { return d.router.WriteTUN(pkt) },
+		Out:      func(bufs [][]byte) error { return d.router.WriteTUN(bufs) },
 	})
 	if err != nil {
 		closeAll()
