@@ -212,10 +212,10 @@ type table struct {
 	maxFlows, maxPerSource int
 	flows                  map[flowKey]*entry
 	// live counts flows that are not CLOSED, in all and by source: ended
-	// flows still listed do not hold a place against the limits.
+	// flows still listed do not hold a place against the limits. The
+	// CLOSED ones are the rest, len(flows) - live.
 	live      int
 	perSource map[netip.Addr]int
-	closed    int
 
 	created, expired, ended atomic.Uint64
 	refusedMu               sync.Mutex
@@ -331,14 +331,13 @@ func (t *table) end(e *entry) {
 		return
 	}
 	t.ended.Add(1)
-	if e.key.proto != protoTCP || t.closed >= t.maxFlows {
+	if e.key.proto != protoTCP || len(t.flows)-t.live >= t.maxFlows {
 		t.dropLocked(e)
 		return
 	}
 	t.releaseLocked(e)
 	e.state.Store(uint32(stateClosed))
 	e.lastSeen.Store(t.now().UnixNano())
-	t.closed++
 	e.cancel()
 }
 
@@ -363,9 +362,7 @@ func (t *table) releaseLocked(e *entry) {
 
 func (t *table) dropLocked(e *entry) {
 	delete(t.flows, e.key)
-	if e.getState() == stateClosed {
-		t.closed--
-	} else {
+	if e.getState() != stateClosed {
 		t.releaseLocked(e)
 	}
 	e.cancel()
