@@ -12,6 +12,7 @@ import (
 
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/internal/testbed"
+	routeplan "github.com/overlayd/overlayd/router/plan"
 )
 
 // mode is one way of carrying traffic between node A and node C (other
@@ -97,12 +98,17 @@ func overlaydMode(file string) func(*env, *testbed.Bed) (*endpoints, error) {
 		}
 		ep := &endpoints{client: wa, server: wc, addr: wc.Addr.Addr()}
 		for _, name := range []string{"node-a", "node-c"} {
-			n := cfg.Node(name)
-			if file == "never.toml" {
-				// No encapsulation across subnets: the router must know
-				// the blocks, as BGP would tell it.
-				if err := bed.Host("router").IP("route", "add", n.Blocks[0].Prefix.String(), "via", n.Address.Addr().String()); err != nil {
-					return nil, err
+			// Blocks sent unencapsulated across subnets: the router must
+			// know them, as BGP would tell it.
+			p, err := routeplan.Build(cfg, name, testbed.DefaultMTU)
+			if err != nil {
+				return nil, err
+			}
+			for _, r := range p.Routes {
+				if r.UnderlayRouted() {
+					if err := bed.Host("router").IP("route", "replace", r.Block.String(), "via", r.NodeAddr.String()); err != nil {
+						return nil, err
+					}
 				}
 			}
 			listen := "off"

@@ -195,27 +195,30 @@ func wireSourcePorts(pkts []gopacket.Packet, from netip.Addr) map[string]map[uin
 func TestE2EConfigurations(t *testing.T) {
 	testbed.Require(t)
 	tests := []struct {
-		file   string
-		toB    string // how node A's workload traffic to node B crosses the wire
-		toC    string
-		routed bool // the underlay routes the pool itself (Never/Never across subnets)
+		file string
+		toB  string // how node A's workload traffic to node B crosses the wire
+		toC  string
 	}{
-		{"ipip-always.toml", "ipip", "ipip", false},
-		{"ipip-cross-subnet.toml", "none", "ipip", false},
-		{"vxlan-always.toml", "vxlan", "vxlan", false},
-		{"vxlan-cross-subnet.toml", "none", "vxlan", false},
-		{"nat-outgoing.toml", "none", "ipip", false},
-		{"never.toml", "none", "none", true},
+		{"ipip-always.toml", "ipip", "ipip"},
+		{"ipip-cross-subnet.toml", "none", "ipip"},
+		{"vxlan-always.toml", "vxlan", "vxlan"},
+		{"vxlan-cross-subnet.toml", "none", "vxlan"},
+		{"nat-outgoing.toml", "none", "ipip"},
+		{"never.toml", "none", "none"},
 	}
 	for _, tc := range tests {
 		t.Run(strings.TrimSuffix(tc.file, ".toml"), func(t *testing.T) {
 			c := startCluster(t, tc.file)
-			if tc.routed {
-				// With no encapsulation across subnets Calico needs BGP:
-				// the router between the subnets learns each block's node.
-				for _, n := range c.cfg.Nodes {
-					for _, b := range n.Blocks {
-						if err := c.bed.Host("router").IP("route", "add", b.Prefix.String(), "via", n.Address.Addr().String()); err != nil {
+			// Blocks sent unencapsulated across subnets need BGP in
+			// Calico: the router between the subnets learns them.
+			for _, n := range c.cfg.Nodes {
+				p, err := plan.Build(c.cfg, n.Name, testbed.DefaultMTU)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, r := range p.Routes {
+					if r.UnderlayRouted() {
+						if err := c.bed.Host("router").IP("route", "replace", r.Block.String(), "via", r.NodeAddr.String()); err != nil {
 							t.Fatal(err)
 						}
 					}

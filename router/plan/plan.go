@@ -178,7 +178,7 @@ func Build(c *config.Cluster, self string, underlayMTU int) (*Plan, error) {
 		for _, b := range n.Blocks {
 			peer.Blocks = append(peer.Blocks, b.Prefix)
 			r := routeTo(me, n, b)
-			if r.Encap == EncapNone && !r.SameSubnet {
+			if r.UnderlayRouted() {
 				p.Warnings = append(p.Warnings, fmt.Sprintf(
 					"%s on %s is sent unencapsulated to %s, outside this node's subnet %s: the underlay's routers must know the pool's routes, or set ipipMode/vxlanMode",
 					b.Prefix, n.Name, n.Address.Addr(), me.Address.Masked()))
@@ -191,6 +191,11 @@ func Build(c *config.Cluster, self string, underlayMTU int) (*Plan, error) {
 	p.TunnelMTU, p.MTUReason = tunnelMTU(c, underlayMTU)
 	return p, nil
 }
+
+// UnderlayRouted reports whether the route leaves unencapsulated for a node
+// outside this node's subnet: the underlay's routers must then know the
+// block (in Calico, from BGP).
+func (r Route) UnderlayRouted() bool { return r.Encap == EncapNone && !r.SameSubnet }
 
 // routeTo decides, as Felix does, how block b of remote node n is reached
 // from node me.
