@@ -112,7 +112,7 @@ func (n *NAT) relayEcho(e *entry, reqs <-chan echoRequest) {
 			}
 			if _, err := conn.WriteTo(echoRequestMsg(ident, r.seq, r.data), to); err != nil {
 				n.log.Debug("nat: echo send", "flow", e.key, "err", err)
-				if code, ok := unreachableCode(err); ok {
+				if code, ok := unreachableCode(err, false); ok {
 					n.sendICMPError(header.ICMPv4DstUnreachable, code, 0, dst, e.echoQuote(r.seq, len(r.data)))
 				}
 			}

@@ -132,7 +132,7 @@ func (n *NAT) dialFailed(r *tcp.ForwarderRequest, e *entry, err error, reports [
 			return
 		}
 	}
-	code, unreachable := unreachableCode(err)
+	code, unreachable := unreachableCode(err, false)
 	switch {
 	case unreachable && e.synQuote != nil:
 		r.Complete(false)
@@ -145,15 +145,31 @@ func (n *NAT) dialFailed(r *tcp.ForwarderRequest, e *entry, err error, reports [
 	n.table.end(e)
 }
 
-// unreachableCode maps a connect error to the ICMP unreachable code that
-// caused it, if one did.
-func unreachableCode(err error) (header.ICMPv4Code, bool) {
+// unreachableCode maps an error Linux reports on a host socket with
+// IP_RECVERR to the ICMP destination unreachable code behind it
+// (icmp_err_convert read backwards); EHOSTUNREACH also stands for time
+// exceeded and some prohibitions, which the kernel does not tell apart.
+// Two errors mean an ICMP error only in one case: ECONNREFUSED on an
+// established connection can only be a port unreachable (a reset gives
+// ECONNRESET), while on a connect it is more likely a reset; EACCES and
+// EPERM on a connect or a send are the host's firewall refusing, which
+// the workload is told as a prohibition, while an established connection
+// that gets them is reset.
+func unreachableCode(err error, established bool) (header.ICMPv4Code, bool) {
 	switch {
 	case errors.Is(err, syscall.ENETUNREACH):
 		return header.ICMPv4NetUnreachable, true
-	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.EHOSTDOWN):
+	case errors.Is(err, syscall.EHOSTUNREACH):
 		return header.ICMPv4HostUnreachable, true
-	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+	case errors.Is(err, syscall.ENOPROTOOPT):
+		return header.ICMPv4ProtoUnreachable, true
+	case errors.Is(err, syscall.EHOSTDOWN):
+		return header.ICMPv4DestinationHostUnknown, true
+	case errors.Is(err, syscall.ENONET):
+		return header.ICMPv4SourceHostIsolated, true
+	case errors.Is(err, syscall.ECONNREFUSED) && established:
+		return header.ICMPv4PortUnreachable, true
+	case (errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM)) && !established:
 		return header.ICMPv4AdminProhibited, true
 	}
 	return 0, false
@@ -205,14 +221,14 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.C
 	// connection lives; once it has died, the workload is reset too.
 	hostConn, _ := out.(syscall.Conn)
 	hostError := func(err error) bool {
-		typ, code, fromICMP := establishedICMPError(err)
+		code, fromICMP := unreachableCode(err, true)
 		if !fromICMP {
 			return false
 		}
 		// The kernel does not say who sent the error of an established
 		// connection (only a connecting one's is queued): it is said to
 		// come from the destination.
-		n.sendICMPError(typ, code, 0, e.key.dest.Addr(), e.tcpQuote())
+		n.sendICMPError(header.ICMPv4DstUnreachable, code, 0, e.key.dest.Addr(), e.tcpQuote())
 		return hostConn != nil && tcpAlive(hostConn)
 	}
 	pipe := func(dst io.Writer, src io.Reader, closeWrite func() error, fromHost bool) {
@@ -282,33 +298,6 @@ func (e *entry) noteWorkloadSeq(t header.TCP, segLen int) {
 	if cur := seqnum.Value(e.workloadSeqEnd.Load()); cur == 0 || cur.LessThan(end) {
 		e.workloadSeqEnd.Store(uint32(end))
 	}
-}
-
-// establishedICMPError maps the error Linux reports on an established TCP
-// socket with IP_RECVERR to the ICMP error behind it (icmp_err_convert read
-// backwards); EHOSTUNREACH also stands for time exceeded and some
-// prohibitions, which the kernel does not tell apart. ECONNREFUSED on an
-// established connection can only be a port unreachable: a reset gives
-// ECONNRESET.
-func establishedICMPError(err error) (header.ICMPv4Type, header.ICMPv4Code, bool) {
-	unreachable := func(c header.ICMPv4Code) (header.ICMPv4Type, header.ICMPv4Code, bool) {
-		return header.ICMPv4DstUnreachable, c, true
-	}
-	switch {
-	case errors.Is(err, syscall.ENETUNREACH):
-		return unreachable(header.ICMPv4NetUnreachable)
-	case errors.Is(err, syscall.EHOSTUNREACH):
-		return unreachable(header.ICMPv4HostUnreachable)
-	case errors.Is(err, syscall.ENOPROTOOPT):
-		return unreachable(header.ICMPv4ProtoUnreachable)
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return unreachable(header.ICMPv4PortUnreachable)
-	case errors.Is(err, syscall.EHOSTDOWN):
-		return unreachable(header.ICMPv4DestinationHostUnknown)
-	case errors.Is(err, syscall.ENONET):
-		return unreachable(header.ICMPv4SourceHostIsolated)
-	}
-	return 0, 0, false
 }
 
 // tcpQuote is what an ICMP error about the flow's established connection

@@ -75,7 +75,7 @@ func ipv4Header(t *testing.T) []byte {
 	return b
 }
 
-func TestEstablishedICMPError(t *testing.T) {
+func TestUnreachableCode(t *testing.T) {
 	tests := []struct {
 		err      error
 		typ      header.ICMPv4Type
@@ -88,13 +88,34 @@ func TestEstablishedICMPError(t *testing.T) {
 		{fmt.Errorf("read: %w", syscall.ENOPROTOOPT), header.ICMPv4DstUnreachable, header.ICMPv4ProtoUnreachable, true},
 		{syscall.ECONNRESET, 0, 0, false},
 		{syscall.ETIMEDOUT, 0, 0, false},
+		{syscall.EACCES, 0, 0, false}, // a connect's only
 	}
 	for _, tc := range tests {
 		t.Run(tc.err.Error(), func(t *testing.T) {
-			typ, code, ok := establishedICMPError(tc.err)
+			var typ header.ICMPv4Type
+			code, ok := unreachableCode(tc.err, true)
+			if ok {
+				typ = header.ICMPv4DstUnreachable
+			}
 			if typ != tc.typ || code != tc.code || ok != tc.fromICMP {
 				t.Errorf("got %d/%d %v, want %d/%d %v", typ, code, ok, tc.typ, tc.code, tc.fromICMP)
 			}
 		})
+	}
+	// On a connect or a send, a refusal is a reset's, a prohibition the
+	// host's firewall's.
+	for _, tc := range []struct {
+		err  error
+		code header.ICMPv4Code
+		ok   bool
+	}{
+		{syscall.ECONNREFUSED, header.ICMPv4PortUnreachable, false},
+		{syscall.EACCES, header.ICMPv4AdminProhibited, true},
+		{syscall.EPERM, header.ICMPv4AdminProhibited, true},
+		{syscall.EHOSTDOWN, header.ICMPv4DestinationHostUnknown, true},
+	} {
+		if code, ok := unreachableCode(tc.err, false); ok != tc.ok || (ok && code != tc.code) {
+			t.Errorf("connect %v: got %d %v, want %d %v", tc.err, code, ok, tc.code, tc.ok)
+		}
 	}
 }
