@@ -25,22 +25,12 @@ type icmpReport struct {
 	payload []byte
 }
 
-// enableRecvErr asks the kernel to queue the ICMP errors it matches to the
+// setRecvErr asks the kernel to queue the ICMP errors it matches to the
 // socket, with their type, code and sender, instead of only setting a bare
 // errno (and, for an unconnected UDP socket, not even that).
-func enableRecvErr(c syscall.Conn) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
+func setRecvErr(fd int) error {
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1); err != nil {
 		return fmt.Errorf("IP_RECVERR: %w", err)
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVERR, 1)
-	}); err != nil {
-		return fmt.Errorf("IP_RECVERR: %w", err)
-	}
-	if serr != nil {
-		return fmt.Errorf("IP_RECVERR: %w", serr)
 	}
 	return nil
 }

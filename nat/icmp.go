@@ -84,7 +84,7 @@ func (n *NAT) relayEcho(e *entry, reqs <-chan echoRequest) {
 		// replies by it.
 		ident, to = uint16(ua.Port), &net.UDPAddr{IP: dst.AsSlice()}
 		if sc, ok := conn.(syscall.Conn); ok {
-			if err := enableRecvErr(sc); err != nil {
+			if err := withFD(sc, setRecvErr); err != nil {
 				n.log.Debug("nat: echo flow without ICMP errors", "flow", e.key, "err", err)
 			}
 		}

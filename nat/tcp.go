@@ -88,8 +88,8 @@ func (n *NAT) dialOutside(ctx context.Context, e *entry) (net.Conn, []icmpReport
 		if err := e.marks.set(int(fd)); err != nil {
 			return err
 		}
-		if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVERR, 1); err != nil {
-			return fmt.Errorf("IP_RECVERR: %w", err)
+		if err := setRecvErr(int(fd)); err != nil {
+			return err
 		}
 		dup, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {

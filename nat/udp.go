@@ -60,7 +60,7 @@ func (n *NAT) relayUDP(e *entry, in *gonet.UDPConn) {
 		return
 	}
 	defer out.Close()
-	if err := enableRecvErr(out); err != nil {
+	if err := withFD(out, setRecvErr); err != nil {
 		n.log.Debug("nat: UDP flow without ICMP errors", "flow", e.key, "err", err)
 	}
 	if err := withFD(out, e.marks.set); err != nil {
