@@ -51,7 +51,7 @@ BENCHSTAT := $(shell $(GO) env GOPATH)/bin/benchstat
 bench-micro:
 	@test -x $(BENCHSTAT) || $(GO) install golang.org/x/perf/cmd/benchstat@latest
 	@mkdir -p bench/results
-	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./encap/ ./router/ ./nat/ ./conn/ | tee bench/results/micro.txt
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./encap/ ./dataplane/ ./nat/ ./conn/ | tee bench/results/micro.txt
 	$(BENCHSTAT) bench/results/micro.txt
 
 clean:

@@ -12,7 +12,7 @@ import (
 
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/internal/testbed"
-	routeplan "github.com/overlayd/overlayd/router/plan"
+	routeplan "github.com/overlayd/overlayd/plan"
 )
 
 // mode is one way of carrying traffic between node A and node C (other

@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"github.com/overlayd/overlayd/config"
+	"github.com/overlayd/overlayd/dataplane"
+	"github.com/overlayd/overlayd/kernel"
 	"github.com/overlayd/overlayd/nat"
-	"github.com/overlayd/overlayd/router"
-	"github.com/overlayd/overlayd/router/kernel"
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/plan"
 )
 
 // The admin API: JSON over HTTP beside /metrics, on the same (loopback by
@@ -37,7 +37,7 @@ type statusReply struct {
 	Reloads     uint64          `json:"reloads"`
 	FailedLoads uint64          `json:"failedReloads"`
 	LastError   string          `json:"lastReloadError,omitempty"`
-	Stats       router.Stats    `json:"stats"`
+	Stats       dataplane.Stats `json:"stats"`
 	Kernel      []string        `json:"kernelRoutes"`
 	Encaps      map[string]int  `json:"routesByEncap"`
 	Transports  map[string]bool `json:"transports"`

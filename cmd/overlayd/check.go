@@ -11,7 +11,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/overlayd/overlayd/config"
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/plan"
 )
 
 // planFlags are the flags every command that builds a plan takes.

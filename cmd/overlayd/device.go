@@ -30,7 +30,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun/netstack"
 
 	"github.com/overlayd/overlayd/config"
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/plan"
 )
 
 // deviceSettings are the flags and keys that choose the workload side.

@@ -27,7 +27,7 @@ import (
 
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/internal/testbed"
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/plan"
 )
 
 // childEnv makes the test binary act as overlayd: the e2e tests start it in

@@ -6,9 +6,9 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/overlayd/overlayd/router"
-	"github.com/overlayd/overlayd/router/kernel"
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/dataplane"
+	"github.com/overlayd/overlayd/kernel"
+	"github.com/overlayd/overlayd/plan"
 )
 
 // kernelSetup lists, as the shell commands that make it, everything
@@ -25,7 +25,7 @@ func kernelSetup(p *plan.Plan, dev string) []string {
 	if p.TunnelAddr.IsValid() {
 		cmds = append(cmds, fmt.Sprintf("ip addr replace %s/32 dev %s", p.TunnelAddr, dev))
 	}
-	for _, r := range router.KernelRoutes(p, dev) {
+	for _, r := range dataplane.KernelRoutes(p, dev) {
 		cmds = append(cmds, "ip route replace "+r.String())
 	}
 	if len(p.NATPools) > 0 {

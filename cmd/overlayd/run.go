@@ -22,10 +22,10 @@ import (
 
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/conn"
+	"github.com/overlayd/overlayd/dataplane"
+	"github.com/overlayd/overlayd/kernel"
 	"github.com/overlayd/overlayd/nat"
-	"github.com/overlayd/overlayd/router"
-	"github.com/overlayd/overlayd/router/kernel"
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/plan"
 )
 
 func runRun(env *cliEnv, args []string) error {
@@ -114,7 +114,7 @@ type daemon struct {
 	side        workloadSide
 	underlayMTU int // 0: read from the underlay interface
 	routes      *kernel.Routes
-	router      *router.Router
+	router      *dataplane.Router
 	nat         *nat.NAT
 	started     time.Time
 
@@ -161,7 +161,7 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 	}
 	closeAll := func() {
 		dev.Close()
-		for _, tr := range []router.Transport{vx, ipip} {
+		for _, tr := range []dataplane.Transport{vx, ipip} {
 			if tr != nil {
 				tr.Close()
 			}
@@ -184,7 +184,7 @@ func (d *daemon) run(c *config.Cluster, metricsListen string) error {
 		return err
 	}
 	defer d.nat.Close()
-	if d.router, err = router.New(router.Config{Plan: p, TUN: dev, VXLAN: vx, IPIP: ipip, NAT: d.nat.Deliver, Logger: d.log}); err != nil {
+	if d.router, err = dataplane.New(dataplane.Config{Plan: p, TUN: dev, VXLAN: vx, IPIP: ipip, NAT: d.nat.Deliver, Logger: d.log}); err != nil {
 		closeAll()
 		return err
 	}
@@ -238,7 +238,7 @@ const vxlanSourcePorts = 8
 
 // openTransports opens the sockets plan p needs that the router does not
 // have yet (r nil: at start, it has none). Failures name what is missing.
-func (d *daemon) openTransports(p *plan.Plan, r *router.Router) (vx, ipip router.Transport, err error) {
+func (d *daemon) openTransports(p *plan.Plan, r *dataplane.Router) (vx, ipip dataplane.Transport, err error) {
 	me := p.Address.Addr()
 	if p.UsesVXLAN && (r == nil || !r.HasTransport(plan.EncapVXLAN)) {
 		local := netip.AddrPortFrom(me, p.VXLANPort)
@@ -276,7 +276,7 @@ func (d *daemon) applyRoutes(p *plan.Plan) {
 	if !d.dev.programsKernel() {
 		return
 	}
-	ch, err := d.routes.Reconcile(router.KernelRoutes(p, d.device))
+	ch, err := d.routes.Reconcile(dataplane.KernelRoutes(p, d.device))
 	for _, r := range ch.Added {
 		d.log.Info("route added", "route", r.String())
 	}
@@ -474,7 +474,7 @@ func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 
 func (d *daemon) serveMetrics(listen string) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(router.NewCollector(d.router), d.reloadCollector(), d.natCollector())
+	reg.MustRegister(dataplane.NewCollector(d.router), d.reloadCollector(), d.natCollector())
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	d.adminHandlers(mux)

@@ -25,7 +25,7 @@ import (
 
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/internal/testbed"
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/plan"
 )
 
 func main() {

@@ -1,11 +1,11 @@
-package router
+package dataplane
 
 import (
 	"time"
 
 	"github.com/overlayd/overlayd/conn"
 	"github.com/overlayd/overlayd/encap"
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/plan"
 )
 
 const (

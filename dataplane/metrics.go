@@ -1,9 +1,9 @@
-package router
+package dataplane
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/plan"
 )
 
 // Collector exposes the router's counters to Prometheus. It reads them at

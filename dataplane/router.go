@@ -8,7 +8,7 @@
 // by re-slicing, write with GRO). The loops read the routing table through an
 // atomic.Pointer, so a new plan is swapped in without a lock on the
 // per-packet path.
-package router
+package dataplane
 
 import (
 	"context"
@@ -24,7 +24,7 @@ import (
 
 	"github.com/overlayd/overlayd/conn"
 	"github.com/overlayd/overlayd/encap"
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/plan"
 )
 
 // Transport is an underlay socket with batched I/O (package conn).

@@ -1,4 +1,4 @@
-package router
+package dataplane
 
 import (
 	"encoding/binary"
@@ -6,7 +6,7 @@ import (
 
 	"github.com/gaissmai/bart"
 
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/plan"
 )
 
 // destKind is what a destination address is to this node.

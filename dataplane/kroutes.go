@@ -1,8 +1,8 @@
-package router
+package dataplane
 
 import (
-	"github.com/overlayd/overlayd/router/kernel"
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/kernel"
+	"github.com/overlayd/overlayd/plan"
 )
 
 // KernelRoutes are the routes a plan needs in the kernel, as Calico programs

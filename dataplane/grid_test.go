@@ -1,4 +1,4 @@
-package router
+package dataplane
 
 import (
 	"fmt"
@@ -6,7 +6,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/plan"
 )
 
 // TestGridsAgreeWithTrie checks the block grids against the trie they stand

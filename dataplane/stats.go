@@ -1,10 +1,10 @@
-package router
+package dataplane
 
 import (
 	"sync/atomic"
 
 	"github.com/overlayd/overlayd/encap"
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/plan"
 )
 
 // Drop is why the router itself refused a packet, beyond the malformed

@@ -1,4 +1,4 @@
-package router
+package dataplane
 
 import (
 	"encoding/binary"

@@ -1,4 +1,4 @@
-package router
+package dataplane
 
 import (
 	"fmt"
@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/overlayd/overlayd/config"
-	"github.com/overlayd/overlayd/router/plan"
+	"github.com/overlayd/overlayd/plan"
 )
 
 func examplePlan(t testing.TB, file, node string) *plan.Plan {
