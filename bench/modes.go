@@ -111,11 +111,11 @@ func overlaydMode(file string) func(*env, *testbed.Bed) (*endpoints, error) {
 					}
 				}
 			}
-			listen := "off"
+			metrics := []string{"--no-metrics"}
 			if e.profileDir != "" {
-				listen = profileListen
+				metrics = []string{"--metrics-listen", profileListen}
 			}
-			proc, err := bed.Host(name).Start(e.overlayd, "run", "--config", path, "--node", name, "--metrics-listen", listen)
+			proc, err := bed.Host(name).Start(e.overlayd, append([]string{"run", "--config", path, "--node", name}, metrics...)...)
 			if err != nil {
 				return nil, err
 			}

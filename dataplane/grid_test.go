@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/overlayd/overlayd/conn"
 	"github.com/overlayd/overlayd/plan"
 )
 
@@ -44,8 +45,8 @@ func TestGridsAgreeWithTrie(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tb := newTable(tt.plan, [numEncaps]Transport{})
-			trie := buildTable(tt.plan, [numEncaps]Transport{}, false)
+			tb := newTable(tt.plan, [numEncaps]conn.Transport{})
+			trie := buildTable(tt.plan, [numEncaps]conn.Transport{}, false)
 			if (tb.grids != nil) != tt.wantGrids {
 				t.Fatalf("grids in use: %v, want %v", tb.grids != nil, tt.wantGrids)
 			}

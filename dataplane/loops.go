@@ -89,7 +89,7 @@ func (r *Router) tunLoop() error {
 				t.drops[DropNotOverlay]++
 				continue
 			}
-			if d.kind != destRemote || d.encap == plan.EncapNone {
+			if d.kind != plan.DestRemote || d.encap == plan.EncapNone {
 				// A pool address with no block, a local address with no
 				// workload, or a direct block the kernel did not route
 				// itself: no one to send it to, so the sender is told.
@@ -167,7 +167,7 @@ func (q *replyQueue) add(msg []byte) bool {
 
 // send writes a batch to a transport; what the socket refuses is counted,
 // not retried: the transport already retried partial sends.
-func (r *Router) send(tr Transport, msgs []conn.Message, t *tally) {
+func (r *Router) send(tr conn.Transport, msgs []conn.Message, t *tally) {
 	sent, err := tr.WriteBatch(msgs)
 	if err != nil && !isClosed(err) {
 		t.ioErrors[errSocketWrite]++
@@ -192,7 +192,7 @@ func (p *peer) icmpSource(dst [4]byte) [4]byte {
 // underlayLoop receives encapsulated packets from one transport, accepts
 // only what a known node may send to this node, and writes the inner
 // packets to the TUN device.
-func (r *Router) underlayLoop(tr Transport, kind plan.Encap) error {
+func (r *Router) underlayLoop(tr conn.Transport, kind plan.Encap) error {
 	const batch = 128
 	in := encap.NewBatch(batch, r.bufSize)
 	msgs := make([]conn.Message, batch)
@@ -258,11 +258,11 @@ func (r *Router) underlayLoop(tr Transport, kind plan.Encap) error {
 					continue
 				}
 			}
-			if d := tb.lookup([4]byte(inner[16:20])); d == nil || d.kind != destLocal {
+			if d := tb.lookup([4]byte(inner[16:20])); d == nil || d.kind != plan.DestLocal {
 				t.drops[DropNotLocal]++
 				continue
 			}
-			if d := tb.lookup([4]byte(inner[12:16])); d == nil || d.kind != destRemote || d.peer != p {
+			if d := tb.lookup([4]byte(inner[12:16])); d == nil || d.kind != plan.DestRemote || d.peer != p {
 				t.drops[DropSpoofedSource]++
 				continue
 			}

@@ -27,19 +27,12 @@ import (
 	"github.com/overlayd/overlayd/plan"
 )
 
-// Transport is an underlay socket with batched I/O (package conn).
-type Transport interface {
-	ReadBatch(msgs []conn.Message) (int, error)
-	WriteBatch(msgs []conn.Message) (int, error)
-	Close() error
-}
-
 // Config is what a Router runs on.
 type Config struct {
 	Plan  *plan.Plan
 	TUN   tun.Device
-	VXLAN Transport // nil when no pool uses VXLAN
-	IPIP  Transport // nil when no pool uses IP-in-IP
+	VXLAN conn.Transport // nil when no pool uses VXLAN
+	IPIP  conn.Transport // nil when no pool uses IP-in-IP
 	// NAT receives the packets natOutgoing steers into the TUN: from a
 	// natOutgoing pool to outside every pool. nil: no NAT, they are dropped.
 	NAT    func(pkt []byte)
@@ -60,7 +53,7 @@ type Router struct {
 	// mu guards the transports and the loops' lifecycle; it is taken when
 	// the plan changes or the router stops, never per packet.
 	mu         sync.Mutex
-	transports [numEncaps]Transport
+	transports [numEncaps]conn.Transport
 	peerStats  map[string]*peerCounters // by node name, kept across plans
 	running    bool
 	stopped    bool
@@ -89,7 +82,7 @@ func New(cfg Config) (*Router, error) {
 // if the router runs); transports are never taken away, so packets in an
 // encapsulation the new plan no longer sends are still received: a mode
 // switch does not cut connections. nil leaves a transport as it is.
-func (r *Router) Update(p *plan.Plan, vxlan, ipip Transport) error {
+func (r *Router) Update(p *plan.Plan, vxlan, ipip conn.Transport) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.stopped {
@@ -97,7 +90,7 @@ func (r *Router) Update(p *plan.Plan, vxlan, ipip Transport) error {
 	}
 	for _, add := range []struct {
 		kind plan.Encap
-		tr   Transport
+		tr   conn.Transport
 	}{{plan.EncapVXLAN, vxlan}, {plan.EncapIPIP, ipip}} {
 		if add.tr == nil || r.transports[add.kind] != nil {
 			continue

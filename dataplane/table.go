@@ -6,24 +6,15 @@ import (
 
 	"github.com/gaissmai/bart"
 
+	"github.com/overlayd/overlayd/conn"
 	"github.com/overlayd/overlayd/plan"
-)
-
-// destKind is what a destination address is to this node.
-type destKind uint8
-
-const (
-	destUnknown destKind = iota // in no pool: not overlay traffic
-	destLocal                   // in one of this node's blocks
-	destRemote                  // in a block of another node
-	destNoBlock                 // in a pool, in no node's block
 )
 
 // dest is what the data path needs to know about a destination prefix.
 type dest struct {
-	kind  destKind
-	encap plan.Encap // destRemote: how the block is reached
-	peer  *peer      // destRemote: the node that owns the block
+	kind  plan.DestKind
+	encap plan.Encap // DestRemote: how the block is reached
+	peer  *peer      // DestRemote: the node that owns the block
 }
 
 // peer is another node as the data path sees it.
@@ -53,7 +44,7 @@ type table struct {
 	tunnelAddr [4]byte // zero when the node has none
 	vtepMAC    [6]byte
 	// transports are the router's, by encapsulation (nil: not open).
-	transports [numEncaps]Transport
+	transports [numEncaps]conn.Transport
 	// natSources are the natOutgoing pools; natExempt the destinations
 	// outside the pools that are not NATed (node addresses, with
 	// IPPoolsAndHostIPs).
@@ -61,13 +52,13 @@ type table struct {
 	natExempt  *bart.Fast[bool]
 }
 
-func newTable(p *plan.Plan, transports [numEncaps]Transport) *table {
+func newTable(p *plan.Plan, transports [numEncaps]conn.Transport) *table {
 	return buildTable(p, transports, true)
 }
 
 // buildTable makes the table of plan p, with block grids where they can
 // answer if withGrids (false: the trie alone, which tests compare with).
-func buildTable(p *plan.Plan, transports [numEncaps]Transport, withGrids bool) *table {
+func buildTable(p *plan.Plan, transports [numEncaps]conn.Transport, withGrids bool) *table {
 	t := &table{
 		plan:       p,
 		transports: transports,
@@ -78,18 +69,6 @@ func buildTable(p *plan.Plan, transports [numEncaps]Transport, withGrids bool) *
 		t.tunnelAddr = p.TunnelAddr.As4()
 	}
 	copy(t.vtepMAC[:], p.VTEPMAC)
-	var (
-		pools, blocks   []netip.Prefix
-		noBlock, blockD []*dest
-	)
-	for _, pl := range p.Pools {
-		d := &dest{kind: destNoBlock}
-		pools, noBlock = append(pools, pl.CIDR), append(noBlock, d)
-	}
-	for _, b := range p.LocalBlocks {
-		d := &dest{kind: destLocal}
-		blocks, blockD = append(blocks, b.Block), append(blockD, d)
-	}
 	byName := map[string]*peer{}
 	for _, pp := range p.Peers {
 		pe := &peer{name: pp.Name, addr: pp.Addr.As4()}
@@ -101,9 +80,23 @@ func buildTable(p *plan.Plan, transports [numEncaps]Transport, withGrids bool) *
 		t.peers = append(t.peers, pe)
 		t.byAddr.Insert(netip.PrefixFrom(pp.Addr, 32), pe)
 	}
-	for _, r := range p.Routes {
-		d := &dest{kind: destRemote, encap: r.Encap, peer: byName[r.Node]}
-		blocks, blockD = append(blocks, r.Block), append(blockD, d)
+	// The plan's forwarding prefixes, as Decide sees them: pools (an
+	// address in no block) apart from the blocks inside them.
+	var (
+		pools, blocks   []netip.Prefix
+		noBlock, blockD []*dest
+	)
+	for _, pd := range p.Dests() {
+		d := &dest{kind: pd.Kind}
+		if pd.Kind == plan.DestNoBlock {
+			pools, noBlock = append(pools, pd.Prefix), append(noBlock, d)
+			continue
+		}
+		if pd.Kind == plan.DestRemote {
+			r := p.Routes[pd.Route]
+			d.encap, d.peer = r.Encap, byName[r.Node]
+		}
+		blocks, blockD = append(blocks, pd.Prefix), append(blockD, d)
 	}
 	if withGrids {
 		t.grids = gridsFor(pools, noBlock, blocks, blockD)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/overlayd/overlayd/config"
+	"github.com/overlayd/overlayd/conn"
 	"github.com/overlayd/overlayd/plan"
 )
 
@@ -26,26 +27,26 @@ func examplePlan(t testing.TB, file, node string) *plan.Plan {
 func a4(s string) [4]byte { return netip.MustParseAddr(s).As4() }
 
 func TestTableLookup(t *testing.T) {
-	tb := newTable(examplePlan(t, "two-pools.toml", "node-a"), [numEncaps]Transport{})
+	tb := newTable(examplePlan(t, "two-pools.toml", "node-a"), [numEncaps]conn.Transport{})
 	tests := []struct {
 		name      string
 		dst       string
-		wantKind  destKind
+		wantKind  plan.DestKind
 		wantEncap plan.Encap
 		wantPeer  string
 	}{
-		{"own block", "192.168.0.7", destLocal, plan.EncapNone, ""},
-		{"own block in the second pool", "10.1.0.9", destLocal, plan.EncapNone, ""},
-		{"same subnet CrossSubnet block is direct", "192.168.0.70", destRemote, plan.EncapNone, "node-b"},
-		{"IP-in-IP Always block", "10.1.0.70", destRemote, plan.EncapIPIP, "node-b"},
-		{"other subnet VXLAN block", "192.168.0.130", destRemote, plan.EncapVXLAN, "node-c"},
-		{"pool address in no block", "192.168.200.1", destNoBlock, plan.EncapNone, ""},
-		{"outside every pool", "198.18.3.10", destUnknown, plan.EncapNone, ""},
+		{"own block", "192.168.0.7", plan.DestLocal, plan.EncapNone, ""},
+		{"own block in the second pool", "10.1.0.9", plan.DestLocal, plan.EncapNone, ""},
+		{"same subnet CrossSubnet block is direct", "192.168.0.70", plan.DestRemote, plan.EncapNone, "node-b"},
+		{"IP-in-IP Always block", "10.1.0.70", plan.DestRemote, plan.EncapIPIP, "node-b"},
+		{"other subnet VXLAN block", "192.168.0.130", plan.DestRemote, plan.EncapVXLAN, "node-c"},
+		{"pool address in no block", "192.168.200.1", plan.DestNoBlock, plan.EncapNone, ""},
+		{"outside every pool", "198.18.3.10", plan.DestOutside, plan.EncapNone, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			d := tb.lookup(a4(tc.dst))
-			kind, encap, peerName := destUnknown, plan.EncapNone, ""
+			kind, encap, peerName := plan.DestOutside, plan.EncapNone, ""
 			if d != nil {
 				kind, encap = d.kind, d.encap
 				if d.peer != nil {
@@ -101,7 +102,7 @@ func addrsIn(n, count int) [][4]byte {
 }
 
 func TestLookupAllocatesNothing(t *testing.T) {
-	tb := newTable(syntheticPlan(1000), [numEncaps]Transport{})
+	tb := newTable(syntheticPlan(1000), [numEncaps]conn.Transport{})
 	dsts := addrsIn(1000, 64)
 	allocs := testing.AllocsPerRun(100, func() {
 		for _, d := range dsts {
@@ -119,7 +120,7 @@ func TestLookupAllocatesNothing(t *testing.T) {
 func BenchmarkLookup(b *testing.B) {
 	for _, n := range []int{10, 1000, 100000} {
 		b.Run(fmt.Sprintf("routes=%d", n), func(b *testing.B) {
-			tb := newTable(syntheticPlan(n), [numEncaps]Transport{})
+			tb := newTable(syntheticPlan(n), [numEncaps]conn.Transport{})
 			dsts := addrsIn(n, 1024)
 			b.ReportAllocs()
 			b.ResetTimer()

@@ -1,43 +1,69 @@
 package kernel
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/overlayd/overlayd/plan"
 )
 
-// ConfigureLink sets a device's MTU, gives it addr as a /32 (none when addr
-// is invalid) and brings it up. It is idempotent, so a restart or a reload
-// applies it again safely.
-func (k *Routes) ConfigureLink(name string, mtu int, addr netip.Addr) error {
-	link, err := k.h.LinkByName(name)
+// applyLink sets the device's MTU, gives it the tunnel address as a /32
+// (none when invalid) and brings it up, each only where it differs.
+func (k *Handle) applyLink(want plan.Link) (Changes, error) {
+	var ch Changes
+	link, err := k.h.LinkByName(want.Device)
 	if err != nil {
-		return fmt.Errorf("device %q: %w", name, err)
+		return nil, fmt.Errorf("device %q: %w", want.Device, err)
 	}
-	if link.Attrs().MTU != mtu {
-		if err := k.h.LinkSetMTU(link, mtu); err != nil {
-			return fmt.Errorf("setting MTU %d on %s: %w", mtu, name, permHint(err))
+	if link.Attrs().MTU != want.MTU {
+		if err := k.h.LinkSetMTU(link, want.MTU); err != nil {
+			return ch, fmt.Errorf("setting MTU %d on %s: %w", want.MTU, want.Device, permHint(err))
+		}
+		ch = append(ch, Change{Object: ObjectLink, Op: OpSet, What: fmt.Sprintf("%s mtu %d", want.Device, want.MTU)})
+	}
+	if want.Addr.IsValid() {
+		has, err := k.hasAddr(link, want.Addr)
+		if err != nil {
+			return ch, err
+		}
+		if !has {
+			a := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(want.Addr.AsSlice()), Mask: net.CIDRMask(32, 32)}}
+			if err := k.h.AddrReplace(link, a); err != nil {
+				return ch, fmt.Errorf("adding %s/32 to %s: %w", want.Addr, want.Device, permHint(err))
+			}
+			ch = append(ch, Change{Object: ObjectLink, Op: OpAdded, What: fmt.Sprintf("%s address %s/32", want.Device, want.Addr)})
 		}
 	}
-	if addr.IsValid() {
-		a := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(addr.AsSlice()), Mask: net.CIDRMask(32, 32)}}
-		if err := k.h.AddrReplace(link, a); err != nil {
-			return fmt.Errorf("adding %s/32 to %s: %w", addr, name, permHint(err))
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := k.h.LinkSetUp(link); err != nil {
+			return ch, fmt.Errorf("bringing %s up: %w", want.Device, permHint(err))
+		}
+		ch = append(ch, Change{Object: ObjectLink, Op: OpSet, What: want.Device + " up"})
+	}
+	return ch, nil
+}
+
+func (k *Handle) hasAddr(link netlink.Link, addr netip.Addr) (bool, error) {
+	addrs, err := k.h.AddrList(link, unix.AF_INET)
+	if err != nil {
+		return false, fmt.Errorf("listing %s's addresses: %w", link.Attrs().Name, err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && ip == addr {
+			ones, _ := a.Mask.Size()
+			return ones == 32, nil
 		}
 	}
-	if err := k.h.LinkSetUp(link); err != nil {
-		return fmt.Errorf("bringing %s up: %w", name, permHint(err))
-	}
-	return nil
+	return false, nil
 }
 
 // InterfaceOf returns the name and MTU of the device that holds addr: the
 // node's underlay interface.
-func (k *Routes) InterfaceOf(addr netip.Addr) (string, int, error) {
+func (k *Handle) InterfaceOf(addr netip.Addr) (string, int, error) {
 	addrs, err := k.h.AddrList(nil, unix.AF_INET)
 	if err != nil {
 		return "", 0, fmt.Errorf("listing addresses: %w", err)
@@ -52,11 +78,4 @@ func (k *Routes) InterfaceOf(addr netip.Addr) (string, int, error) {
 		}
 	}
 	return "", 0, fmt.Errorf("no interface in this network namespace has the node address %s: is --node right, and is the underlay configured?", addr)
-}
-
-func permHint(err error) error {
-	if errors.Is(err, unix.EPERM) {
-		return fmt.Errorf("%w: this needs CAP_NET_ADMIN in the node's network namespace", err)
-	}
-	return err
 }

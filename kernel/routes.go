@@ -1,9 +1,3 @@
-// Package kernel programs the kernel's routing table and links over netlink:
-// the routes that steer pool traffic into overlayd's TUN device or straight
-// to a node on the same subnet, and the TUN's address and MTU. Every route it
-// adds carries overlayd's routing protocol number, so it can tell its own
-// routes from everyone else's, remove stale ones left by a crashed run, and
-// change only what differs on reload.
 package kernel
 
 import (
@@ -12,94 +6,24 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/overlayd/overlayd/plan"
 )
 
-// RouteProtocol marks the routes overlayd owns (`ip route show proto 211`).
-// Linux reserves no meaning for it; Calico's Felix uses 80, BIRD 12.
-const RouteProtocol netlink.RouteProtocol = 211
+// Route is a route as overlayd wants it: the plan's.
+type Route = plan.KernelRoute
 
-// Kind is what a route does with a packet.
-type Kind uint8
-
-// The route kinds overlayd programs.
-const (
-	// KindDevice sends the prefix out of a device (the TUN): encapsulated
-	// and unallocated pool traffic.
-	KindDevice Kind = iota
-	// KindVia sends the prefix to a gateway on the underlay: blocks of nodes
-	// on this node's subnet reached unencapsulated.
-	KindVia
-	// KindUnreachable answers ICMP unreachable: this node's own blocks, so a
-	// packet for an address with no workload is never sent back out.
-	KindUnreachable
-)
-
-// Route is one route overlayd wants in the main table.
-type Route struct {
-	Dst  netip.Prefix
-	Kind Kind
-	Dev  string     // KindDevice: the device; KindVia: optional, the kernel finds it from Via
-	Via  netip.Addr // KindVia
-	Src  netip.Addr // optional preferred source
+// routeKey tells routes apart: one per destination in each table.
+type routeKey struct {
+	table int
+	dst   netip.Prefix
 }
 
-// String renders the route as the `ip route` command that makes it, which is
-// also what `overlayd check --print-routes` shows to whoever programs routes
-// for overlayd.
-func (r Route) String() string {
-	var b strings.Builder
-	switch r.Kind {
-	case KindUnreachable:
-		fmt.Fprintf(&b, "unreachable %s", r.Dst)
-	case KindVia:
-		fmt.Fprintf(&b, "%s via %s", r.Dst, r.Via)
-		if r.Dev != "" {
-			fmt.Fprintf(&b, " dev %s", r.Dev)
-		}
-	default:
-		fmt.Fprintf(&b, "%s dev %s", r.Dst, r.Dev)
-	}
-	if r.Src.IsValid() {
-		fmt.Fprintf(&b, " src %s", r.Src)
-	}
-	fmt.Fprintf(&b, " proto %d", RouteProtocol)
-	return b.String()
-}
-
-// Changes counts what a reconciliation did.
-type Changes struct {
-	Added, Replaced, Removed []Route
-}
-
-// Empty reports whether nothing changed.
-func (c Changes) Empty() bool {
-	return len(c.Added) == 0 && len(c.Replaced) == 0 && len(c.Removed) == 0
-}
-
-// Routes programs overlayd's routes in the network namespace it was created
-// in (a netlink handle keeps its namespace, whatever thread uses it later).
-type Routes struct {
-	h *netlink.Handle
-}
-
-// NewRoutes opens a netlink handle in the calling thread's network namespace.
-func NewRoutes() (*Routes, error) {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("opening a netlink socket: %w", err)
-	}
-	return &Routes{h: h}, nil
-}
-
-// Close releases the netlink handle; the routes stay.
-func (k *Routes) Close() { k.h.Close() }
-
-// List returns the routes overlayd owns now.
-func (k *Routes) List() ([]Route, error) {
+// Routes returns the routes overlayd owns now, in the main and NAT tables.
+func (k *Handle) Routes() ([]Route, error) {
 	nl, err := k.owned()
 	if err != nil {
 		return nil, err
@@ -111,42 +35,49 @@ func (k *Routes) List() ([]Route, error) {
 	return out, nil
 }
 
-func (k *Routes) owned() ([]netlink.Route, error) {
-	filter := &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
-	rs, err := k.h.RouteListFiltered(unix.AF_INET, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return nil, fmt.Errorf("listing overlayd's routes (proto %d): %w", RouteProtocol, err)
+func (k *Handle) owned() ([]netlink.Route, error) {
+	var all []netlink.Route
+	for _, table := range []int{plan.MainTable, plan.NATTable} {
+		filter := &netlink.Route{Protocol: plan.RouteProtocol, Table: table}
+		rs, err := k.h.RouteListFiltered(unix.AF_INET, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return nil, fmt.Errorf("listing overlayd's routes (proto %d, table %d): %w", plan.RouteProtocol, table, err)
+		}
+		all = append(all, rs...)
 	}
-	return rs, nil
+	return all, nil
 }
 
-// Reconcile makes overlayd's routes exactly the desired ones: missing ones
-// are added, differing ones replaced, and owned routes not desired (stale,
-// from an earlier run or the previous plan) removed. Routes of other owners
-// are never touched. It carries on past a failing route and returns every
-// failure joined, so one bad route does not leave the rest unprogrammed.
-func (k *Routes) Reconcile(desired []Route) (Changes, error) {
+// reconcileRoutes makes overlayd's routes exactly the desired ones: missing
+// ones are added, differing ones replaced, and owned routes not desired
+// (stale, from an earlier run or the previous plan) removed. Routes of
+// other owners are never touched.
+func (k *Handle) reconcileRoutes(desired []Route) (Changes, error) {
 	var ch Changes
 	current, err := k.owned()
 	if err != nil {
 		return ch, err
 	}
-	have := make(map[netip.Prefix]netlink.Route, len(current))
+	have := make(map[routeKey]netlink.Route, len(current))
 	for _, r := range current {
 		if p, ok := prefixOf(r.Dst); ok {
-			have[p] = r
+			have[routeKey{r.Table, p}] = r
 		}
 	}
-	var errs []error
-	want := make(map[netip.Prefix]bool, len(desired))
+	var (
+		errs                  []error
+		added, replaced, gone []Route
+	)
+	want := make(map[routeKey]bool, len(desired))
 	for _, r := range desired {
-		want[r.Dst] = true
+		key := routeKey{r.TableOrMain(), r.Dst}
+		want[key] = true
 		nr, err := k.toNetlink(r)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		old, exists := have[r.Dst]
+		old, exists := have[key]
 		if exists && k.same(old, nr) {
 			continue
 		}
@@ -155,40 +86,36 @@ func (k *Routes) Reconcile(desired []Route) (Changes, error) {
 			continue
 		}
 		if exists {
-			ch.Replaced = append(ch.Replaced, r)
+			replaced = append(replaced, r)
 		} else {
-			ch.Added = append(ch.Added, r)
+			added = append(added, r)
 		}
 	}
-	for p, old := range have {
-		if want[p] {
+	for key, old := range have {
+		if want[key] {
 			continue
 		}
 		if err := k.h.RouteDel(&old); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("ip route del %s: %w", p, err))
+			errs = append(errs, fmt.Errorf("ip route del %s table %d: %w", key.dst, key.table, err))
 			continue
 		}
-		ch.Removed = append(ch.Removed, k.fromNetlink(old))
+		gone = append(gone, k.fromNetlink(old))
 	}
-	sortRoutes(ch.Added)
-	sortRoutes(ch.Replaced)
-	sortRoutes(ch.Removed)
+	for _, set := range []struct {
+		op     Op
+		routes []Route
+	}{{OpAdded, added}, {OpReplaced, replaced}, {OpRemoved, gone}} {
+		slices.SortFunc(set.routes, func(a, b Route) int { return a.Dst.Addr().Compare(b.Dst.Addr()) })
+		for _, r := range set.routes {
+			ch = append(ch, Change{Object: ObjectRoute, Op: set.op, What: r.String()})
+		}
+	}
 	return ch, errors.Join(errs...)
-}
-
-// RemoveAll deletes every route overlayd owns: what it does on exit.
-func (k *Routes) RemoveAll() ([]Route, error) {
-	ch, err := k.Reconcile(nil)
-	return ch.Removed, err
-}
-
-func sortRoutes(rs []Route) {
-	slices.SortFunc(rs, func(a, b Route) int { return a.Dst.Addr().Compare(b.Dst.Addr()) })
 }
 
 func explainRouteErr(r Route, err error) error {
 	switch {
-	case r.Kind == KindVia && errors.Is(err, unix.ENETUNREACH):
+	case r.Kind == plan.RouteVia && errors.Is(err, unix.ENETUNREACH):
 		return fmt.Errorf("%w: %s is not on a subnet this node is connected to (a block sent unencapsulated needs its node on the same subnet)", err, r.Via)
 	case errors.Is(err, unix.EPERM):
 		return fmt.Errorf("%w: programming routes needs CAP_NET_ADMIN in this network namespace", err)
@@ -198,27 +125,27 @@ func explainRouteErr(r Route, err error) error {
 	return err
 }
 
-func (k *Routes) toNetlink(r Route) (*netlink.Route, error) {
+func (k *Handle) toNetlink(r Route) (*netlink.Route, error) {
 	nr := &netlink.Route{
 		Dst:      ipNet(r.Dst),
-		Protocol: RouteProtocol,
-		Table:    unix.RT_TABLE_MAIN,
+		Protocol: plan.RouteProtocol,
+		Table:    r.TableOrMain(),
 		Family:   unix.AF_INET,
 	}
 	if r.Src.IsValid() {
 		nr.Src = net.IP(r.Src.AsSlice())
 	}
 	switch r.Kind {
-	case KindUnreachable:
+	case plan.RouteUnreachable:
 		nr.Type = unix.RTN_UNREACHABLE
-	case KindVia:
+	case plan.RouteVia:
 		gw, err := k.nextHop(r.Via)
 		if err != nil {
 			return nil, fmt.Errorf("route %s: %w", r, err)
 		}
 		nr.Gw = net.IP(gw.AsSlice())
 		nr.Scope = netlink.SCOPE_UNIVERSE
-	case KindDevice:
+	case plan.RouteDevice:
 		nr.Scope = netlink.SCOPE_LINK
 	}
 	if r.Dev != "" {
@@ -236,7 +163,7 @@ func (k *Routes) toNetlink(r Route) (*netlink.Route, error) {
 // second case is a node in another subnet reached without encapsulation,
 // which works only where the underlay routes pool addresses (as BGP does for
 // Calico): the block then follows the node's own path.
-func (k *Routes) nextHop(addr netip.Addr) (netip.Addr, error) {
+func (k *Handle) nextHop(addr netip.Addr) (netip.Addr, error) {
 	rs, err := k.h.RouteGet(net.IP(addr.AsSlice()))
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("no route to %s: %w", addr, err)
@@ -251,22 +178,25 @@ func (k *Routes) nextHop(addr netip.Addr) (netip.Addr, error) {
 	return addr, nil
 }
 
-func (k *Routes) fromNetlink(nr netlink.Route) Route {
+func (k *Handle) fromNetlink(nr netlink.Route) Route {
 	p, _ := prefixOf(nr.Dst)
 	r := Route{Dst: p}
+	if nr.Table != plan.MainTable {
+		r.Table = nr.Table
+	}
 	if nr.Src != nil {
 		r.Src, _ = netip.AddrFromSlice(nr.Src.To4())
 	}
 	switch {
 	case nr.Type == unix.RTN_UNREACHABLE:
-		r.Kind = KindUnreachable
+		r.Kind = plan.RouteUnreachable
 	case nr.Gw != nil:
-		r.Kind = KindVia
+		r.Kind = plan.RouteVia
 		r.Via, _ = netip.AddrFromSlice(nr.Gw.To4())
 	default:
-		r.Kind = KindDevice
+		r.Kind = plan.RouteDevice
 	}
-	if nr.LinkIndex > 0 && r.Kind != KindUnreachable {
+	if nr.LinkIndex > 0 && r.Kind != plan.RouteUnreachable {
 		if link, err := k.h.LinkByIndex(nr.LinkIndex); err == nil {
 			r.Dev = link.Attrs().Name
 		}
@@ -275,7 +205,7 @@ func (k *Routes) fromNetlink(nr netlink.Route) Route {
 }
 
 // same reports whether an existing route already does what nr asks.
-func (k *Routes) same(old netlink.Route, nr *netlink.Route) bool {
+func (k *Handle) same(old netlink.Route, nr *netlink.Route) bool {
 	// The kernel reports a unicast route's type, which a new route leaves 0.
 	typ := nr.Type
 	if typ == 0 {

@@ -1,53 +1,46 @@
 package kernel
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/internal/testbed"
+	"github.com/overlayd/overlayd/plan"
 )
 
 var (
-	natPool   = netip.MustParsePrefix("10.1.0.0/16")
-	natPool2  = netip.MustParsePrefix("10.2.0.0/16")
-	plainPool = netip.MustParsePrefix("192.168.0.0/16")
+	natPool  = netip.MustParsePrefix("10.1.0.0/16")
+	natPool2 = netip.MustParsePrefix("10.2.0.0/16")
 )
 
-func TestNATRules(t *testing.T) {
-	exempt := func(src, dst string) Rule {
-		return Rule{Src: netip.MustParsePrefix(src), Dst: netip.MustParsePrefix(dst), Table: unix.RT_TABLE_MAIN, Priority: RulePriorityExempt}
+// natRules are the rules of node-a's plan when the pools natPool, natPool2
+// and a plain one exist and those in nat have natOutgoing, node addresses
+// exempt: what the kernel is asked to carry out.
+func natRules(t *testing.T, nat ...netip.Prefix) []Rule {
+	t.Helper()
+	file := "[nat]\nexclude = \"IPPoolsAndHostIPs\"\n"
+	for _, pool := range []netip.Prefix{natPool, natPool2, netip.MustParsePrefix("192.168.0.0/16")} {
+		file += fmt.Sprintf("[[pools]]\nname = \"p%d\"\ncidr = \"%s\"\nnatOutgoing = %t\n", pool.Addr().As4()[1], pool, slices.Contains(nat, pool))
 	}
-	steer := func(src string) Rule {
-		return Rule{Src: netip.MustParsePrefix(src), Table: NATTable, Priority: RulePriorityNAT}
+	file += "[[nodes]]\nname = \"node-a\"\naddress = \"198.18.1.10/24\"\n[[nodes]]\nname = \"node-b\"\naddress = \"198.18.1.11/24\"\n"
+	c, err := config.Parse("rules.toml", []byte(file))
+	if err != nil {
+		t.Fatal(err)
 	}
-	tests := []struct {
-		name     string
-		nat, all []netip.Prefix
-		exempt   []netip.Addr
-		want     []Rule
-	}{
-		{"no natOutgoing pool, no rules", nil, []netip.Prefix{plainPool}, nil, nil},
-		{"one NAT pool among two: both pools exempt", []netip.Prefix{natPool}, []netip.Prefix{natPool, plainPool}, nil,
-			[]Rule{exempt("10.1.0.0/16", "10.1.0.0/16"), exempt("10.1.0.0/16", "192.168.0.0/16"), steer("10.1.0.0/16")}},
-		{"host addresses exempt, duplicates once", []netip.Prefix{natPool}, []netip.Prefix{natPool},
-			[]netip.Addr{netip.MustParseAddr("198.18.1.11"), netip.MustParseAddr("198.18.1.11")},
-			[]Rule{exempt("10.1.0.0/16", "10.1.0.0/16"), exempt("10.1.0.0/16", "198.18.1.11/32"), steer("10.1.0.0/16")}},
-		{"every NAT pool gets its own rules", []netip.Prefix{natPool, natPool2}, []netip.Prefix{natPool, natPool2}, nil,
-			[]Rule{exempt("10.1.0.0/16", "10.1.0.0/16"), exempt("10.1.0.0/16", "10.2.0.0/16"), steer("10.1.0.0/16"),
-				exempt("10.2.0.0/16", "10.1.0.0/16"), exempt("10.2.0.0/16", "10.2.0.0/16"), steer("10.2.0.0/16")}},
+	p, err := plan.Build(c, "node-a", 1500)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := NATRules(tc.nat, tc.all, tc.exempt); !slices.Equal(got, tc.want) {
-				t.Errorf("got  %v\nwant %v", got, tc.want)
-			}
-		})
-	}
+	return p.Kernel.Rules
 }
+
+// natTableRoute is the NAT table's route, which the rules steer to.
+var natTableRoute = Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Kind: plan.RouteDevice, Dev: "ovl0", Table: plan.NATTable}
 
 // ruleLines is `ip rule show` (of the kernel's own making, independent of
 // netlink's parsing) with overlayd's lines only.
@@ -80,20 +73,32 @@ func TestReconcileRules(t *testing.T) {
 		}
 	}
 	k := inHost(t, a)
-	nodeB := netip.MustParseAddr("198.18.1.11")
-	all := []netip.Prefix{natPool, natPool2, plainPool}
-	rules := NATRules([]netip.Prefix{natPool, natPool2}, all, []netip.Addr{nodeB})
+	rules := natRules(t, natPool, natPool2)
+	// What Apply does for rules, with the NAT table's route and no other.
+	reconcile := func(want []Rule) (Changes, error) {
+		st, err := k.removeStaleRules(want)
+		var routes []Route
+		if len(want) > 0 {
+			routes = append(routes, natTableRoute)
+		}
+		rch, rerr := k.reconcileRoutes(routes)
+		ch, aerr := k.addRules(want, st.kept)
+		return append(append(st.removed, rch...), ch...), errors.Join(err, rerr, aerr)
+	}
 
 	t.Run("creates exactly the rules and removes stale ones", func(t *testing.T) {
-		added, removed, err := k.ReconcileRules(rules, "ovl0")
+		ch, err := reconcile(rules)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !slices.Equal(added, append(exemptions(rules), steering(rules)...)) {
-			t.Errorf("added %v\nwant every rule, exemptions first", added)
+		if got := ch.Count(ObjectRoute, OpAdded); got != 1 {
+			t.Errorf("%d routes added, want the NAT table's", got)
 		}
-		if len(removed) != 1 || removed[0].Src != netip.MustParsePrefix("10.9.0.0/16") {
-			t.Errorf("removed %v, want the stale rule", removed)
+		if got, want := changed(ch, OpAdded), strs(append(exemptions(rules), steering(rules)...)); !slices.Equal(got, want) {
+			t.Errorf("added %v\nwant every rule, exemptions first", got)
+		}
+		if got := changed(ch, OpRemoved); len(got) != 1 || !strings.Contains(got[0], "from 10.9.0.0/16 ") {
+			t.Errorf("removed %v, want the stale rule", got)
 		}
 		want := []string{
 			"31000: from 10.1.0.0/16 to 10.1.0.0/16 lookup main proto 211",
@@ -114,9 +119,6 @@ func TestReconcileRules(t *testing.T) {
 		}
 		if out := runIn(t, a, "ip", "rule", "show", "priority", "100"); !strings.Contains(out, "from 10.8.0.0/16 lookup main") {
 			t.Errorf("someone else's rule is gone: %q", out)
-		}
-		if out := runIn(t, a, "ip", "route", "show", "table", "211"); !strings.Contains(out, "default dev ovl0") {
-			t.Errorf("table 211: %q, want the default route into the TUN", out)
 		}
 	})
 
@@ -142,35 +144,35 @@ func TestReconcileRules(t *testing.T) {
 	})
 
 	t.Run("a second call changes nothing", func(t *testing.T) {
-		added, removed, err := k.ReconcileRules(rules, "ovl0")
-		if err != nil || len(added)+len(removed) != 0 {
-			t.Errorf("added %v removed %v (%v), want nothing", added, removed, err)
+		if ch, err := reconcile(rules); err != nil || len(ch) != 0 {
+			t.Errorf("changed %v (%v), want nothing", ch, err)
 		}
 	})
 
 	t.Run("removing a pool removes its rules", func(t *testing.T) {
-		fewer := NATRules([]netip.Prefix{natPool}, all, []netip.Addr{nodeB})
-		added, removed, err := k.ReconcileRules(fewer, "ovl0")
-		if err != nil || len(added) != 0 {
-			t.Fatalf("added %v (%v), want nothing added", added, err)
+		fewer := natRules(t, natPool)
+		ch, err := reconcile(fewer)
+		if err != nil || len(changed(ch, OpAdded)) != 0 {
+			t.Fatalf("changed %v (%v), want nothing added", ch, err)
 		}
-		if len(removed) != 5 || !removed[0].steers() {
+		removed := changed(ch, OpRemoved)
+		if len(removed) != 5 || !strings.Contains(removed[0], "lookup 211") {
 			t.Errorf("removed %v, want 10.2.0.0/16's 5 rules, its NAT rule first", removed)
 		}
 		for _, r := range removed {
-			if r.Src != natPool2 {
+			if !strings.Contains(r, "from 10.2.0.0/16 ") {
 				t.Errorf("removed %s, which is not 10.2.0.0/16's", r)
 			}
 		}
-		if have, err := k.ListRules(); err != nil || len(have) != len(fewer) {
+		if have, err := k.Rules(); err != nil || len(have) != len(fewer) {
 			t.Errorf("owned now %v (%v), want %d rules", have, err, len(fewer))
 		}
 	})
 
 	t.Run("no rules on exit", func(t *testing.T) {
-		_, removed, err := k.ReconcileRules(nil, "ovl0")
-		if err != nil || len(removed) != 5 {
-			t.Errorf("removed %v (%v), want the 5 rules left", removed, err)
+		ch, err := k.Clear()
+		if err != nil || len(changed(ch, OpRemoved)) != 5 {
+			t.Errorf("removed %v (%v), want the 5 rules left", ch, err)
 		}
 		if got := ruleLines(t, a); len(got) != 0 {
 			t.Errorf("rules left: %v", got)
@@ -182,9 +184,28 @@ func TestReconcileRules(t *testing.T) {
 }
 
 func exemptions(rs []Rule) []Rule {
-	return slices.DeleteFunc(slices.Clone(rs), Rule.steers)
+	return slices.DeleteFunc(slices.Clone(rs), Rule.Steers)
 }
 
 func steering(rs []Rule) []Rule {
-	return slices.DeleteFunc(slices.Clone(rs), func(r Rule) bool { return !r.steers() })
+	return slices.DeleteFunc(slices.Clone(rs), func(r Rule) bool { return !r.Steers() })
+}
+
+// changed lists the rules one operation was about.
+func changed(ch Changes, op Op) []string {
+	var out []string
+	for _, c := range ch {
+		if c.Object == ObjectRule && c.Op == op {
+			out = append(out, c.What)
+		}
+	}
+	return out
+}
+
+func strs(rs []Rule) []string {
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		out[i] = r.String()
+	}
+	return out
 }

@@ -29,56 +29,47 @@ type Decision struct {
 	Source string     `json:"source"`
 }
 
-// Explain decides the fate of one packet from src to dst on this node.
+// Explain is Decide with the reasons: what happens to one packet from src
+// to dst on this node, and why.
 func (p *Plan) Explain(src, dst netip.Addr) Decision {
-	d := Decision{Source: p.describeSource(src)}
-	if p.TunnelAddr.IsValid() && dst == p.TunnelAddr {
-		d.Action, d.Reason = ActionLocal, fmt.Sprintf("%s is this node's tunnel address", dst)
-		return d
-	}
-	for _, b := range p.LocalBlocks {
-		if b.Block.Contains(dst) {
-			d.Action, d.Reason = ActionLocal, fmt.Sprintf(
-				"%s is in this node's block %s (pool %q): delivered to the workload by its /32 route; an address with no workload is answered ICMP unreachable, never sent back out",
-				dst, b.Block, b.Pool)
-			return d
+	v := p.Decide(src, dst)
+	d := Decision{Action: v.Action, Encap: v.Encap, Node: v.Node, Source: p.describeSource(src)}
+	switch v.Dest.Kind {
+	case DestLocal:
+		if p.TunnelAddr.IsValid() && dst == p.TunnelAddr {
+			d.Reason = fmt.Sprintf("%s is this node's tunnel address (in its block %s)", dst, v.Dest.Prefix)
+			break
 		}
-	}
-	for _, r := range p.Routes {
-		if !r.Block.Contains(dst) {
-			continue
-		}
-		d.Node, d.Encap = r.Node, r.Encap
+		d.Reason = fmt.Sprintf(
+			"%s is in this node's block %s (pool %q): delivered to the workload by its /32 route; an address with no workload is answered ICMP unreachable, never sent back out",
+			dst, v.Dest.Prefix, v.Dest.Pool)
+	case DestRemote:
+		r := p.Routes[v.Dest.Route]
+		d.Via = r.NodeAddr
 		if r.Encap == EncapNone {
-			d.Action, d.Via = ActionDirect, r.NodeAddr
 			d.Reason = fmt.Sprintf("%s is in %s's block %s (pool %q): %s; the kernel routes it via %s, unencapsulated",
 				dst, r.Node, r.Block, r.Pool, r.Reason, r.NodeAddr)
 		} else {
-			d.Action, d.Via = ActionEncap, r.NodeAddr
 			d.Reason = fmt.Sprintf("%s is in %s's block %s (pool %q): %s; encapsulated in %s to %s (%d bytes overhead)",
 				dst, r.Node, r.Block, r.Pool, r.Reason, r.Encap, r.NodeAddr, r.Encap.Overhead())
 		}
-		return d
-	}
-	if pl, ok := p.poolOf(dst); ok {
-		d.Action, d.Reason = ActionDrop, fmt.Sprintf(
-			"%s is in pool %q (%s) but in no node's block: no route, answered ICMP unreachable", dst, pl.Name, pl.CIDR)
-		return d
-	}
-	// The destination is outside every pool (disabled ones included).
-	natPool, fromNATPool := p.natPoolOf(src)
-	switch {
-	case !fromNATPool:
-		d.Action, d.Reason = ActionKernel, fmt.Sprintf(
-			"%s is outside every pool and the source is in no natOutgoing pool: routed by the kernel's own routes with the source kept", dst)
-	case p.NATExcludeHostIPs && p.isNodeAddr(dst):
-		d.Action, d.Reason = ActionKernel, fmt.Sprintf(
-			"%s is a node address and [nat] exclude = \"IPPoolsAndHostIPs\": not NATed, routed by the kernel with the source kept", dst)
+	case DestNoBlock:
+		d.Reason = fmt.Sprintf("%s is in pool %q (%s) but in no node's block: no route, answered ICMP unreachable", dst, v.Dest.Pool, v.Dest.Prefix)
 	default:
-		d.Action, d.Via = ActionNAT, p.Address.Addr()
-		d.Reason = fmt.Sprintf(
-			"%s is outside every pool and the source is in natOutgoing pool %s: source-NATed to this node's address %s through overlayd's NAT table",
-			dst, natPool, p.Address.Addr())
+		natPool, fromNATPool := p.natPoolOf(src)
+		switch {
+		case v.Action == ActionNAT:
+			d.Via = p.Address.Addr()
+			d.Reason = fmt.Sprintf(
+				"%s is outside every pool and the source is in natOutgoing pool %s: source-NATed to this node's address %s through overlayd's NAT table",
+				dst, natPool, p.Address.Addr())
+		case fromNATPool:
+			d.Reason = fmt.Sprintf(
+				"%s is a node address and [nat] exclude = \"IPPoolsAndHostIPs\": not NATed, routed by the kernel with the source kept", dst)
+		default:
+			d.Reason = fmt.Sprintf(
+				"%s is outside every pool and the source is in no natOutgoing pool: routed by the kernel's own routes with the source kept", dst)
+		}
 	}
 	return d
 }
@@ -90,31 +81,18 @@ func (p *Plan) describeSource(src netip.Addr) string {
 	case p.TunnelAddr.IsValid() && src == p.TunnelAddr:
 		return "this node's tunnel address (host-originated)"
 	}
-	for _, b := range p.LocalBlocks {
-		if b.Block.Contains(src) {
-			return fmt.Sprintf("a workload of this node (block %s)", b.Block)
-		}
-	}
-	for _, r := range p.Routes {
-		if r.Block.Contains(src) {
-			return fmt.Sprintf("a workload of %s (block %s): arrives from that node", r.Node, r.Block)
-		}
-	}
-	if pl, ok := p.poolOf(src); ok {
-		return fmt.Sprintf("in pool %q but in no node's block", pl.Name)
+	switch d := p.Decide(src, src).Dest; d.Kind {
+	case DestLocal:
+		return fmt.Sprintf("a workload of this node (block %s)", d.Prefix)
+	case DestRemote:
+		return fmt.Sprintf("a workload of %s (block %s): arrives from that node", p.Routes[d.Route].Node, d.Prefix)
+	case DestNoBlock:
+		return fmt.Sprintf("in pool %q but in no node's block", d.Pool)
 	}
 	if p.isNodeAddr(src) {
 		return "another node's underlay address"
 	}
 	return "outside every pool"
-}
-
-func (p *Plan) poolOf(a netip.Addr) (PoolSummary, bool) {
-	i := slices.IndexFunc(p.Pools, func(pl PoolSummary) bool { return pl.CIDR.Contains(a) })
-	if i < 0 {
-		return PoolSummary{}, false
-	}
-	return p.Pools[i], true
 }
 
 func (p *Plan) natPoolOf(a netip.Addr) (netip.Prefix, bool) {

@@ -1,8 +1,11 @@
-// Package plan turns a cluster and the name of this node into this node's
-// plan: for every block of every other node, how traffic to it is carried
-// and why, plus the tunnel MTU, this node's blocks, tunnel address and the
-// pools whose traffic is NATed. It is a pure function of its inputs, so
-// `overlayd check` shows exactly what `overlayd run` will do.
+// Package plan is overlayd's pure layer: Build turns a cluster and the name
+// of this node into everything the node must be, with no I/O. The plan
+// holds the forwarding decisions (every block of every other node, how
+// traffic to it is carried and why; Dests and Decide, which the data
+// path's table and `overlayd explain` share), the peers, the tunnel MTU,
+// and the kernel state (Kernel: link, sysctls, routes, rules) that package
+// kernel applies and `overlayd check --print-routes` prints. `overlayd run`,
+// `check` and `explain` all render or apply this one value.
 package plan
 
 import (
@@ -109,18 +112,23 @@ type Plan struct {
 	// pool is source-NATed (natOutgoing, disabled ones included).
 	NATPools []netip.Prefix `json:"natPools"`
 	// NATExcludeHostIPs also exempts node addresses from NAT.
-	NATExcludeHostIPs bool   `json:"natExcludeHostIPs"`
-	UnderlayMTU       int    `json:"underlayMTU"`
-	TunnelMTU         int    `json:"tunnelMTU"`
-	MTUReason         string `json:"mtuReason"`
+	NATExcludeHostIPs bool `json:"natExcludeHostIPs"`
+	// NAT is the [nat] section: the NAT table's limits and timeouts.
+	NAT         config.NAT `json:"nat"`
+	UnderlayMTU int        `json:"underlayMTU"`
+	TunnelMTU   int        `json:"tunnelMTU"`
+	MTUReason   string     `json:"mtuReason"`
 	// UsesIPIP and UsesVXLAN say whether some pool enables the encapsulation,
 	// so the transport for it must be opened (the receive side accepts every
 	// enabled encapsulation from known nodes, whatever a route uses now).
-	UsesIPIP  bool     `json:"usesIPIP"`
-	UsesVXLAN bool     `json:"usesVXLAN"`
-	VNI       uint32   `json:"vni"`
-	VXLANPort uint16   `json:"vxlanPort"`
-	Warnings  []string `json:"warnings,omitempty"`
+	UsesIPIP  bool   `json:"usesIPIP"`
+	UsesVXLAN bool   `json:"usesVXLAN"`
+	VNI       uint32 `json:"vni"`
+	VXLANPort uint16 `json:"vxlanPort"`
+	// Kernel is what this node needs in the kernel, on the TUN device
+	// named by the cluster's [tunnel] device.
+	Kernel   Kernel   `json:"kernel"`
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // LocalBlock is one of this node's blocks.
@@ -130,7 +138,9 @@ type LocalBlock struct {
 }
 
 // Build makes the plan of node `self` in cluster c. underlayMTU is the MTU of
-// this node's underlay interface (0: DefaultUnderlayMTU).
+// this node's underlay interface (0: DefaultUnderlayMTU). The kernel part is
+// for the TUN device c.Tunnel.Device: a caller that overrides the device (a
+// flag, a handed-over TUN) sets it there first.
 func Build(c *config.Cluster, self string, underlayMTU int) (*Plan, error) {
 	me := c.Node(self)
 	if me == nil {
@@ -145,6 +155,7 @@ func Build(c *config.Cluster, self string, underlayMTU int) (*Plan, error) {
 		TunnelAddr:        me.TunnelAddr,
 		VTEPMAC:           me.VTEPMAC,
 		NATExcludeHostIPs: c.NAT.Exclude == config.ExcludeIPPoolsAndHostIPs,
+		NAT:               c.NAT,
 		UnderlayMTU:       underlayMTU,
 		VNI:               c.VXLAN.VNI,
 		VXLANPort:         c.VXLAN.Port,
@@ -189,6 +200,7 @@ func Build(c *config.Cluster, self string, underlayMTU int) (*Plan, error) {
 	}
 
 	p.TunnelMTU, p.MTUReason = tunnelMTU(c, underlayMTU)
+	p.Kernel = kernelOf(p, c.Tunnel.Device)
 	return p, nil
 }
 

@@ -12,7 +12,7 @@ import (
 
 func load(t *testing.T, name string) *config.Cluster {
 	t.Helper()
-	c, err := config.Load(filepath.Join("..", "..", "examples", name))
+	c, err := config.Load(filepath.Join("..", "examples", name))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,27 +27,30 @@ func (f *planFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.underlayMTU, "underlay-mtu", plan.DefaultUnderlayMTU, "MTU of the underlay interface")
 }
 
-// build loads the cluster file and makes this node's plan. Every failure is
-// bad input.
-func (f *planFlags) build() (*config.Cluster, *plan.Plan, error) {
+// build loads the cluster file and makes this node's plan, on TUN device
+// device ("": the file's [tunnel] device). Every failure is bad input.
+func (f *planFlags) build(device string) (*plan.Plan, error) {
 	if f.config == "" {
-		return nil, nil, badInput(errors.New("--config is required: the cluster file"))
+		return nil, badInput(errors.New("--config is required: the cluster file"))
 	}
 	if f.underlayMTU < 576 || f.underlayMTU > 65535 {
-		return nil, nil, badInput(fmt.Errorf("--underlay-mtu %d is out of range 576..65535", f.underlayMTU))
+		return nil, badInput(fmt.Errorf("--underlay-mtu %d is out of range 576..65535", f.underlayMTU))
 	}
 	c, err := config.Load(f.config)
 	if err != nil {
-		return nil, nil, badInput(err)
+		return nil, badInput(err)
+	}
+	if device != "" {
+		c.Tunnel.Device = device
 	}
 	if f.node == "" {
-		return nil, nil, badInput(fmt.Errorf("--node is required: one of %s", strings.Join(c.NodeNames(), ", ")))
+		return nil, badInput(fmt.Errorf("--node is required: one of %s", strings.Join(c.NodeNames(), ", ")))
 	}
 	p, err := plan.Build(c, f.node, f.underlayMTU)
 	if err != nil {
-		return nil, nil, badInput(err)
+		return nil, badInput(err)
 	}
-	return c, p, nil
+	return p, nil
 }
 
 func runCheck(env *cliEnv, args []string) error {
@@ -70,18 +73,15 @@ network namespace for 'overlayd run --tun-fd N --no-kernel-routes'.`)
 	if fs.NArg() > 0 {
 		return badInput(fmt.Errorf("unexpected arguments %q", fs.Args()))
 	}
-	c, p, err := pf.build()
+	if *printRoutes && *asJSON {
+		return badInput(errors.New("--print-routes and --json: choose one"))
+	}
+	p, err := pf.build(*device)
 	if err != nil {
 		return err
 	}
 	if *printRoutes {
-		if *asJSON {
-			return badInput(errors.New("--print-routes and --json: choose one"))
-		}
-		if *device == "" {
-			*device = c.Tunnel.Device
-		}
-		printKernelSetup(env.stdout, p, *device)
+		printKernelSetup(env.stdout, p)
 		return nil
 	}
 	if *asJSON {
@@ -171,7 +171,7 @@ encapsulation to which node and why, direct, NAT, or drop and why.`)
 		}
 		addrs[i] = a
 	}
-	_, p, err := pf.build()
+	p, err := pf.build("")
 	if err != nil {
 		return err
 	}
@@ -208,4 +208,19 @@ tables for a cluster file, with every field and default written out.`)
 	fmt.Fprintf(env.stdout, "# Imported from %s by overlayd import.\n", fs.Arg(0))
 	fmt.Fprint(env.stdout, config.FormatPoolsTOML(pools))
 	return nil
+}
+
+// printKernelSetup writes the plan's kernel part as a script to run in the
+// node's network namespace, for `overlayd run --no-kernel-routes`, with a
+// word on what needs what.
+func printKernelSetup(w io.Writer, p *plan.Plan) {
+	fmt.Fprintf(w, "# Kernel set-up for overlayd on %s with TUN device %s, for `overlayd run --no-kernel-routes`.\n", p.Node, p.Kernel.Link.Device)
+	fmt.Fprintf(w, "# Run in the node's network namespace with CAP_NET_ADMIN there (e.g. by the container runtime).\n")
+	if p.UsesIPIP {
+		fmt.Fprintf(w, "# overlayd itself needs CAP_NET_RAW for IP-in-IP; VXLAN needs no capability.\n")
+	}
+	if p.UsesVXLAN && p.VXLANPort < 1024 {
+		fmt.Fprintf(w, "# VXLAN port %d: overlayd needs CAP_NET_BIND_SERVICE, or: sysctl -w net.ipv4.ip_unprivileged_port_start=%d\n", p.VXLANPort, p.VXLANPort)
+	}
+	fmt.Fprintln(w, strings.Join(p.Kernel.Commands(), "\n"))
 }

@@ -620,7 +620,7 @@ func TestE2EMissingPrivilege(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			// Root with a cut-down bounding set: a container's root.
 			args := append([]string{"--inh-caps=-all"}, tc.caps...)
-			args = append(args, "env", childEnv+"=1", self, "run", "--config", tc.file, "--node", "node-a", "--metrics-listen", "off")
+			args = append(args, "env", childEnv+"=1", self, "run", "--config", tc.file, "--node", "node-a", "--no-metrics")
 			proc, err := bed.Host("node-a").Start("setpriv", args...)
 			if err != nil {
 				t.Fatal(err)

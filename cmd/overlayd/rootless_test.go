@@ -652,7 +652,7 @@ func TestUnprivilegedSaysWhatIsMissing(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			args := append(append(append([]string{}, tc.priv...), "env", childEnv+"=1", exe, "run", "--config", tc.file, "--node", "node-a",
-				"--metrics-listen", "off"), tc.extra...)
+				"--no-metrics"), tc.extra...)
 			out, err := node.RunWith(ctx, testbed.StartOptions{}, "setpriv", args...)
 			if err == nil {
 				t.Fatalf("overlayd started:\n%s", out)
@@ -670,7 +670,7 @@ func TestUnprivilegedSaysWhatIsMissing(t *testing.T) {
 		tunFile := openTUN(t, node, "ovl0")
 		defer tunFile.Close()
 		args := append(append([]string{}, noPrivileges...), "env", childEnv+"=1", exe, "run", "--config", vxlanFile, "--node", "node-a",
-			"--metrics-listen", "off", "--tun-fd", "3")
+			"--no-metrics", "--tun-fd", "3")
 		out, err := node.RunWith(ctx, testbed.StartOptions{ExtraFiles: []*os.File{tunFile}}, "setpriv", args...)
 		if err == nil {
 			t.Fatalf("overlayd started:\n%s", out)
@@ -686,7 +686,7 @@ func TestUnprivilegedSaysWhatIsMissing(t *testing.T) {
 			t.Fatal(err)
 		}
 		args := append(append([]string{}, noPrivileges...), "env", childEnv+"=1", exe, "run", "--config", lowPortFile, "--node", "node-a",
-			"--metrics-listen", "off", "--tunnel-mode", "netstack")
+			"--no-metrics", "--tunnel-mode", "netstack")
 		proc, err := node.Start("setpriv", args...)
 		if err != nil {
 			t.Fatal(err)

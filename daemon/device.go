@@ -1,4 +1,4 @@
-package main
+package daemon
 
 // The workload side of a node: what overlayd's router reads the node's
 // outgoing overlay packets from and writes the incoming ones to. Three
@@ -23,13 +23,13 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/tun/netstack"
 
 	"github.com/overlayd/overlayd/config"
+	"github.com/overlayd/overlayd/dataplane"
 	"github.com/overlayd/overlayd/plan"
 )
 
@@ -92,16 +92,22 @@ func (d *daemon) openWorkloadSide(p *plan.Plan) (workloadSide, error) {
 	checkForwarding(d.log)
 	dev, err := tun.CreateTUN(d.device, p.TunnelMTU)
 	if err != nil {
+		// wireguard-go words a missing clone device without its error;
+		// asking the file system gives the error back its type.
+		if _, serr := os.Stat(tunCloneDevice); errors.Is(serr, fs.ErrNotExist) {
+			err = fmt.Errorf("%v: %w", err, serr)
+		}
 		return workloadSide{}, tunCreateError(d.device, err)
 	}
-	if d.dev.programsKernel() {
-		d.tunSysctls(d.device)
-	} else {
+	if !d.dev.programsKernel() {
 		d.log.Info("--no-kernel-routes: the TUN's address, state, routes, rules and sysctls are left to whoever set up the namespace (overlayd check --print-routes lists them)", "device", d.device)
 	}
 	d.log.Info("TUN device created", "device", d.device, "mtu", p.TunnelMTU, "batch", dev.BatchSize(), "underlayMTU", d.underlayMTU)
 	return workloadSide{dev: dev}, nil
 }
+
+// tunCloneDevice is the device a TUN is created through.
+const tunCloneDevice = "/dev/net/tun"
 
 // tunCreateError says what is missing when the TUN cannot be made.
 func tunCreateError(name string, err error) error {
@@ -111,54 +117,10 @@ func tunCreateError(name string, err error) error {
 		return fmt.Errorf("creating TUN device %q: %w: overlayd needs CAP_NET_ADMIN in this network namespace (the root of a user namespace that owns it has it)%s", name, err, otherWays)
 	case errors.Is(err, unix.EACCES) || errors.Is(err, fs.ErrPermission):
 		return fmt.Errorf("creating TUN device %q: %w: /dev/net/tun must be readable and writable by this user (rootless runtimes pass it with --device /dev/net/tun)%s", name, err, otherWays)
-	case errors.Is(err, fs.ErrNotExist) || strings.Contains(err.Error(), "does not exist"):
+	case errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("creating TUN device %q: %w: there is no /dev/net/tun here (containers need it passed in)%s", name, err, otherWays)
 	}
 	return fmt.Errorf("creating TUN device %q: %w", name, err)
-}
-
-// tunSysctls sets the TUN's per-namespace sysctls (which the root of a user
-// namespace owning the network namespace may write).
-func (d *daemon) tunSysctls(dev string) {
-	for _, s := range tunSysctls(dev) {
-		err := os.WriteFile(s.file, []byte(s.value), 0)
-		switch {
-		case err == nil, errors.Is(err, fs.ErrNotExist) && s.optional:
-		case s.optional:
-			d.log.Debug("could not set "+s.key, "why", s.why, "err", err)
-		default:
-			d.log.Warn(fmt.Sprintf("could not set %s=%s on the TUN device: %s", s.key, s.value, s.why), "err", err)
-		}
-	}
-}
-
-// sysctl is one per-namespace setting the TUN device needs.
-type sysctl struct {
-	key   string // as sysctl(8) takes it
-	file  string // under /proc/sys
-	value string
-	why   string
-	// optional: things are only tidier with it.
-	optional bool
-}
-
-// tunSysctls lists the TUN's sysctls; `overlayd check --print-routes`
-// prints them for whoever sets up the namespace. rp_filter is set whether
-// or not a pool has natOutgoing now: a reload may turn it on.
-func tunSysctls(dev string) []sysctl {
-	// In a sysctl(8) key dots separate levels, so a device name's own dots
-	// are written as slashes (net.ipv4.conf.eth0/100.rp_filter).
-	devKey := strings.ReplaceAll(dev, ".", "/")
-	return []sysctl{
-		{
-			key: "net.ipv6.conf." + devKey + ".disable_ipv6", file: "/proc/sys/net/ipv6/conf/" + dev + "/disable_ipv6", value: "1", optional: true,
-			why: "overlayd carries IPv4 only; otherwise the kernel's IPv6 router solicitations on the device show up as drops",
-		},
-		{
-			key: "net.ipv4.conf." + devKey + ".rp_filter", file: "/proc/sys/net/ipv4/conf/" + dev + "/rp_filter", value: "2",
-			why: "NAT replies enter through the TUN from outside addresses whose route is the underlay: strict reverse-path filtering would drop them",
-		},
-	}
 }
 
 // adoptTUN uses the TUN descriptor a runtime handed over.
@@ -194,9 +156,6 @@ func (d *daemon) adoptTUN(p *plan.Plan) (workloadSide, error) {
 	if mtu, err := dev.MTU(); err == nil && mtu != p.TunnelMTU {
 		d.log.Warn("the handed-over TUN's MTU differs from the plan's: set it where the namespace is set up (see overlayd check --print-routes)",
 			"device", name, "mtu", mtu, "planMTU", p.TunnelMTU)
-	}
-	if d.dev.programsKernel() {
-		d.tunSysctls(name)
 	}
 	d.log.Info("TUN device handed over", "fd", fd, "device", name, "mtu", p.TunnelMTU, "batch", dev.BatchSize(), "programsKernel", d.dev.programsKernel())
 	return workloadSide{dev: dev}, nil
@@ -234,14 +193,5 @@ func (d *daemon) openNetstack(p *plan.Plan) (workloadSide, error) {
 		return workloadSide{}, fmt.Errorf("netstack mode: creating the netstack: %w", err)
 	}
 	d.log.Info("netstack created", "address", addr, "mtu", p.TunnelMTU)
-	return workloadSide{dev: newBatchedDevice(dev, p.TunnelMTU), stack: stack, addr: addr}, nil
-}
-
-// configureLink gives the TUN its MTU and tunnel address and brings it up,
-// unless someone else owns the link (netstack mode, --no-kernel-routes).
-func (d *daemon) configureLink(p *plan.Plan) error {
-	if !d.dev.programsKernel() {
-		return nil
-	}
-	return d.routes.ConfigureLink(d.device, p.TunnelMTU, p.TunnelAddr)
+	return workloadSide{dev: dataplane.NewBatchedDevice(dev, p.TunnelMTU), stack: stack, addr: addr}, nil
 }

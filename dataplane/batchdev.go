@@ -1,4 +1,4 @@
-package main
+package dataplane
 
 import (
 	"os"
@@ -29,14 +29,17 @@ type packetBuf struct {
 	n int
 }
 
-// batchSize is how many packets one Read may return, and how many the
+// netstackBatch is how many packets one Read may return, and how many the
 // queue holds.
-const batchSize = 128
+const netstackBatch = 128
 
-func newBatchedDevice(dev tun.Device, mtu int) *batchedDevice {
-	d := &batchedDevice{Device: dev, full: make(chan packetBuf, batchSize), empty: make(chan packetBuf, batchSize),
+// NewBatchedDevice wraps a device that hands over one packet per Read (a
+// netstack's) so that Read returns every packet queued, up to a batch of
+// packets of at most mtu bytes.
+func NewBatchedDevice(dev tun.Device, mtu int) tun.Device {
+	d := &batchedDevice{Device: dev, full: make(chan packetBuf, netstackBatch), empty: make(chan packetBuf, netstackBatch),
 		done: make(chan struct{}), closing: make(chan struct{})}
-	for range batchSize {
+	for range netstackBatch {
 		d.empty <- packetBuf{b: make([]byte, mtu)}
 	}
 	go d.pump()
@@ -81,7 +84,7 @@ func (d *batchedDevice) Close() error {
 }
 
 // BatchSize implements tun.Device.
-func (d *batchedDevice) BatchSize() int { return batchSize }
+func (d *batchedDevice) BatchSize() int { return netstackBatch }
 
 // Read implements tun.Device: it waits for one packet, then takes every
 // packet already queued, up to len(bufs).

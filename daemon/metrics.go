@@ -1,15 +1,19 @@
-package dataplane
+package daemon
 
 import (
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/overlayd/overlayd/dataplane"
+	"github.com/overlayd/overlayd/nat"
 	"github.com/overlayd/overlayd/plan"
 )
 
-// Collector exposes the router's counters to Prometheus. It reads them at
-// scrape time, so the data path only ever adds to its own counters.
-type Collector struct {
-	r                              *Router
+// routerCollector exposes the router's counters to Prometheus. It reads
+// them at scrape time, so the data path only ever adds to its own counters.
+type routerCollector struct {
+	r                              *dataplane.Router
 	txPackets, txBytes             *prometheus.Desc
 	rxPackets, rxBytes             *prometheus.Desc
 	drops, arpReplies, icmpReplies *prometheus.Desc
@@ -17,9 +21,8 @@ type Collector struct {
 	peerPackets, peerBytes         *prometheus.Desc
 }
 
-// NewCollector makes the router's Prometheus collector.
-func NewCollector(r *Router) *Collector {
-	return &Collector{
+func newRouterCollector(r *dataplane.Router) *routerCollector {
+	return &routerCollector{
 		r: r,
 		txPackets: prometheus.NewDesc("overlayd_tx_packets_total",
 			"Packets sent to other nodes, by encapsulation.", []string{"encap"}, nil),
@@ -49,7 +52,7 @@ func NewCollector(r *Router) *Collector {
 }
 
 // Describe implements prometheus.Collector.
-func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+func (c *routerCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.txPackets, c.txBytes, c.rxPackets, c.rxBytes, c.drops, c.arpReplies,
 		c.icmpReplies, c.overhead, c.routes, c.ioErrors, c.peerPackets, c.peerBytes} {
 		ch <- d
@@ -57,7 +60,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 // Collect implements prometheus.Collector.
-func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+func (c *routerCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.r.Stats()
 	for _, e := range []struct {
 		desc *prometheus.Desc
@@ -70,8 +73,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	p := c.r.Plan()
 	routes := map[string]int{}
-	for e := range numEncaps {
-		enc := plan.Encap(e)
+	for _, enc := range []plan.Encap{plan.EncapNone, plan.EncapIPIP, plan.EncapVXLAN} {
 		routes[enc.String()] = 0
 		// Every packet of an encapsulation carries the same outer headers,
 		// so the overhead follows from the packet counts.
@@ -93,3 +95,50 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.arpReplies, prometheus.CounterValue, float64(s.ARPReplies))
 	ch <- prometheus.MustNewConstMetric(c.icmpReplies, prometheus.CounterValue, float64(s.ICMPSent))
 }
+
+// reloadCollector exposes the reload counters the daemon keeps.
+func (d *daemon) reloadCollector() prometheus.Collector {
+	desc := prometheus.NewDesc("overlayd_config_reloads_total",
+		"Reloads of the cluster file, by result (applied, refused).", []string{"result"}, nil)
+	return collectorFunc{desc: desc, collect: func(ch chan<- prometheus.Metric) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(d.reloads.Load()), "applied")
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(d.failedReloads.Load()), "refused")
+	}}
+}
+
+// natCollector exposes the NAT table's counters.
+func (d *daemon) natCollector() prometheus.Collector {
+	flows := prometheus.NewDesc("overlayd_nat_flows", "Flows in the NAT table, by protocol and state.", []string{"proto", "state"}, nil)
+	created := prometheus.NewDesc("overlayd_nat_flows_created_total", "NAT flows created.", nil, nil)
+	expired := prometheus.NewDesc("overlayd_nat_flows_expired_total", "NAT flows ended by their idle timeout.", nil, nil)
+	refused := prometheus.NewDesc("overlayd_nat_flows_refused_total", "NAT flows refused, by reason (table_full, per_source_limit, dial_failed).", []string{"reason"}, nil)
+	dropped := prometheus.NewDesc("overlayd_nat_queue_drops_total", "Packets for the NAT dropped because its queue was full.", nil, nil)
+	return collectorFunc{desc: flows, extra: []*prometheus.Desc{created, expired, refused, dropped}, collect: func(ch chan<- prometheus.Metric) {
+		s := d.nat.Stats()
+		for k, n := range s.Flows {
+			proto, state, _ := strings.Cut(k, "/")
+			ch <- prometheus.MustNewConstMetric(flows, prometheus.GaugeValue, float64(n), proto, state)
+		}
+		ch <- prometheus.MustNewConstMetric(created, prometheus.CounterValue, float64(s.Created))
+		ch <- prometheus.MustNewConstMetric(expired, prometheus.CounterValue, float64(s.Expired))
+		for _, r := range []string{nat.RefusedTableFull, nat.RefusedPerSource, nat.RefusedDial} {
+			ch <- prometheus.MustNewConstMetric(refused, prometheus.CounterValue, float64(s.Refused[r]), r)
+		}
+		ch <- prometheus.MustNewConstMetric(dropped, prometheus.CounterValue, float64(s.Dropped))
+	}}
+}
+
+// collectorFunc is a prometheus.Collector made of a function.
+type collectorFunc struct {
+	desc    *prometheus.Desc
+	extra   []*prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.desc
+	for _, d := range c.extra {
+		ch <- d
+	}
+}
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }

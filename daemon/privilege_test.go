@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"errors"
@@ -22,7 +22,7 @@ func TestMissingPrivilegeMessages(t *testing.T) {
 			[]string{`creating TUN device "ovl0"`, "needs CAP_NET_ADMIN in this network namespace", "--tun-fd", `mode = "netstack"`}},
 		{"TUN: /dev/net/tun not accessible", tunCreateError("ovl0", &os.PathError{Op: "open", Path: "/dev/net/tun", Err: unix.EACCES}),
 			[]string{"/dev/net/tun must be readable and writable by this user", "--device /dev/net/tun"}},
-		{"TUN: no /dev/net/tun", tunCreateError("ovl0", fmt.Errorf("CreateTUN(%q) failed; /dev/net/tun does not exist", "ovl0")),
+		{"TUN: no /dev/net/tun", tunCreateError("ovl0", fmt.Errorf("CreateTUN(%q) failed; /dev/net/tun does not exist: %w", "ovl0", &os.PathError{Op: "stat", Path: "/dev/net/tun", Err: unix.ENOENT})),
 			[]string{"there is no /dev/net/tun here"}},
 		{"TUN: anything else is passed on", tunCreateError("ovl0", unix.EBUSY),
 			[]string{`creating TUN device "ovl0": device or resource busy`}},

@@ -1,4 +1,4 @@
-package main
+package dataplane
 
 import (
 	"errors"
@@ -30,11 +30,11 @@ func (c *chanDevice) Close() error { return nil }
 func TestBatchedDevice(t *testing.T) {
 	const offset = 16
 	readBufs := func() ([][]byte, []int) {
-		bufs := make([][]byte, batchSize)
+		bufs := make([][]byte, netstackBatch)
 		for i := range bufs {
 			bufs[i] = make([]byte, offset+100)
 		}
-		return bufs, make([]int, batchSize)
+		return bufs, make([]int, netstackBatch)
 	}
 	tests := []struct {
 		name   string
@@ -43,7 +43,7 @@ func TestBatchedDevice(t *testing.T) {
 	}{
 		{"one packet", 1, 1},
 		{"what has queued up, in one read", 10, 10},
-		{"at most a batch", batchSize + 5, batchSize},
+		{"at most a batch", netstackBatch + 5, netstackBatch},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -51,11 +51,11 @@ func TestBatchedDevice(t *testing.T) {
 			for i := range tc.queued {
 				src.pkts <- []byte{byte(i), 0x45}
 			}
-			d := newBatchedDevice(src, 100)
+			d := NewBatchedDevice(src, 100).(*batchedDevice)
 			defer d.Close()
 			// Let the pump queue what it can.
 			deadline := time.Now().Add(2 * time.Second)
-			for len(d.full) < min(tc.queued, batchSize) && time.Now().Before(deadline) {
+			for len(d.full) < min(tc.queued, netstackBatch) && time.Now().Before(deadline) {
 				time.Sleep(time.Millisecond)
 			}
 			bufs, sizes := readBufs()
@@ -72,7 +72,7 @@ func TestBatchedDevice(t *testing.T) {
 	}
 	t.Run("a closed device ends a waiting Read", func(t *testing.T) {
 		src := &chanDevice{pkts: make(chan []byte)}
-		d := newBatchedDevice(src, 100)
+		d := NewBatchedDevice(src, 100)
 		errc := make(chan error, 1)
 		go func() {
 			bufs, sizes := readBufs()

@@ -89,16 +89,3 @@ func TestRunDeviceFlagErrors(t *testing.T) {
 		})
 	}
 }
-
-func TestTUNSysctlsOfADottedDevice(t *testing.T) {
-	for _, s := range tunSysctls("ovl.0") {
-		t.Run(s.key, func(t *testing.T) {
-			if !strings.Contains(s.key, ".ovl/0.") {
-				t.Errorf("key %q: the device's dot must be a slash for sysctl(8)", s.key)
-			}
-			if !strings.Contains(s.file, "/conf/ovl.0/") {
-				t.Errorf("file %q: the device's directory keeps its dot", s.file)
-			}
-		})
-	}
-}
