@@ -45,7 +45,7 @@ func (r *Router) tunLoop() error {
 		enc     *encap.Encapsulator
 		encFor  *table
 		limits  [numEncaps]int
-		readErr error
+		failing bool // the last read failed
 	)
 	for {
 		n, err := r.tun.Read(in.Bufs, in.Sizes, encap.Headroom)
@@ -54,16 +54,17 @@ func (r *Router) tunLoop() error {
 				return err
 			}
 			// A malformed super-packet from the kernel spoils one read, not
-			// the loop; say so once per run of failures.
-			if readErr == nil || readErr.Error() != err.Error() {
+			// the loop; say so once per run of failures (the count has
+			// them all).
+			if !failing {
 				r.log.Warn("reading from the TUN device failed", "err", err)
 			}
-			readErr = err
+			failing = true
 			t.ioErrors[errTUNRead]++
 			r.stats.flush(&t)
 			continue
 		}
-		readErr = nil
+		failing = false
 		tb := r.table.Load()
 		if tb != encFor {
 			if enc, err = encapsulatorFor(tb); err != nil {
