@@ -1,6 +1,8 @@
-// Package router is overlayd's data path: the packet loops between the TUN
-// device and the underlay transports, the lookup table they share, and the
-// kernel routes that steer traffic to them.
+// Package dataplane is overlayd's data path: the packet loops between the
+// TUN device and the underlay transports (conn.Transport), the lookup table
+// they share, built from the plan's forwarding prefixes (plan.Dests), and
+// the counters. It programs nothing in the kernel and exports no metrics:
+// the daemon does both, from outside.
 //
 // Each direction is one loop that owns its buffers and moves a batch at a
 // time: TUN to underlay (classify, encapsulate in place, send with
