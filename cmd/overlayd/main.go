@@ -1,5 +1,7 @@
 // Command overlayd is a pure-userspace overlay router with Calico's IPPool
 // semantics: IP-in-IP and VXLAN without kernel modules. See README.md.
+// This package is wiring only: flags, subcommands and the admin API's
+// clients; `overlayd run` is package daemon.
 package main
 
 import (
