@@ -83,13 +83,12 @@ func run(ctx context.Context, bin, file string, size, iperfSeconds int) error {
 	workloads := map[string]*testbed.Host{}
 	addrs := map[string]netip.Addr{}
 	for _, n := range cfg.Nodes {
-		addr := n.Blocks[0].Prefix.Addr().Next().Next().Next().Next().Next()
-		w, err := bed.AddWorkload(n.Name, "w"+n.Name[len(n.Name)-1:], addr)
+		w, err := bed.AddNodeWorkload(n)
 		if err != nil {
 			return err
 		}
-		workloads[n.Name], addrs[n.Name] = w, addr
-		fmt.Printf("    workload on %s: %s\n", n.Name, addr)
+		workloads[n.Name], addrs[n.Name] = w, w.Addr.Addr()
+		fmt.Printf("    workload on %s: %s\n", n.Name, w.Addr.Addr())
 	}
 
 	step("starting overlayd on every node with %s", filepath.Base(file))
