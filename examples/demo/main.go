@@ -9,7 +9,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -97,8 +96,11 @@ func run(ctx context.Context, bin, file string, size, iperfSeconds int) error {
 		if err != nil {
 			return err
 		}
-		if err := waitFor(ctx, proc, "overlayd running", 20*time.Second); err != nil {
-			return fmt.Errorf("overlayd on %s: %w\n%s", n.Name, err, proc.Output())
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err = proc.WaitOutput(wctx, "overlayd running")
+		cancel()
+		if err != nil {
+			return fmt.Errorf("overlayd on %s: %w", n.Name, err)
 		}
 		fmt.Printf("    %s: running\n", n.Name)
 	}
@@ -143,21 +145,6 @@ func run(ctx context.Context, bin, file string, size, iperfSeconds int) error {
 		fmt.Printf("    to/from %s: %s\n", peer, describe(kinds))
 		if sample != "" {
 			fmt.Printf("      e.g. %s\n", sample)
-		}
-	}
-	return nil
-}
-
-func waitFor(ctx context.Context, proc *testbed.Process, text string, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for !strings.Contains(proc.Output(), text) {
-		if time.Now().After(deadline) {
-			return errors.New("did not start in time")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	return nil
