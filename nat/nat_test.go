@@ -477,23 +477,9 @@ func TestDialFailures(t *testing.T) {
 func TestClose(t *testing.T) {
 	b := newBed(t)
 	h := newHarness(t, b, nat.Config{})
-	ln := listenTCP(t, b.outside, 9300)
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			accepted <- c
-		}
-	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := h.work.dial(ctx, workloadA, netip.AddrPortFrom(outsideAddr, 9300))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	outside := <-accepted
-	defer outside.Close()
+	outside, _ := h.connectOut(ctx, t, listenTCP(t, b.outside, 9300))
 	start := time.Now()
 	if err := h.nat.Close(); err != nil {
 		t.Fatal(err)
@@ -521,31 +507,9 @@ func TestResets(t *testing.T) {
 	ln := listenTCP(t, b.outside, 9400)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	connect := func(t *testing.T) (*net.TCPConn, net.Conn) {
-		t.Helper()
-		accepted := make(chan net.Conn, 1)
-		go func() {
-			if c, err := ln.Accept(); err == nil {
-				accepted <- c
-			}
-		}()
-		w, err := h.work.dial(ctx, workloadA, netip.AddrPortFrom(outsideAddr, 9400))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { w.Close() })
-		select {
-		case c := <-accepted:
-			t.Cleanup(func() { c.Close() })
-			return c.(*net.TCPConn), w
-		case <-ctx.Done():
-			t.Fatal("the outside accepted nothing")
-		}
-		return nil, nil
-	}
 
 	t.Run("the outside resets", func(t *testing.T) {
-		outside, w := connect(t)
+		outside, w := h.connectOut(ctx, t, ln)
 		_ = outside.SetLinger(0)
 		outside.Close()
 		_ = w.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -556,7 +520,7 @@ func TestResets(t *testing.T) {
 	})
 
 	t.Run("the workload resets", func(t *testing.T) {
-		outside, w := connect(t)
+		outside, w := h.connectOut(ctx, t, ln)
 		// Closing with data unread makes a stack reset, Linux's and
 		// gVisor's alike.
 		if _, err := outside.Write([]byte("unread")); err != nil {
@@ -580,22 +544,9 @@ func TestIdleTCPExpires(t *testing.T) {
 	timeouts := shortTimeouts
 	timeouts.TCPEstablished = time.Second
 	h := newHarness(t, b, nat.Config{Timeouts: timeouts})
-	ln := listenTCP(t, b.outside, 9500)
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	w, err := h.work.dial(ctx, workloadA, netip.AddrPortFrom(outsideAddr, 9500))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	outside := <-accepted
-	defer outside.Close()
+	outside, w := h.connectOut(ctx, t, listenTCP(t, b.outside, 9500))
 	h.waitFlows(t, 0, 3*time.Second)
 	if st := h.nat.Stats(); st.Expired != 1 {
 		t.Errorf("stats %+v: want 1 flow expired", st)
