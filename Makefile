@@ -39,7 +39,7 @@ demo: deps build
 # table on stdout, Markdown, JSON and SVG in bench/results/. QUICK=1 runs one
 # short pass, PROFILE=DIR saves pprof profiles of each overlayd under load.
 # wireguard-go is built from the Go module proxy at the version
-# go.mod pins.
+# go.mod pins (its tool directive keeps that version's dependencies).
 bench: build
 	@scripts/deps.sh ip:iproute2 iperf3:iperf3 wg:wireguard-tools ss:iproute2
 	$(GO) build -o bin/wireguard-go golang.zx2c4.com/wireguard

@@ -38,7 +38,11 @@ func TestQuickPass(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	var results []result
-	for _, m := range modes() {
+	all, err := modes(e.examples)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range all {
 		r := runMode(ctx, e, m, p, time.Now())
 		results = append(results, r)
 		var nm errNotMeasured
@@ -81,4 +85,24 @@ func errorOf(m mode, e *env) error {
 		}
 	}
 	return nil
+}
+
+// TestModeFigures: the MTU and overhead each mode reports are its plan's.
+func TestModeFigures(t *testing.T) {
+	all, err := modes(filepath.Join("..", "examples"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][2]int{ // overhead, MTU
+		"underlay": {0, 1500}, "kernel VXLAN": {50, 1450}, "overlayd direct": {0, 1500},
+		"overlayd IP-in-IP": {20, 1480}, "overlayd VXLAN": {50, 1450}, "wireguard-go": {60, 1420}, "overlayd NAT": {0, 1480},
+	}
+	for _, m := range all {
+		if got := [2]int{m.Overhead, m.MTU}; got != want[m.Name] {
+			t.Errorf("%s: overhead and MTU %v, want %v", m.Name, got, want[m.Name])
+		}
+	}
+	if len(all) != len(want) {
+		t.Errorf("%d modes, want %d", len(all), len(want))
+	}
 }

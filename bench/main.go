@@ -108,9 +108,13 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	all, err := modes(e.examples)
+	if err != nil {
+		fail(err)
+	}
 	start := time.Now()
 	var results []result
-	for _, m := range modes() {
+	for _, m := range all {
 		if *only != "" && m.Name != *only {
 			continue
 		}
@@ -156,7 +160,7 @@ func runMode(ctx context.Context, e *env, m mode, p plan, start time.Time) resul
 		res.Skipped = err.Error()
 		return res
 	}
-	ep, err := m.setup(e, bed)
+	ep, err := m.setup(e, bed, m)
 	if err != nil {
 		var nm errNotMeasured
 		if !errors.As(err, &nm) {

@@ -22,9 +22,18 @@ type mode struct {
 	What     string `json:"what"`
 	Overhead int    `json:"overheadBytes"` // bytes each packet gains on the wire
 	MTU      int    `json:"mtu"`           // the MTU traffic sees
+	// file is the example cluster file the mode runs ("": none); node A's
+	// plan from it gives MTU and Overhead. cfg and path are the file once
+	// loaded.
+	file string
+	cfg  *config.Cluster
+	path string
+	// outside: the traffic goes to the outside host, which no route of the
+	// plan reaches, so nothing encapsulates it.
+	outside bool
 	// setup builds the mode on a fresh standard bed and says where to
 	// measure: a client and a server host and the server's address.
-	setup func(e *env, bed *testbed.Bed) (*endpoints, error)
+	setup func(e *env, bed *testbed.Bed, m mode) (*endpoints, error)
 }
 
 // endpoints is what a mode's setup hands the measurements.
@@ -42,25 +51,68 @@ type env struct {
 	profileDir  string // "": no profiles
 }
 
-func modes() []mode {
-	return []mode{
-		{Name: "underlay", What: "plain veth routing between the nodes, no overlay: the ceiling", MTU: 1500,
+// WireGuard's figures: 60 bytes over IPv4 (outer IPv4 and UDP, then its
+// own 32: header and authentication tag), and wg-quick's default MTU,
+// which leaves room for an IPv6 underlay's 40-byte header.
+const (
+	wireguardOverhead = 60
+	wireguardMTU      = testbed.DefaultMTU - 80
+)
+
+// modes lists the modes, with the cluster files of those that run one
+// loaded from the examples directory.
+func modes(examples string) ([]mode, error) {
+	ms := []mode{
+		{Name: "underlay", What: "plain veth routing between the nodes, no overlay: the ceiling", MTU: testbed.DefaultMTU,
 			setup: setupUnderlay},
 		// The reference first: the paced UDP test offers the others a share
 		// of its rate.
-		{Name: "kernel VXLAN", What: "Linux vxlan devices set up as Calico's Felix does: the in-kernel reference", Overhead: 50, MTU: 1450,
-			setup: setupKernelVXLAN},
-		{Name: "overlayd direct", What: "overlayd, ipipMode and vxlanMode Never (the underlay routes the pool)", MTU: 1500,
-			setup: overlaydMode("never.toml")},
-		{Name: "overlayd IP-in-IP", What: "overlayd, ipipMode Always", Overhead: 20, MTU: 1480,
-			setup: overlaydMode("ipip-always.toml")},
-		{Name: "overlayd VXLAN", What: "overlayd, vxlanMode Always", Overhead: 50, MTU: 1450,
-			setup: overlaydMode("vxlan-always.toml")},
-		{Name: "wireguard-go", What: "wireguard-go between the nodes (encrypting, TUN offloads)", Overhead: 60, MTU: 1420,
+		{Name: "kernel VXLAN", What: "Linux vxlan devices set up as Calico's Felix does: the in-kernel reference",
+			file: "vxlan-always.toml", setup: setupKernelVXLAN},
+		{Name: "overlayd direct", What: "overlayd, ipipMode and vxlanMode Never (the underlay routes the pool)",
+			file: "never.toml", setup: setupOverlayd},
+		{Name: "overlayd IP-in-IP", What: "overlayd, ipipMode Always",
+			file: "ipip-always.toml", setup: setupOverlayd},
+		{Name: "overlayd VXLAN", What: "overlayd, vxlanMode Always",
+			file: "vxlan-always.toml", setup: setupOverlayd},
+		{Name: "wireguard-go", What: "wireguard-go between the nodes (encrypting, TUN offloads)", Overhead: wireguardOverhead, MTU: wireguardMTU,
 			setup: setupWireguardGo},
-		{Name: "overlayd NAT", What: "workload to the outside host through natOutgoing", MTU: 1480,
-			setup: setupNAT},
+		{Name: "overlayd NAT", What: "workload to the outside host through natOutgoing",
+			file: "nat-outgoing.toml", outside: true, setup: setupNAT},
 	}
+	for i := range ms {
+		if err := ms[i].load(examples); err != nil {
+			return nil, err
+		}
+	}
+	return ms, nil
+}
+
+// load reads the mode's cluster file and takes the MTU traffic sees and
+// the bytes each packet gains from node A's plan: its tunnel MTU on the
+// bed's underlay, and the encapsulation of its route to node C.
+func (m *mode) load(examples string) error {
+	if m.file == "" {
+		return nil
+	}
+	m.path = filepath.Join(examples, m.file)
+	cfg, err := config.Load(m.path)
+	if err != nil {
+		return err
+	}
+	p, err := routeplan.Build(cfg, "node-a", testbed.DefaultMTU)
+	if err != nil {
+		return err
+	}
+	m.cfg, m.MTU = cfg, p.TunnelMTU
+	if !m.outside {
+		for _, r := range p.Routes {
+			if r.Node == "node-c" {
+				m.Overhead = r.Encap.Overhead()
+			}
+		}
+	}
+	return nil
 }
 
 // errNotMeasured marks a mode that cannot run here, with the reason shown in
@@ -69,72 +121,66 @@ type errNotMeasured string
 
 func (e errNotMeasured) Error() string { return string(e) }
 
-func setupUnderlay(_ *env, bed *testbed.Bed) (*endpoints, error) {
+func setupUnderlay(_ *env, bed *testbed.Bed, _ mode) (*endpoints, error) {
 	return &endpoints{client: bed.Host("node-a"), server: bed.Host("node-c"), addr: bed.Host("node-c").Addr.Addr()}, nil
 }
 
-// workloads adds a workload at .5 of node A's and node C's first block.
+// workloads adds a workload on node A and one on node C.
 func workloads(bed *testbed.Bed, cfg *config.Cluster) (a, c *testbed.Host, err error) {
-	var hosts [2]*testbed.Host
-	for i, name := range []string{"node-a", "node-c"} {
-		addr := cfg.Node(name).Blocks[0].Prefix.Addr().Next().Next().Next().Next().Next()
-		if hosts[i], err = bed.AddWorkload(name, "w"+name[len(name)-1:], addr); err != nil {
-			return nil, nil, err
-		}
+	if a, err = bed.AddNodeWorkload(cfg.Node("node-a")); err != nil {
+		return nil, nil, err
 	}
-	return hosts[0], hosts[1], nil
+	if c, err = bed.AddNodeWorkload(cfg.Node("node-c")); err != nil {
+		return nil, nil, err
+	}
+	return a, c, nil
 }
 
-func overlaydMode(file string) func(*env, *testbed.Bed) (*endpoints, error) {
-	return func(e *env, bed *testbed.Bed) (*endpoints, error) {
-		path := filepath.Join(e.examples, file)
-		cfg, err := config.Load(path)
+// setupOverlayd runs overlayd with the mode's cluster file on node A and
+// node C.
+func setupOverlayd(e *env, bed *testbed.Bed, m mode) (*endpoints, error) {
+	wa, wc, err := workloads(bed, m.cfg)
+	if err != nil {
+		return nil, err
+	}
+	ep := &endpoints{client: wa, server: wc, addr: wc.Addr.Addr()}
+	for _, name := range []string{"node-a", "node-c"} {
+		// Blocks sent unencapsulated across subnets: the router must
+		// know them, as BGP would tell it.
+		p, err := routeplan.Build(m.cfg, name, testbed.DefaultMTU)
 		if err != nil {
 			return nil, err
 		}
-		wa, wc, err := workloads(bed, cfg)
-		if err != nil {
-			return nil, err
-		}
-		ep := &endpoints{client: wa, server: wc, addr: wc.Addr.Addr()}
-		for _, name := range []string{"node-a", "node-c"} {
-			// Blocks sent unencapsulated across subnets: the router must
-			// know them, as BGP would tell it.
-			p, err := routeplan.Build(cfg, name, testbed.DefaultMTU)
-			if err != nil {
-				return nil, err
-			}
-			for _, r := range p.Routes {
-				if r.UnderlayRouted() {
-					if err := bed.Host("router").IP("route", "replace", r.Block.String(), "via", r.NodeAddr.String()); err != nil {
-						return nil, err
-					}
+		for _, r := range p.Routes {
+			if r.UnderlayRouted() {
+				if err := bed.Host("router").IP("route", "replace", r.Block.String(), "via", r.NodeAddr.String()); err != nil {
+					return nil, err
 				}
 			}
-			metrics := []string{"--no-metrics"}
-			if e.profileDir != "" {
-				metrics = []string{"--metrics-listen", profileListen}
-			}
-			proc, err := bed.Host(name).Start(e.overlayd, append([]string{"run", "--config", path, "--node", name}, metrics...)...)
-			if err != nil {
-				return nil, err
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			err = proc.WaitOutput(ctx, "overlayd running")
-			cancel()
-			if err != nil {
-				return nil, err
-			}
-			ep.routers = append(ep.routers, proc)
 		}
-		return ep, nil
+		metrics := []string{"--no-metrics"}
+		if e.profileDir != "" {
+			metrics = []string{"--metrics-listen", profileListen}
+		}
+		proc, err := bed.Host(name).Start(e.overlayd, append([]string{"run", "--config", m.path, "--node", name}, metrics...)...)
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		err = proc.WaitOutput(ctx, "overlayd running")
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		ep.routers = append(ep.routers, proc)
 	}
+	return ep, nil
 }
 
 // setupNAT measures a workload on node A reaching the outside host through
 // overlayd's natOutgoing.
-func setupNAT(e *env, bed *testbed.Bed) (*endpoints, error) {
-	ep, err := overlaydMode("nat-outgoing.toml")(e, bed)
+func setupNAT(e *env, bed *testbed.Bed, m mode) (*endpoints, error) {
+	ep, err := setupOverlayd(e, bed, m)
 	if err != nil {
 		return nil, err
 	}
@@ -142,42 +188,23 @@ func setupNAT(e *env, bed *testbed.Bed) (*endpoints, error) {
 	return &endpoints{client: ep.client, server: outside, addr: outside.Addr.Addr(), routers: ep.routers}, nil
 }
 
-func setupKernelVXLAN(e *env, bed *testbed.Bed) (*endpoints, error) {
-	cfg, err := config.Load(filepath.Join(e.examples, "vxlan-always.toml"))
+// setupKernelVXLAN sets up the kernel's VXLAN on node A and node C from the
+// mode's cluster file, as Felix would.
+func setupKernelVXLAN(_ *env, bed *testbed.Bed, m mode) (*endpoints, error) {
+	wa, wc, err := workloads(bed, m.cfg)
 	if err != nil {
 		return nil, err
 	}
-	wa, wc, err := workloads(bed, cfg)
-	if err != nil {
+	if err := bed.Host("node-a").AddFelixVXLAN(m.cfg, "node-c"); err != nil {
 		return nil, err
 	}
-	self := map[string]*config.Node{"node-a": cfg.Node("node-a"), "node-c": cfg.Node("node-c")}
-	for name, n := range self {
-		peer := self["node-a"]
-		if name == "node-a" {
-			peer = self["node-c"]
-		}
-		h := bed.Host(name)
-		for _, args := range [][]string{
-			{"link", "add", "vxlan.calico", "type", "vxlan", "id", strconv.Itoa(int(cfg.VXLAN.VNI)), "local", n.Address.Addr().String(),
-				"dev", "eth0", "dstport", strconv.Itoa(int(cfg.VXLAN.Port)), "nolearning"},
-			{"link", "set", "vxlan.calico", "address", n.VTEPMAC.String(), "mtu", "1450", "up"},
-			{"addr", "add", n.TunnelAddr.String() + "/32", "dev", "vxlan.calico"},
-			{"neigh", "add", peer.TunnelAddr.String(), "lladdr", peer.VTEPMAC.String(), "dev", "vxlan.calico", "nud", "permanent"},
-			{"route", "add", peer.Blocks[0].Prefix.String(), "via", peer.TunnelAddr.String(), "dev", "vxlan.calico", "onlink"},
-		} {
-			if err := h.IP(args...); err != nil {
-				return nil, err
-			}
-		}
-		if _, err := h.Run(context.Background(), "bridge", "fdb", "append", peer.VTEPMAC.String(), "dev", "vxlan.calico", "dst", peer.Address.Addr().String()); err != nil {
-			return nil, err
-		}
+	if err := bed.Host("node-c").AddFelixVXLAN(m.cfg, "node-a"); err != nil {
+		return nil, err
 	}
 	return &endpoints{client: wa, server: wc, addr: wc.Addr.Addr()}, nil
 }
 
-func setupWireguardGo(e *env, bed *testbed.Bed) (*endpoints, error) {
+func setupWireguardGo(e *env, bed *testbed.Bed, _ mode) (*endpoints, error) {
 	if e.wireguardGo == "" {
 		return nil, errNotMeasured("no wireguard-go binary (make bench builds it)")
 	}
@@ -226,7 +253,7 @@ func setupWireguardGo(e *env, bed *testbed.Bed) (*endpoints, error) {
 		}
 		for _, args := range [][]string{
 			{"addr", "add", wgAddr[h.Name] + "/24", "dev", dev},
-			{"link", "set", dev, "mtu", "1420", "up"},
+			{"link", "set", dev, "mtu", strconv.Itoa(wireguardMTU), "up"},
 		} {
 			if err := h.IP(args...); err != nil {
 				return nil, err

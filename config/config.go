@@ -422,6 +422,28 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
+// OneOf checks a setting that takes one of a few values: it returns value
+// when it is one of allowed, def when value is empty, and otherwise an
+// error listing the allowed values (`allowed values are "a" and "b"`),
+// which the caller prefixes with the setting's name and the bad value.
+func OneOf(value, def string, allowed ...string) (string, error) {
+	if value == "" {
+		return def, nil
+	}
+	if slices.Contains(allowed, value) {
+		return value, nil
+	}
+	quoted := make([]string, len(allowed))
+	for i, a := range allowed {
+		quoted[i] = strconv.Quote(a)
+	}
+	list := quoted[len(quoted)-1]
+	if len(quoted) > 1 {
+		list = strings.Join(quoted[:len(quoted)-1], ", ") + " and " + list
+	}
+	return "", fmt.Errorf("allowed values are %s", list)
+}
+
 var ifNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 
 func (p *parser) settings(root fileRoot, c *Cluster) error {
@@ -460,14 +482,11 @@ func (p *parser) settings(root fileRoot, c *Cluster) error {
 		return p.errAt("metrics", 0, "", "listen", "%q is not an address:port (e.g. %q)", c.Metrics.Listen, DefaultMetricsListen)
 	}
 
-	switch root.NAT.Exclude {
-	case "":
-		c.NAT.Exclude = ExcludeIPPoolsOnly
-	case ExcludeIPPoolsOnly, ExcludeIPPoolsAndHostIPs:
-		c.NAT.Exclude = root.NAT.Exclude
-	default:
-		return p.errAt("nat", 0, "", "exclude", "invalid value %q: allowed values are %q (default) and %q", root.NAT.Exclude, ExcludeIPPoolsOnly, ExcludeIPPoolsAndHostIPs)
+	exclude, err := OneOf(root.NAT.Exclude, ExcludeIPPoolsOnly, ExcludeIPPoolsOnly, ExcludeIPPoolsAndHostIPs)
+	if err != nil {
+		return p.errAt("nat", 0, "", "exclude", "invalid value %q: %v (the default is %q)", root.NAT.Exclude, err, ExcludeIPPoolsOnly)
 	}
+	c.NAT.Exclude = exclude
 	for _, lim := range []struct {
 		key string
 		v   int

@@ -493,3 +493,24 @@ func TestPoolsFileErrorsNameTheYAMLFile(t *testing.T) {
 		t.Fatalf("error %v, want cluster.toml line 1 naming missing.yaml", err)
 	}
 }
+
+func TestOneOf(t *testing.T) {
+	tests := []struct {
+		value, def string
+		allowed    []string
+		want       string
+		wantErr    string
+	}{
+		{"", "b", []string{"a", "b"}, "b", ""},
+		{"a", "b", []string{"a", "b"}, "a", ""},
+		{"A", "b", []string{"a", "b"}, "", `allowed values are "a" and "b"`},
+		{"d", "a", []string{"a", "b", "c"}, "", `allowed values are "a", "b" and "c"`},
+		{"d", "a", []string{"a"}, "", `allowed values are "a"`},
+	}
+	for _, tc := range tests {
+		got, err := OneOf(tc.value, tc.def, tc.allowed...)
+		if got != tc.want || (err == nil) != (tc.wantErr == "") || (err != nil && err.Error() != tc.wantErr) {
+			t.Errorf("OneOf(%q, %q, %q) = %q, %v; want %q, %q", tc.value, tc.def, tc.allowed, got, err, tc.want, tc.wantErr)
+		}
+	}
+}

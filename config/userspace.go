@@ -49,14 +49,11 @@ type fileForward struct {
 
 // userspace validates [tunnel] mode and fd, [netstack] and [[forward]].
 func (p *parser) userspace(root fileRoot, c *Cluster) error {
-	switch root.Tunnel.Mode {
-	case "":
-		c.Tunnel.Mode = ModeTUN
-	case ModeTUN, ModeNetstack:
-		c.Tunnel.Mode = root.Tunnel.Mode
-	default:
-		return p.errAt("tunnel", 0, "", "mode", "invalid value %q: allowed values are %q (default: a kernel TUN device) and %q (a netstack in the process, no device)", root.Tunnel.Mode, ModeTUN, ModeNetstack)
+	mode, err := OneOf(root.Tunnel.Mode, ModeTUN, ModeTUN, ModeNetstack)
+	if err != nil {
+		return p.errAt("tunnel", 0, "", "mode", "invalid value %q: %v (%q, the default, is a kernel TUN device; %q a netstack in the process, no device)", root.Tunnel.Mode, err, ModeTUN, ModeNetstack)
 	}
+	c.Tunnel.Mode = mode
 	c.Tunnel.FD = -1
 	if fd := root.Tunnel.FD; fd != nil {
 		if *fd < 3 {

@@ -54,13 +54,11 @@ func (s deviceSettings) programsKernel() bool {
 // [tunnel] keys; flags win, as for --device.
 func resolveDeviceSettings(c *config.Cluster, modeFlag string, fdFlag int, noKernel bool) (deviceSettings, error) {
 	s := deviceSettings{mode: c.Tunnel.Mode, tunFD: c.Tunnel.FD, noKernel: noKernel}
-	switch modeFlag {
-	case "":
-	case config.ModeTUN, config.ModeNetstack:
-		s.mode = modeFlag
-	default:
-		return s, fmt.Errorf("--tunnel-mode %q: allowed values are %q and %q", modeFlag, config.ModeTUN, config.ModeNetstack)
+	mode, err := config.OneOf(modeFlag, s.mode, config.ModeTUN, config.ModeNetstack)
+	if err != nil {
+		return s, fmt.Errorf("--tunnel-mode %q: %w", modeFlag, err)
 	}
+	s.mode = mode
 	if fdFlag >= 0 {
 		if fdFlag < 3 {
 			return s, fmt.Errorf("--tun-fd %d: 0, 1 and 2 are stdin, stdout and stderr; a handed-over descriptor is 3 or more", fdFlag)

@@ -1,6 +1,7 @@
 // Package forward carries TCP connections from a listener to a dialled
 // destination: the port forwards of netstack mode, in either direction
-// (host to overlay, overlay to host), and the relay under the SOCKS5 server.
+// (host to overlay, overlay to host), and the accept loop and relay under
+// the SOCKS5 server.
 package forward
 
 import (
@@ -19,6 +20,24 @@ type DialFunc func(ctx context.Context) (net.Conn, error)
 // carries each to a connection from dial. It returns nil when ln was closed
 // or ctx ended, and waits for the connections it carries to end.
 func Serve(ctx context.Context, ln net.Listener, dial DialFunc, log *slog.Logger) error {
+	return Accept(ctx, ln, func(c net.Conn) {
+		out, err := dial(ctx)
+		if err != nil {
+			// The client sees its connection closed; the log says why.
+			log.Warn("port forward: dial failed", "from", c.RemoteAddr().String(), "err", err)
+			return
+		}
+		defer out.Close()
+		Pipe(ctx, c, out)
+	})
+}
+
+// Accept accepts connections on ln until it is closed or ctx ends, and runs
+// handle on each in a goroutine of its own; the connection is closed when
+// handle returns. Accept returns nil when ln was closed or ctx ended, the
+// listener's error otherwise, and in either case only after every handle
+// has returned: a handle that should stop with ctx must watch it.
+func Accept(ctx context.Context, ln net.Listener, handle func(c net.Conn)) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var wg sync.WaitGroup
@@ -33,14 +52,7 @@ func Serve(ctx context.Context, ln net.Listener, dial DialFunc, log *slog.Logger
 		}
 		wg.Go(func() {
 			defer c.Close()
-			out, err := dial(ctx)
-			if err != nil {
-				// The client sees its connection closed; the log says why.
-				log.Warn("port forward: dial failed", "from", c.RemoteAddr().String(), "err", err)
-				return
-			}
-			defer out.Close()
-			Pipe(ctx, c, out)
+			handle(c)
 		})
 	}
 }

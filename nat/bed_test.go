@@ -318,6 +318,32 @@ func listenTCP(t *testing.T, h *testbed.Host, port uint16) net.Listener {
 	return ln
 }
 
+// connectOut connects workload A through the NAT to ln, a listener of the
+// outside host, and returns the outside's end and the workload's. Both are
+// closed when the test ends.
+func (h *harness) connectOut(ctx context.Context, t *testing.T, ln net.Listener) (outside *net.TCPConn, work *gonet.TCPConn) {
+	t.Helper()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	work, err := h.work.dial(ctx, workloadA, ln.Addr().(*net.TCPAddr).AddrPort())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { work.Close() })
+	select {
+	case c := <-accepted:
+		t.Cleanup(func() { c.Close() })
+		return c.(*net.TCPConn), work
+	case <-ctx.Done():
+		t.Fatal("the outside accepted nothing")
+	}
+	return nil, nil
+}
+
 func listenUDP(t *testing.T, h *testbed.Host, port uint16) *net.UDPConn {
 	t.Helper()
 	var c *net.UDPConn

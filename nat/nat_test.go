@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strings"
@@ -23,117 +22,54 @@ import (
 	"github.com/overlayd/overlayd/nat"
 )
 
-// stream is a reproducible pseudo-random byte stream.
-func stream(seed uint64) io.Reader { return rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)}) }
-
-// verifyStream reads r to its end and checks it is exactly the first size
-// bytes of stream(seed), saying where it first differs.
-func verifyStream(r io.Reader, seed uint64, size int) error {
-	want, got := make([]byte, 64<<10), make([]byte, 64<<10)
-	ref := stream(seed)
-	for off := 0; off < size; {
-		k := min(len(got), size-off)
-		if n, err := io.ReadFull(r, got[:k]); err != nil {
-			return fmt.Errorf("got %d of %d bytes: %w", off+n, size, err)
-		}
-		_, _ = io.ReadFull(ref, want[:k])
-		if !bytes.Equal(got[:k], want[:k]) {
-			for i := range k {
-				if got[i] != want[i] {
-					return fmt.Errorf("byte %d differs", off+i)
-				}
-			}
-		}
-		off += k
-	}
-	if n, err := r.Read(got[:1]); n != 0 || err != io.EOF {
-		return fmt.Errorf("more than %d bytes, or no clean end (%v)", size, err)
-	}
-	return nil
-}
-
 // TestTCPTransfer moves 10 MB each way between a workload and a server
 // outside, half-closing in turn, and checks every byte, the address the
 // server sees and the table entry.
 func TestTCPTransfer(t *testing.T) {
 	b := newBed(t)
 	h := newHarness(t, b, nat.Config{})
-	ln := listenTCP(t, b.outside, 8001)
-	const size, upSeed, downSeed = 10 << 20, 1, 2
-
-	type served struct {
-		peer netip.AddrPort
-		err  error
-	}
-	done := make(chan served, 1)
-	go func() {
-		var s served
-		s.err = func() error {
-			c, err := ln.Accept()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			s.peer = c.RemoteAddr().(*net.TCPAddr).AddrPort()
-			if err := verifyStream(c, upSeed, size); err != nil {
-				return fmt.Errorf("the server's upload check: %w", err)
-			}
-			if _, err := io.CopyN(c, stream(downSeed), size); err != nil {
-				return fmt.Errorf("the server's reply: %w", err)
-			}
-			return c.(*net.TCPConn).CloseWrite()
-		}()
-		done <- s
-	}()
-
+	const size = 10 << 20
+	dst := netip.AddrPortFrom(outsideAddr, 8001)
+	var (
+		local netip.AddrPort // the workload's end
+		flows []nat.Flow     // the table after the upload
+	)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	conn, err := h.work.dial(ctx, workloadA, netip.AddrPortFrom(outsideAddr, 8001))
+	res, err := testbed.Transfer{
+		Listener: listenTCP(t, b.outside, dst.Port()),
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			c, err := h.work.dial(ctx, workloadA, dst)
+			if err != nil {
+				return nil, err
+			}
+			return c, nil
+		},
+		Size: size,
+		Uploaded: func(c net.Conn) {
+			local = c.LocalAddr().(*net.TCPAddr).AddrPort()
+			flows = h.nat.Flows()
+		},
+	}.Run(ctx)
 	if err != nil {
-		t.Fatalf("dial through the NAT: %v", err)
+		t.Fatalf("through the NAT: %v", err)
 	}
-	defer conn.Close()
-	defer context.AfterFunc(ctx, func() { conn.Close() })()
-	start := time.Now()
-	if _, err := io.CopyN(conn, stream(upSeed), size); err != nil {
-		t.Fatalf("upload: %v", err)
-	}
-	if err := conn.CloseWrite(); err != nil {
-		t.Fatalf("half-close: %v", err)
-	}
-	first := make([]byte, 1)
-	if _, err := io.ReadFull(conn, first); err != nil {
-		t.Fatalf("no reply after the upload: %v (server: %v)", err, (<-done).err)
-	}
-	up := time.Since(start)
-	flows := h.nat.Flows()
-	if err := verifyStream(io.MultiReader(bytes.NewReader(first), conn), downSeed, size); err != nil {
-		t.Fatalf("download: %v", err)
-	}
-	down := time.Since(start) - up
-	s := <-done
-	if s.err != nil {
-		t.Fatal(s.err)
-	}
-	t.Logf("10 MB through the NAT: up %.1f MB/s (%s), down %.1f MB/s (%s)",
-		size/up.Seconds()/1e6, up.Round(time.Millisecond), size/down.Seconds()/1e6, down.Round(time.Millisecond))
+	t.Logf("through the NAT: %v", res)
 
-	if s.peer.Addr() != nodeAddr {
-		t.Errorf("the server saw %s, want the node's address %s", s.peer, nodeAddr)
+	if res.ClientSeenAs.Addr() != nodeAddr {
+		t.Errorf("the server saw %s, want the node's address %s", res.ClientSeenAs, nodeAddr)
 	}
 	if len(flows) != 1 {
 		t.Fatalf("mid-transfer the table holds %d flows, want 1:%s", len(flows), describe(flows))
 	}
 	f := flows[0]
-	local := conn.LocalAddr().(*net.TCPAddr).AddrPort()
-	if f.Proto != "tcp" || f.Inside != local || f.Dest != netip.AddrPortFrom(outsideAddr, 8001) || f.Outside != s.peer {
-		t.Errorf("flow %+v, want tcp %s -> %s:8001 via %s", f, local, outsideAddr, s.peer)
+	if f.Proto != "tcp" || f.Inside != local || f.Dest != dst || f.Outside != res.ClientSeenAs {
+		t.Errorf("flow %+v, want tcp %s -> %s via %s", f, local, dst, res.ClientSeenAs)
 	}
 	// The workload's FIN is through, the server's not yet.
 	if f.State != "FIN_WAIT" || f.BytesOut < size || f.PacketsIn == 0 {
 		t.Errorf("flow after the upload: %s, %d bytes out, %d packets in; want FIN_WAIT, over %d bytes out", f.State, f.BytesOut, f.PacketsIn, size)
 	}
-	conn.Close()
 	h.waitFlows(t, 0, 5*time.Second)
 	if st := h.nat.Stats(); st.Created != 1 || st.Ended != 1 || st.Expired != 0 {
 		t.Errorf("stats %+v: want 1 flow created and ended, none expired", st)
@@ -541,23 +477,9 @@ func TestDialFailures(t *testing.T) {
 func TestClose(t *testing.T) {
 	b := newBed(t)
 	h := newHarness(t, b, nat.Config{})
-	ln := listenTCP(t, b.outside, 9300)
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			accepted <- c
-		}
-	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := h.work.dial(ctx, workloadA, netip.AddrPortFrom(outsideAddr, 9300))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	outside := <-accepted
-	defer outside.Close()
+	outside, _ := h.connectOut(ctx, t, listenTCP(t, b.outside, 9300))
 	start := time.Now()
 	if err := h.nat.Close(); err != nil {
 		t.Fatal(err)
@@ -585,31 +507,9 @@ func TestResets(t *testing.T) {
 	ln := listenTCP(t, b.outside, 9400)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	connect := func(t *testing.T) (*net.TCPConn, net.Conn) {
-		t.Helper()
-		accepted := make(chan net.Conn, 1)
-		go func() {
-			if c, err := ln.Accept(); err == nil {
-				accepted <- c
-			}
-		}()
-		w, err := h.work.dial(ctx, workloadA, netip.AddrPortFrom(outsideAddr, 9400))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { w.Close() })
-		select {
-		case c := <-accepted:
-			t.Cleanup(func() { c.Close() })
-			return c.(*net.TCPConn), w
-		case <-ctx.Done():
-			t.Fatal("the outside accepted nothing")
-		}
-		return nil, nil
-	}
 
 	t.Run("the outside resets", func(t *testing.T) {
-		outside, w := connect(t)
+		outside, w := h.connectOut(ctx, t, ln)
 		_ = outside.SetLinger(0)
 		outside.Close()
 		_ = w.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -620,7 +520,7 @@ func TestResets(t *testing.T) {
 	})
 
 	t.Run("the workload resets", func(t *testing.T) {
-		outside, w := connect(t)
+		outside, w := h.connectOut(ctx, t, ln)
 		// Closing with data unread makes a stack reset, Linux's and
 		// gVisor's alike.
 		if _, err := outside.Write([]byte("unread")); err != nil {
@@ -644,22 +544,9 @@ func TestIdleTCPExpires(t *testing.T) {
 	timeouts := shortTimeouts
 	timeouts.TCPEstablished = time.Second
 	h := newHarness(t, b, nat.Config{Timeouts: timeouts})
-	ln := listenTCP(t, b.outside, 9500)
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	w, err := h.work.dial(ctx, workloadA, netip.AddrPortFrom(outsideAddr, 9500))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	outside := <-accepted
-	defer outside.Close()
+	outside, w := h.connectOut(ctx, t, listenTCP(t, b.outside, 9500))
 	h.waitFlows(t, 0, 3*time.Second)
 	if st := h.nat.Stats(); st.Expired != 1 {
 		t.Errorf("stats %+v: want 1 flow expired", st)

@@ -17,7 +17,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -70,25 +69,15 @@ type Server struct {
 // Serve accepts clients on ln until it is closed or ctx ends; it returns
 // nil then, after the connections it carries have ended.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("socks5: accept: %w", err)
+	err := forward.Accept(ctx, ln, func(c net.Conn) {
+		if err := s.ServeConn(ctx, c); err != nil {
+			s.logger().Debug("socks5: client refused", "client", c.RemoteAddr().String(), "err", err)
 		}
-		wg.Go(func() {
-			defer c.Close()
-			if err := s.ServeConn(ctx, c); err != nil {
-				s.logger().Debug("socks5: client refused", "client", c.RemoteAddr().String(), "err", err)
-			}
-		})
+	})
+	if err != nil {
+		return fmt.Errorf("socks5: accept: %w", err)
 	}
+	return nil
 }
 
 func (s *Server) logger() *slog.Logger {

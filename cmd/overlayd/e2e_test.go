@@ -95,7 +95,7 @@ func startClusterNodes(t *testing.T, file string, run ...string) *cluster {
 		addr: map[string]netip.Addr{}, extra: map[string][]*testbed.Host{}}
 	for _, n := range cfg.Nodes {
 		for i, b := range n.Blocks {
-			addr := b.Prefix.Addr().Next().Next().Next().Next().Next() // .5 of the block
+			addr := testbed.WorkloadAddr(b.Prefix)
 			w, err := bed.AddWorkload(n.Name, fmt.Sprintf("w%c%d", n.Name[len(n.Name)-1], i), addr)
 			if err != nil {
 				t.Fatal(err)
@@ -444,46 +444,26 @@ func TestE2EKernelVXLANInterop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bed := testbed.NewStandard(t, testbed.Options{WorkloadMTU: 1450})
+	cfg, tunnelMTU := loadForBed(t, path)
+	bed := testbed.NewStandard(t, testbed.Options{WorkloadMTU: tunnelMTU})
 	c := &cluster{t: t, bed: bed, file: path, cfg: cfg, procs: map[string]*testbed.Process{},
 		workload: map[string]*testbed.Host{}, addr: map[string]netip.Addr{}, extra: map[string][]*testbed.Host{}}
 	for _, name := range []string{"node-a", "node-c"} {
-		n := cfg.Node(name)
-		addr := n.Blocks[0].Prefix.Addr().Next().Next().Next().Next().Next()
-		w, err := bed.AddWorkload(name, "w"+name[len(name)-1:], addr)
+		w, err := bed.AddNodeWorkload(cfg.Node(name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.workload[name], c.addr[name] = w, addr
+		c.workload[name], c.addr[name] = w, w.Addr.Addr()
 	}
 
-	nodeC, a := cfg.Node("node-c"), cfg.Node("node-a")
-	hc := bed.Host("node-c")
-	kernel := [][]string{
-		{"link", "add", "vxlan.calico", "type", "vxlan", "id", strconv.Itoa(int(cfg.VXLAN.VNI)),
-			"local", nodeC.Address.Addr().String(), "dev", "eth0", "dstport", strconv.Itoa(int(cfg.VXLAN.Port)), "nolearning"},
-		{"link", "set", "vxlan.calico", "address", nodeC.VTEPMAC.String(), "mtu", "1450", "up"},
-		{"addr", "add", nodeC.TunnelAddr.String() + "/32", "dev", "vxlan.calico"},
-		{"neigh", "add", a.TunnelAddr.String(), "lladdr", a.VTEPMAC.String(), "dev", "vxlan.calico", "nud", "permanent"},
-		{"route", "add", a.Blocks[0].Prefix.String(), "via", a.TunnelAddr.String(), "dev", "vxlan.calico", "onlink"},
-	}
-	for i, args := range kernel {
-		if err := hc.IP(args...); err != nil {
-			if i == 0 {
-				t.Skipf("the kernel has no VXLAN support here: %v", err)
-			}
-			t.Fatal(err)
-		}
+	a, hc, dev := cfg.Node("node-a"), bed.Host("node-c"), testbed.FelixVXLANDevice
+	if err := hc.AddFelixVXLAN(cfg, "node-a"); errors.Is(err, testbed.ErrNoKernelVXLAN) {
+		t.Skipf("%v", err)
+	} else if err != nil {
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if out, err := hc.Run(ctx, "bridge", "fdb", "append", a.VTEPMAC.String(), "dev", "vxlan.calico", "dst", a.Address.Addr().String()); err != nil {
-		t.Fatalf("bridge fdb: %v: %s", err, out)
-	}
 	c.start("node-a")
 
 	c.ping("node-a", "node-c")
@@ -495,17 +475,17 @@ func TestE2EKernelVXLANInterop(t *testing.T) {
 	// address by ARP inside VXLAN (flooded through an all-zeros FDB entry):
 	// overlayd must answer it.
 	before := scrape(t, bed.Host("node-a"))["overlayd_vxlan_arp_replies_total"]
-	if err := hc.IP("neigh", "del", a.TunnelAddr.String(), "dev", "vxlan.calico"); err != nil {
+	if err := hc.IP("neigh", "del", a.TunnelAddr.String(), "dev", dev); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := hc.Run(ctx, "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vxlan.calico", "dst", a.Address.Addr().String()); err != nil {
+	if out, err := hc.Run(ctx, "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", dev, "dst", a.Address.Addr().String()); err != nil {
 		t.Fatalf("bridge fdb: %v: %s", err, out)
 	}
 	c.ping("node-c", "node-a")
 	if after := scrape(t, bed.Host("node-a"))["overlayd_vxlan_arp_replies_total"]; after <= before {
 		t.Errorf("overlayd answered no ARP request (%v before, %v after)", before, after)
 	}
-	neigh := runIn(t, hc, "ip", "neigh", "show", a.TunnelAddr.String(), "dev", "vxlan.calico")
+	neigh := runIn(t, hc, "ip", "neigh", "show", a.TunnelAddr.String(), "dev", dev)
 	if !strings.Contains(neigh, a.VTEPMAC.String()) {
 		t.Errorf("the kernel did not learn node A's VTEP MAC from the ARP reply: %q", neigh)
 	}

@@ -151,7 +151,7 @@ func twoNodeBed(t *testing.T, file string, addNode func(*testbed.Bed, string) (*
 		if err := h.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
 			t.Fatal(err)
 		}
-		w, err := bed.AddWorkload(n.Name, "w"+n.Name[len(n.Name)-1:], n.Blocks[0].Prefix.Addr().Next().Next().Next().Next().Next())
+		w, err := bed.AddNodeWorkload(n)
 		if err != nil {
 			t.Fatal(err)
 		}

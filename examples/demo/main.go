@@ -9,7 +9,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -83,13 +82,12 @@ func run(ctx context.Context, bin, file string, size, iperfSeconds int) error {
 	workloads := map[string]*testbed.Host{}
 	addrs := map[string]netip.Addr{}
 	for _, n := range cfg.Nodes {
-		addr := n.Blocks[0].Prefix.Addr().Next().Next().Next().Next().Next()
-		w, err := bed.AddWorkload(n.Name, "w"+n.Name[len(n.Name)-1:], addr)
+		w, err := bed.AddNodeWorkload(n)
 		if err != nil {
 			return err
 		}
-		workloads[n.Name], addrs[n.Name] = w, addr
-		fmt.Printf("    workload on %s: %s\n", n.Name, addr)
+		workloads[n.Name], addrs[n.Name] = w, w.Addr.Addr()
+		fmt.Printf("    workload on %s: %s\n", n.Name, w.Addr.Addr())
 	}
 
 	step("starting overlayd on every node with %s", filepath.Base(file))
@@ -98,8 +96,11 @@ func run(ctx context.Context, bin, file string, size, iperfSeconds int) error {
 		if err != nil {
 			return err
 		}
-		if err := waitFor(ctx, proc, "overlayd running", 20*time.Second); err != nil {
-			return fmt.Errorf("overlayd on %s: %w\n%s", n.Name, err, proc.Output())
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err = proc.WaitOutput(wctx, "overlayd running")
+		cancel()
+		if err != nil {
+			return fmt.Errorf("overlayd on %s: %w", n.Name, err)
 		}
 		fmt.Printf("    %s: running\n", n.Name)
 	}
@@ -144,21 +145,6 @@ func run(ctx context.Context, bin, file string, size, iperfSeconds int) error {
 		fmt.Printf("    to/from %s: %s\n", peer, describe(kinds))
 		if sample != "" {
 			fmt.Printf("      e.g. %s\n", sample)
-		}
-	}
-	return nil
-}
-
-func waitFor(ctx context.Context, proc *testbed.Process, text string, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for !strings.Contains(proc.Output(), text) {
-		if time.Now().After(deadline) {
-			return errors.New("did not start in time")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	return nil

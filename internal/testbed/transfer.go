@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -137,24 +138,67 @@ func firstDifference(a, b []byte) int {
 }
 
 // TCPTransfer listens on serverAddr in the server's namespace (port 0: any),
-// connects from the client's, and moves size bytes of a pseudo-random stream
-// each way: the client sends and half-closes, the server checks every byte
-// it got and then sends its own stream back, which the client checks. Any
-// difference is an error saying how many bytes arrived and where the first
-// wrong one is. ctx bounds the whole exchange.
+// connects from the client's, and runs a Transfer of size bytes each way
+// over the connection. ctx bounds the whole exchange.
 func TCPTransfer(ctx context.Context, client, server *Host, serverAddr netip.AddrPort, size int) (TransferResult, error) {
-	res := TransferResult{Bytes: size}
 	var ln net.Listener
 	if err := server.Do(func() error {
 		var err error
 		ln, err = net.Listen("tcp4", serverAddr.String())
 		return err
 	}); err != nil {
-		return res, fmt.Errorf("testbed: listen on %s in %s: %w", serverAddr, server.Name, err)
+		return TransferResult{Bytes: size}, fmt.Errorf("testbed: listen on %s in %s: %w", serverAddr, server.Name, err)
 	}
-	defer ln.Close()
 	serverAddr = netip.AddrPortFrom(serverAddr.Addr(), uint16(ln.Addr().(*net.TCPAddr).Port))
-	stopListening := context.AfterFunc(ctx, func() { ln.Close() })
+	res, err := Transfer{
+		Listener: ln,
+		Dial: func(ctx context.Context) (c net.Conn, err error) {
+			derr := client.Do(func() error {
+				d := net.Dialer{Timeout: 10 * time.Second}
+				c, err = d.DialContext(ctx, "tcp4", serverAddr.String())
+				return nil
+			})
+			return c, cmp.Or(derr, err)
+		},
+		Size: size,
+	}.Run(ctx)
+	if err != nil {
+		return res, fmt.Errorf("testbed: TCP %s <-> %s: %w", client.Name, serverAddr, err)
+	}
+	return res, nil
+}
+
+// Transfer is the exchange under TCPTransfer with the two ends supplied by
+// the caller: for a client that is no Host (a netstack in the test process,
+// say), or a test that looks at state in the middle of the transfer.
+type Transfer struct {
+	// Listener is the server's: Run accepts one connection on it, and
+	// closes it before returning.
+	Listener net.Listener
+	// Dial opens the client's connection to Listener. Both ends must be
+	// able to half-close (CloseWrite, as *net.TCPConn and gVisor's
+	// gonet.TCPConn can).
+	Dial func(ctx context.Context) (net.Conn, error)
+	// Size is how many bytes go each way.
+	Size int
+	// Uploaded, when set, is called with the client's connection once the
+	// server has checked the whole upload and before the client reads the
+	// download: the moment to look at state mid-transfer.
+	Uploaded func(client net.Conn)
+}
+
+// halfCloser is a connection whose sending side can be closed alone.
+type halfCloser interface{ CloseWrite() error }
+
+// Run moves Size bytes of a pseudo-random stream each way: the client
+// sends and half-closes, the server checks every byte it got and then
+// sends its own stream back, which the client checks. Any difference is
+// an error saying how many bytes arrived and where the first wrong one is.
+// ctx bounds the whole exchange.
+func (t Transfer) Run(ctx context.Context) (TransferResult, error) {
+	res := TransferResult{Bytes: t.Size}
+	defer t.Listener.Close()
+	stopListening := context.AfterFunc(ctx, func() { t.Listener.Close() })
 	defer stopListening()
 
 	const upSeed, downSeed = 1, 2
@@ -166,41 +210,38 @@ func TCPTransfer(ctx context.Context, client, server *Host, serverAddr netip.Add
 	go func() {
 		var out serverOutcome
 		out.err = func() error {
-			c, err := ln.Accept()
+			c, err := t.Listener.Accept()
 			if err != nil {
 				return fmt.Errorf("accept: %w", err)
 			}
 			defer c.Close()
 			defer context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })()
-			out.peer = c.RemoteAddr().(*net.TCPAddr).AddrPort()
-			if n, err := verifyStream(c, upSeed, size); err != nil {
-				return fmt.Errorf("the server received %d of %d bytes: %w", n, size, err)
+			if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+				out.peer = a.AddrPort()
 			}
-			if _, err := io.CopyN(c, pattern(downSeed), int64(size)); err != nil {
+			if n, err := verifyStream(c, upSeed, t.Size); err != nil {
+				return fmt.Errorf("the server received %d of %d bytes: %w", n, t.Size, err)
+			}
+			if _, err := io.CopyN(c, pattern(downSeed), int64(t.Size)); err != nil {
 				return fmt.Errorf("the server's reply: %w", err)
 			}
-			return c.(*net.TCPConn).CloseWrite()
+			return closeWrite(c)
 		}()
 		served <- out
 	}()
 
-	var conn net.Conn
-	if err := client.Do(func() error {
-		var err error
-		d := net.Dialer{Timeout: 10 * time.Second}
-		conn, err = d.DialContext(ctx, "tcp4", serverAddr.String())
-		return err
-	}); err != nil {
-		return res, fmt.Errorf("testbed: connect from %s to %s: %w", client.Name, serverAddr, err)
+	conn, err := t.Dial(ctx)
+	if err != nil {
+		return res, fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close()
 	defer context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })()
 	start := time.Now()
 	clientErr := func() error {
-		if _, err := io.CopyN(conn, pattern(upSeed), int64(size)); err != nil {
+		if _, err := io.CopyN(conn, pattern(upSeed), int64(t.Size)); err != nil {
 			return fmt.Errorf("send: %w", err)
 		}
-		if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		if err := closeWrite(conn); err != nil {
 			return fmt.Errorf("half-close: %w", err)
 		}
 		// The server replies only once it has checked everything, so the
@@ -210,8 +251,11 @@ func TCPTransfer(ctx context.Context, client, server *Host, serverAddr netip.Add
 			return fmt.Errorf("no reply: %w", err)
 		}
 		res.Up = time.Since(start)
-		if n, err := verifyStream(io.MultiReader(bytes.NewReader(first), conn), downSeed, size); err != nil {
-			return fmt.Errorf("the client received %d of %d bytes back: %w", n, size, err)
+		if t.Uploaded != nil {
+			t.Uploaded(conn)
+		}
+		if n, err := verifyStream(io.MultiReader(bytes.NewReader(first), conn), downSeed, t.Size); err != nil {
+			return fmt.Errorf("the client received %d of %d bytes back: %w", n, t.Size, err)
 		}
 		return nil
 	}()
@@ -222,12 +266,20 @@ func TCPTransfer(ctx context.Context, client, server *Host, serverAddr netip.Add
 	out := <-served
 	res.ClientSeenAs = out.peer
 	if err := errors.Join(out.err, clientErr); err != nil {
-		return res, fmt.Errorf("testbed: TCP %s <-> %s: %w", client.Name, serverAddr, err)
+		return res, err
 	}
 	res.Down = time.Since(start) - res.Up
-	res.UpMBps = float64(size) / max(res.Up.Seconds(), 1e-9) / 1e6
-	res.DownMBps = float64(size) / max(res.Down.Seconds(), 1e-9) / 1e6
+	res.UpMBps = float64(t.Size) / max(res.Up.Seconds(), 1e-9) / 1e6
+	res.DownMBps = float64(t.Size) / max(res.Down.Seconds(), 1e-9) / 1e6
 	return res, nil
+}
+
+func closeWrite(c net.Conn) error {
+	hc, ok := c.(halfCloser)
+	if !ok {
+		return fmt.Errorf("a %T cannot half-close", c)
+	}
+	return hc.CloseWrite()
 }
 
 // EchoResult says what a UDPEcho saw.
