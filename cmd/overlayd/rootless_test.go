@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/netip"
@@ -215,6 +216,9 @@ func procStatus(t *testing.T, pid int, field string) string {
 // TestRootlessUserNamespace runs overlayd as root of a user namespace that
 // owns each node's network namespace: it makes its TUN, routes and sockets
 // there with that namespace's capabilities, and has none on the machine.
+// As nobody on the machine it needs a /dev/net/tun that any user may open,
+// as hosts that run rootless containers have; it gets one of its own, so
+// the test does not depend on the machine's (0600 on some VMs).
 func TestRootlessUserNamespace(t *testing.T) {
 	testbed.RequireUserNS(t)
 	for _, encap := range []struct{ name, key string }{{testbed.CarriedVXLAN, "vxlanMode"}, {testbed.CarriedIPIP, "ipipMode"}} {
@@ -223,7 +227,7 @@ func TestRootlessUserNamespace(t *testing.T) {
 			bed, workloads := twoNodeBed(t, file, (*testbed.Bed).AddUserNSHost)
 			for _, node := range []string{"node-a", "node-b"} {
 				h := bed.Host(node)
-				proc, err := h.StartWith(testbed.StartOptions{InUserNS: true},
+				proc, err := h.StartWith(testbed.StartOptions{InUserNS: true, TUNMode: 0o666},
 					"env", childEnv+"=1", exe, "run", "--config", file, "--node", node, "--log-level", "debug")
 				if err != nil {
 					t.Fatal(err)
@@ -629,22 +633,30 @@ func TestUnprivilegedSaysWhatIsMissing(t *testing.T) {
 	if err := node.IP("addr", "add", "198.18.1.10/24", "dev", "lo"); err != nil {
 		t.Fatal(err)
 	}
-	// uid 0 but no capability: the kernel refuses TUNSETIFF.
+	// uid 0 but no capability: root's own /dev/net/tun opens, and the
+	// kernel refuses TUNSETIFF.
 	rootNoCaps := []string{"--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"}
+	// The TUN cases give overlayd a /dev/net/tun of a set mode, so what it
+	// lacks is the same whatever the machine's node is: 0666 lets anyone
+	// open it and leaves CAP_NET_ADMIN missing; 0600 (as on some VMs)
+	// stops nobody at the open.
 	tests := []struct {
-		name  string
-		priv  []string
-		file  string
-		extra []string
-		want  []string
+		name    string
+		priv    []string
+		tunMode fs.FileMode // 0: the machine's /dev/net/tun, which the case does not open
+		file    string
+		extra   []string
+		want    []string
 	}{
-		{"a TUN without CAP_NET_ADMIN", rootNoCaps, vxlanFile, nil,
+		{"a TUN without CAP_NET_ADMIN", rootNoCaps, 0o600, vxlanFile, nil,
 			[]string{"needs CAP_NET_ADMIN in this network namespace", "--tun-fd", `mode = "netstack"`}},
-		{"a TUN as nobody", noPrivileges, vxlanFile, nil,
-			[]string{"needs CAP_NET_ADMIN in this network namespace"}},
-		{"IP-in-IP without CAP_NET_RAW", noPrivileges, ipipFile, []string{"--tunnel-mode", "netstack"},
+		{"a TUN as nobody", noPrivileges, 0o666, vxlanFile, nil,
+			[]string{"needs CAP_NET_ADMIN in this network namespace", "--tun-fd", `mode = "netstack"`}},
+		{"a TUN as nobody when the TUN device is root's alone", noPrivileges, 0o600, vxlanFile, nil,
+			[]string{"/dev/net/tun must be readable and writable by this user", "--tun-fd", `mode = "netstack"`}},
+		{"IP-in-IP without CAP_NET_RAW", noPrivileges, 0, ipipFile, []string{"--tunnel-mode", "netstack"},
 			[]string{"IP-in-IP needs CAP_NET_RAW in this network namespace", "VXLAN pools work without it"}},
-		{"VXLAN below the unprivileged ports", noPrivileges, lowPortFile, []string{"--tunnel-mode", "netstack"},
+		{"VXLAN below the unprivileged ports", noPrivileges, 0, lowPortFile, []string{"--tunnel-mode", "netstack"},
 			[]string{"binding UDP port 999 needs CAP_NET_BIND_SERVICE", "net.ipv4.ip_unprivileged_port_start <= 999", "it is 1024 here"}},
 	}
 	for _, tc := range tests {
@@ -653,7 +665,7 @@ func TestUnprivilegedSaysWhatIsMissing(t *testing.T) {
 			defer cancel()
 			args := append(append(append([]string{}, tc.priv...), "env", childEnv+"=1", exe, "run", "--config", tc.file, "--node", "node-a",
 				"--no-metrics"), tc.extra...)
-			out, err := node.RunWith(ctx, testbed.StartOptions{}, "setpriv", args...)
+			out, err := node.RunWith(ctx, testbed.StartOptions{TUNMode: tc.tunMode}, "setpriv", args...)
 			if err == nil {
 				t.Fatalf("overlayd started:\n%s", out)
 			}

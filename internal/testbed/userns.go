@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"strconv"
@@ -39,30 +40,42 @@ type StartOptions struct {
 	// the host's network namespace (a host made by AddUserNSHost), with
 	// that user namespace's capabilities only.
 	InUserNS bool
+	// TUNMode, if not zero, gives the command a /dev/net/tun of its own,
+	// owned by root with these permissions, in a private mount namespace,
+	// whatever the machine's node is (0666 where rootless containers run,
+	// 0600 on some VMs); the machine's node is not touched.
+	TUNMode fs.FileMode
 }
 
 // command builds the exec.Cmd that runs name in the host as opts say;
 // cleanup releases what it opened once the command has started.
 func (h *Host) command(opts StartOptions, name string, args []string) (cmd *exec.Cmd, cleanup func(), err error) {
-	if !opts.InUserNS {
-		cmd = exec.Command("ip", append([]string{"netns", "exec", h.NS, name}, args...)...)
-		cmd.ExtraFiles = opts.ExtraFiles
-		return cmd, func() {}, nil
+	argv := append([]string{"ip", "netns", "exec", h.NS, name}, args...)
+	files := append([]*os.File{}, opts.ExtraFiles...)
+	cleanup = func() {}
+	if opts.InUserNS {
+		userns, err := h.ownerUserNS()
+		if err != nil {
+			return nil, nil, err
+		}
+		// nsenter enters the user namespace first, then the network
+		// namespace, and becomes its root (UserNSOwner on the machine). The
+		// user namespace's descriptor comes last.
+		files = append(files, userns)
+		fd := 3 + len(files) - 1
+		argv = append([]string{"nsenter", "--user=/proc/self/fd/" + strconv.Itoa(fd), "--net=" + netnsDir + "/" + h.NS,
+			"--", name}, args...)
+		cleanup = func() { userns.Close() }
 	}
-	userns, err := h.ownerUserNS()
-	if err != nil {
-		return nil, nil, err
+	if opts.TUNMode != 0 {
+		if argv, err = withTUNNode(opts.TUNMode, argv); err != nil {
+			cleanup()
+			return nil, nil, err
+		}
 	}
-	// nsenter enters the user namespace first, then the network namespace,
-	// and becomes its root (UserNSOwner on the machine). The user
-	// namespace's descriptor comes last.
-	files := append(append([]*os.File{}, opts.ExtraFiles...), userns)
-	fd := 3 + len(files) - 1
-	cmd = exec.Command("nsenter", append([]string{
-		"--user=/proc/self/fd/" + strconv.Itoa(fd), "--net=" + netnsDir + "/" + h.NS,
-		"--", name}, args...)...)
+	cmd = exec.Command(argv[0], argv[1:]...)
 	cmd.ExtraFiles = files
-	return cmd, func() { userns.Close() }, nil
+	return cmd, cleanup, nil
 }
 
 // ownerUserNS opens the user namespace that owns the host's network
