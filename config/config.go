@@ -45,6 +45,10 @@ type Cluster struct {
 	VXLAN   VXLAN
 	Metrics Metrics
 	NAT     NAT
+	// Datastore says where pools, nodes and blocks come from: this file
+	// (the default) or etcd, in which case Pools is empty and Nodes holds
+	// this file's entries, without blocks, until the datastore fills them.
+	Datastore Datastore
 	// Netstack and Forwards serve the workload side in netstack mode; they
 	// are read whatever the file's mode, since `run --tunnel-mode netstack`
 	// may choose it, and used only in that mode.
@@ -166,14 +170,15 @@ func Load(path string) (*Cluster, error) {
 // The file's shape. Pools is a Primitive because it is either an array of
 // tables or the name of a Calico YAML file.
 type fileRoot struct {
-	Tunnel   fileTunnel     `toml:"tunnel"`
-	VXLAN    fileVXLAN      `toml:"vxlan"`
-	Metrics  fileMetrics    `toml:"metrics"`
-	NAT      fileNAT        `toml:"nat"`
-	Netstack fileNetstack   `toml:"netstack"`
-	Forward  []fileForward  `toml:"forward"`
-	Pools    toml.Primitive `toml:"pools"`
-	Nodes    []fileNode     `toml:"nodes"`
+	Tunnel    fileTunnel     `toml:"tunnel"`
+	VXLAN     fileVXLAN      `toml:"vxlan"`
+	Metrics   fileMetrics    `toml:"metrics"`
+	NAT       fileNAT        `toml:"nat"`
+	Datastore fileDatastore  `toml:"datastore"`
+	Netstack  fileNetstack   `toml:"netstack"`
+	Forward   []fileForward  `toml:"forward"`
+	Pools     toml.Primitive `toml:"pools"`
+	Nodes     []fileNode     `toml:"nodes"`
 }
 
 type fileTunnel struct {
@@ -223,15 +228,16 @@ type fileNode struct {
 
 // allowedKeys lists each table's keys, for unknown-key messages.
 var allowedKeys = map[string][]string{
-	"":         {"tunnel", "vxlan", "metrics", "nat", "netstack", "forward", "pools", "nodes"},
-	"tunnel":   {"device", "mtu", "mode", "fd"},
-	"netstack": {"socks5"},
-	"forward":  {"listen", "to", "reverse"},
-	"vxlan":    {"vni", "port"},
-	"metrics":  {"listen"},
-	"nat":      {"exclude", "maxFlows", "maxFlowsPerSource", "tcpTimeout", "udpTimeout", "udpStreamTimeout", "icmpTimeout"},
-	"pools":    {"name", "cidr", "ipipMode", "vxlanMode", "natOutgoing", "disabled", "nodeSelector", "blockSize"},
-	"nodes":    {"name", "address", "labels", "blocks", "vtepMAC"},
+	"":          {"tunnel", "vxlan", "metrics", "nat", "datastore", "netstack", "forward", "pools", "nodes"},
+	"datastore": {"type", "endpoints", "prefix", "caFile", "certFile", "keyFile", "stateDir"},
+	"tunnel":    {"device", "mtu", "mode", "fd"},
+	"netstack":  {"socks5"},
+	"forward":   {"listen", "to", "reverse"},
+	"vxlan":     {"vni", "port"},
+	"metrics":   {"listen"},
+	"nat":       {"exclude", "maxFlows", "maxFlowsPerSource", "tcpTimeout", "udpTimeout", "udpStreamTimeout", "icmpTimeout"},
+	"pools":     {"name", "cidr", "ipipMode", "vxlanMode", "natOutgoing", "disabled", "nodeSelector", "blockSize"},
+	"nodes":     {"name", "address", "labels", "blocks", "vtepMAC"},
 }
 
 // parser carries one file's state through validation.
@@ -304,6 +310,22 @@ func Parse(file string, data []byte) (*Cluster, error) {
 	c := &Cluster{Source: file}
 	if err := p.settings(root, c); err != nil {
 		return nil, err
+	}
+	if err := p.datastore(root.Datastore, c); err != nil {
+		return nil, err
+	}
+	if c.Datastore.Type == DatastoreEtcd {
+		if poolsFile != "" || len(poolSpecs) > 0 {
+			e := p.errAt("", 0, "", "pools", "with [datastore] type = %q the pools live in etcd: remove them here and write them with `overlayd apply -f ippools.yaml`", DatastoreEtcd)
+			if e.Line == 0 {
+				e.Line = p.loc.line("pools", 0, "") // [[pools]] tables: their first header
+			}
+			return nil, e
+		}
+		if err := p.localNodes(root.Nodes, c); err != nil {
+			return nil, err
+		}
+		return c, nil
 	}
 	if poolsFile != "" {
 		if c.Pools, err = p.yamlPools(poolsFile); err != nil {
@@ -540,9 +562,37 @@ func (p *parser) poolSetError(pools []*pool.IPPool, err error) error {
 
 var nodeNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 
+// nodes reads the [[nodes]] tables into c.Nodes and gives each node its
+// blocks: those it lists, else the first free block of the first enabled
+// pool that selects it.
 func (p *parser) nodes(fileNodes []fileNode, c *Cluster) error {
+	reqs, names, err := p.parseNodes(fileNodes, c)
+	if err != nil {
+		return err
+	}
+	return p.allocate(reqs, names, c)
+}
+
+// localNodes reads the [[nodes]] tables of a file whose pools and blocks
+// live in a datastore: the nodes get their blocks from it, not here.
+func (p *parser) localNodes(fileNodes []fileNode, c *Cluster) error {
+	reqs, _, err := p.parseNodes(fileNodes, c)
+	if err != nil {
+		return err
+	}
+	for i, r := range reqs {
+		if len(r.Blocks) > 0 {
+			return p.errAt("nodes", i, r.Name, "blocks", "with [datastore] type = %q a node claims its blocks in etcd: remove them here", DatastoreEtcd)
+		}
+	}
+	return nil
+}
+
+// parseNodes validates the [[nodes]] tables, fills c.Nodes in file order
+// and returns each node's block request and index by name.
+func (p *parser) parseNodes(fileNodes []fileNode, c *Cluster) ([]pool.NodeRequest, map[string]int, error) {
 	if len(fileNodes) == 0 {
-		return &Error{File: p.file, Msg: "no nodes: add a [[nodes]] table for each node (name and address, e.g. address = \"198.18.1.10/24\")"}
+		return nil, nil, &Error{File: p.file, Msg: "no nodes: add a [[nodes]] table for each node (name and address, e.g. address = \"198.18.1.10/24\")"}
 	}
 	names := map[string]int{}
 	addrs := map[netip.Addr]int{}
@@ -552,49 +602,49 @@ func (p *parser) nodes(fileNodes []fileNode, c *Cluster) error {
 			return p.errAt("nodes", i, fn.Name, key, format, args...)
 		}
 		if fn.Name == "" {
-			return fail("name", "missing: every node needs a name (its Calico node name, usually the hostname)")
+			return nil, nil, fail("name", "missing: every node needs a name (its Calico node name, usually the hostname)")
 		}
 		if len(fn.Name) > 253 || !nodeNameRE.MatchString(fn.Name) {
-			return fail("name", "%q is not a valid node name (a lowercase RFC 1123 subdomain: lowercase letters, digits, '-' and '.')", fn.Name)
+			return nil, nil, fail("name", "%q is not a valid node name (a lowercase RFC 1123 subdomain: lowercase letters, digits, '-' and '.')", fn.Name)
 		}
 		if j, dup := names[fn.Name]; dup {
-			return fail("name", "duplicate node name %q (also nodes[%d])", fn.Name, j)
+			return nil, nil, fail("name", "duplicate node name %q (also nodes[%d])", fn.Name, j)
 		}
 		names[fn.Name] = i
 
 		if fn.Address == "" {
-			return fail("address", "missing: the node's underlay IPv4 address with its prefix length, e.g. \"198.18.1.10/24\"")
+			return nil, nil, fail("address", "missing: the node's underlay IPv4 address with its prefix length, e.g. \"198.18.1.10/24\"")
 		}
 		addr, err := netip.ParsePrefix(fn.Address)
 		if err != nil {
 			if a, aerr := netip.ParseAddr(fn.Address); aerr == nil {
-				return fail("address", "%q has no prefix length: write the subnet too (e.g. \"%s/24\"); CrossSubnet needs it to tell which nodes share this node's subnet", fn.Address, a)
+				return nil, nil, fail("address", "%q has no prefix length: write the subnet too (e.g. \"%s/24\"); CrossSubnet needs it to tell which nodes share this node's subnet", fn.Address, a)
 			}
-			return fail("address", "%q is not an IPv4 address with a prefix length (e.g. \"198.18.1.10/24\")", fn.Address)
+			return nil, nil, fail("address", "%q is not an IPv4 address with a prefix length (e.g. \"198.18.1.10/24\")", fn.Address)
 		}
 		if !addr.Addr().Is4() {
-			return fail("address", "%s is not IPv4: the underlay is IPv4", addr)
+			return nil, nil, fail("address", "%s is not IPv4: the underlay is IPv4", addr)
 		}
 		if addr.Bits() == 32 {
-			return fail("address", "%s is a /32: write the underlay subnet's prefix length (e.g. /24); with /32 no node is ever in the same subnet", addr)
+			return nil, nil, fail("address", "%s is a /32: write the underlay subnet's prefix length (e.g. /24); with /32 no node is ever in the same subnet", addr)
 		}
 		if j, dup := addrs[addr.Addr()]; dup {
-			return fail("address", "duplicate node address %s (also nodes[%d] %q)", addr.Addr(), j, fileNodes[j].Name)
+			return nil, nil, fail("address", "duplicate node address %s (also nodes[%d] %q)", addr.Addr(), j, fileNodes[j].Name)
 		}
 		addrs[addr.Addr()] = i
 		for _, pl := range c.Pools {
 			if pl.CIDR.Contains(addr.Addr()) {
-				return fail("address", "%s lies in pool %q (%s): underlay addresses must be outside every pool", addr.Addr(), pl.Name, pl.CIDR)
+				return nil, nil, fail("address", "%s lies in pool %q (%s): underlay addresses must be outside every pool", addr.Addr(), pl.Name, pl.CIDR)
 			}
 		}
 
 		mac := VTEPMACFor(fn.Name)
 		if fn.VTEPMAC != "" {
 			if mac, err = net.ParseMAC(fn.VTEPMAC); err != nil || len(mac) != 6 {
-				return fail("vtepMAC", "%q is not a MAC address (e.g. \"66:12:34:56:78:9a\")", fn.VTEPMAC)
+				return nil, nil, fail("vtepMAC", "%q is not a MAC address (e.g. \"66:12:34:56:78:9a\")", fn.VTEPMAC)
 			}
 			if mac[0]&1 != 0 {
-				return fail("vtepMAC", "%s is a multicast MAC: a VTEP MAC must be unicast (first byte even)", mac)
+				return nil, nil, fail("vtepMAC", "%s is a multicast MAC: a VTEP MAC must be unicast (first byte even)", mac)
 			}
 		}
 
@@ -602,14 +652,18 @@ func (p *parser) nodes(fileNodes []fileNode, c *Cluster) error {
 		for _, b := range fn.Blocks {
 			pfx, err := netip.ParsePrefix(b)
 			if err != nil {
-				return fail("blocks", "%q is not a CIDR block (e.g. \"192.168.0.0/26\")", b)
+				return nil, nil, fail("blocks", "%q is not a CIDR block (e.g. \"192.168.0.0/26\")", b)
 			}
 			blocks = append(blocks, pfx)
 		}
 		reqs = append(reqs, pool.NodeRequest{Name: fn.Name, Labels: fn.Labels, Blocks: blocks})
 		c.Nodes = append(c.Nodes, &Node{Name: fn.Name, Address: addr, Labels: fn.Labels, VTEPMAC: mac})
 	}
+	return reqs, names, nil
+}
 
+// allocate gives the nodes of c their blocks, as the file asks.
+func (p *parser) allocate(reqs []pool.NodeRequest, names map[string]int, c *Cluster) error {
 	alloc, err := pool.Allocate(c.Pools, reqs)
 	if err != nil {
 		var be *pool.BlockError
