@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/overlayd/overlayd/dataplane"
+	"github.com/overlayd/overlayd/datastore"
 	"github.com/overlayd/overlayd/kernel"
 	"github.com/overlayd/overlayd/nat"
 	"github.com/overlayd/overlayd/plan"
@@ -32,16 +33,17 @@ const (
 
 // StatusReply is what APIStatus returns.
 type StatusReply struct {
-	Node        string          `json:"node"`
-	Config      string          `json:"config"`
-	Started     time.Time       `json:"started"`
-	Reloads     uint64          `json:"reloads"`
-	FailedLoads uint64          `json:"failedReloads"`
-	LastError   string          `json:"lastReloadError,omitempty"`
-	Stats       dataplane.Stats `json:"stats"`
-	Kernel      []string        `json:"kernelRoutes"`
-	Encaps      map[string]int  `json:"routesByEncap"`
-	Transports  map[string]bool `json:"transports"`
+	Node        string           `json:"node"`
+	Config      string           `json:"config"`
+	Started     time.Time        `json:"started"`
+	Reloads     uint64           `json:"reloads"`
+	FailedLoads uint64           `json:"failedReloads"`
+	LastError   string           `json:"lastReloadError,omitempty"`
+	Stats       dataplane.Stats  `json:"stats"`
+	Kernel      []string         `json:"kernelRoutes"`
+	Encaps      map[string]int   `json:"routesByEncap"`
+	Transports  map[string]bool  `json:"transports"`
+	Datastore   datastore.Status `json:"datastore"`
 }
 
 // RoutesReply is what APIRoutes returns: the plan's remote blocks and the
@@ -67,7 +69,7 @@ type ReloadReply struct {
 // serveAdmin serves /metrics, the admin API and pprof on listen.
 func (d *daemon) serveAdmin(listen string) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(newRouterCollector(d.router), d.reloadCollector(), d.natCollector())
+	reg.MustRegister(newRouterCollector(d.router), d.reloadCollector(), d.natCollector(), d.datastoreCollector())
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	d.adminHandlers(mux)
@@ -136,6 +138,7 @@ func (d *daemon) status() StatusReply {
 		Stats:      d.router.Stats(),
 		Encaps:     map[string]int{},
 		Transports: map[string]bool{"vxlan": p.UsesVXLAN, "ipip": p.UsesIPIP},
+		Datastore:  d.source.Status(),
 	}
 	if e := d.lastReloadErr.Load(); e != nil {
 		s.LastError = *e

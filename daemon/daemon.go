@@ -24,6 +24,7 @@ import (
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/conn"
 	"github.com/overlayd/overlayd/dataplane"
+	"github.com/overlayd/overlayd/datastore"
 	"github.com/overlayd/overlayd/kernel"
 	"github.com/overlayd/overlayd/nat"
 	"github.com/overlayd/overlayd/plan"
@@ -70,6 +71,7 @@ type daemon struct {
 	device      string // the TUN device's name: the option's, the file's or the handed-over device's
 	side        workloadSide
 	underlayMTU int
+	source      datastore.Source
 	kernel      *kernel.Handle
 	router      *dataplane.Router
 	nat         *nat.NAT
@@ -106,7 +108,23 @@ func Run(ctx context.Context, o Options) error {
 	if d.dev, err = resolveDeviceSettings(c, o.TunnelMode, o.TunFD, o.NoKernelRoutes); err != nil {
 		return badInput(err)
 	}
+	if d.source, err = openSource(c, o.Node, log); err != nil {
+		return err
+	}
+	defer d.source.Close()
+	if c, err = d.source.Load(ctx); err != nil {
+		return err
+	}
 	return d.run(ctx, c)
+}
+
+// openSource is the datastore the cluster file names.
+func openSource(c *config.Cluster, node string, log *slog.Logger) (datastore.Source, error) {
+	switch c.Datastore.Type {
+	case config.DatastoreEtcd:
+		return nil, badInput(fmt.Errorf("%s: [datastore] type = %q is not supported by this build", c.Source, config.DatastoreEtcd))
+	}
+	return datastore.NewFile(c.Source), nil
 }
 
 // plan is the middle of the pipeline: this node's plan of cluster c, on
@@ -194,6 +212,12 @@ func (d *daemon) run(ctx context.Context, c *config.Cluster) error {
 		}
 		defer srv.Close()
 	}
+	go func() {
+		// The datastore's changes take the same way as a reload.
+		if err := d.source.Watch(ctx, d.applyCluster); err != nil {
+			d.log.Error("watching the datastore stopped: the node keeps its last plan", "err", err)
+		}
+	}()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -302,7 +326,7 @@ func (d *daemon) reload() (kernel.Changes, error) {
 }
 
 func (d *daemon) reloadLocked() (kernel.Changes, error) {
-	c, err := config.Load(d.opts.ConfigPath)
+	c, err := d.source.Load(context.Background())
 	if err != nil {
 		return nil, badInput(err)
 	}
@@ -311,6 +335,22 @@ func (d *daemon) reloadLocked() (kernel.Changes, error) {
 		return nil, err
 	}
 	return d.apply(p)
+}
+
+// applyCluster applies a cluster the datastore's watch delivered; one that
+// cannot be applied leaves the running plan and is logged.
+func (d *daemon) applyCluster(c *config.Cluster) {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	p, err := d.plan(c)
+	if err == nil {
+		_, err = d.apply(p)
+	}
+	if err != nil {
+		d.log.Error("datastore change not applied: keeping the running plan", "err", err)
+		return
+	}
+	d.log.Info("datastore change applied", "remoteBlocks", len(p.Routes))
 }
 
 // vxlanSourcePorts is how many source ports VXLAN spreads flows over, for

@@ -106,6 +106,26 @@ func (d *daemon) reloadCollector() prometheus.Collector {
 	}}
 }
 
+// datastoreCollector exposes the datastore's health.
+func (d *daemon) datastoreCollector() prometheus.Collector {
+	up := prometheus.NewDesc("overlayd_datastore_up",
+		"1 when the datastore answers, 0 when the node runs on its last plan without it.", []string{"type"}, nil)
+	since := prometheus.NewDesc("overlayd_datastore_up_changed_timestamp_seconds",
+		"When overlayd_datastore_up last changed, in Unix seconds.", []string{"type"}, nil)
+	skipped := prometheus.NewDesc("overlayd_datastore_skipped_entries_total",
+		"Datastore entries skipped as malformed.", []string{"type"}, nil)
+	return collectorFunc{desc: up, extra: []*prometheus.Desc{since, skipped}, collect: func(ch chan<- prometheus.Metric) {
+		s := d.source.Status()
+		v := 0.0
+		if s.Up {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(up, prometheus.GaugeValue, v, s.Type)
+		ch <- prometheus.MustNewConstMetric(since, prometheus.GaugeValue, float64(s.Since.UnixNano())/1e9, s.Type)
+		ch <- prometheus.MustNewConstMetric(skipped, prometheus.CounterValue, float64(s.Skipped), s.Type)
+	}}
+}
+
 // natCollector exposes the NAT table's counters.
 func (d *daemon) natCollector() prometheus.Collector {
 	flows := prometheus.NewDesc("overlayd_nat_flows", "Flows in the NAT table, by protocol and state.", []string{"proto", "state"}, nil)

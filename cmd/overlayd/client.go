@@ -148,6 +148,23 @@ func printStatus(w io.Writer, s *daemon.StatusReply) {
 		fmt.Fprintf(w, " (last: %s)", s.LastError)
 	}
 	fmt.Fprintln(w)
+	if ds := s.Datastore; ds.Type != "" {
+		state := "up"
+		if !ds.Up {
+			state = "DOWN: running on the last plan"
+		}
+		fmt.Fprintf(w, "datastore %s %s since %s (%s)", ds.Type, state, ds.Since.Format(time.RFC3339), time.Since(ds.Since).Round(time.Second))
+		if ds.Revision != 0 {
+			fmt.Fprintf(w, ", revision %d", ds.Revision)
+		}
+		if ds.Skipped != 0 {
+			fmt.Fprintf(w, ", %d malformed entries skipped", ds.Skipped)
+		}
+		if ds.LastError != "" {
+			fmt.Fprintf(w, " (last error: %s)", ds.LastError)
+		}
+		fmt.Fprintln(w)
+	}
 	tw := tabwriter.NewWriter(w, 2, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "ENCAP\tROUTES\tTX PACKETS\tTX BYTES\tRX PACKETS\tRX BYTES\n")
 	for _, e := range []string{"none", "ipip", "vxlan"} {
