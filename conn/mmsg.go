@@ -11,6 +11,7 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
 // mmsghdr is struct mmsghdr of recvmmsg(2). Go rounds the struct's size up
@@ -53,8 +54,12 @@ const ctrlSpace = 24
 // maxGSOBytes the most UDP payload one IPv4 datagram can hold.
 const (
 	maxGSOSegments = 64
-	maxGSOBytes    = 65535 - 20 - 8
+	maxGSOBytes    = 0xffff - udpIPv4Headers
 )
+
+// udpIPv4Headers is what the kernel puts in front of a UDP payload on an
+// IPv4 underlay: the IPv4 and UDP headers.
+const udpIPv4Headers = header.IPv4MinimumSize + header.UDPMinimumSize
 
 // batchConn is a socket with one batch per direction.
 type batchConn struct {

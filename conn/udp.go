@@ -11,6 +11,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// defaultUnderlayMTU is the underlay MTU GSO trains are cut for until
+// SetUnderlayMTU says otherwise: Ethernet's.
+const defaultUnderlayMTU = 1500
+
 // socketBuffer is the send and receive buffer asked for, as wireguard-go
 // does, so that the kernel can hold a few whole batches between two reads.
 const socketBuffer = 7 << 20
@@ -100,7 +104,7 @@ func ListenUDP(local netip.AddrPort) (*UDPConn, error) {
 	}
 	c := &UDPConn{batchConn: bc, pc: pc}
 	if gso {
-		c.gsoSegment.Store(1500 - 28)
+		c.gsoSegment.Store(defaultUnderlayMTU - udpIPv4Headers)
 	}
 	if gro {
 		c.batchConn.gro = true
@@ -234,9 +238,9 @@ func (c *UDPConn) Close() error {
 // fits the underlay's MTU unfragmented; the kernel refuses a train whose
 // segments would need fragmenting. Safe while the socket is in use.
 func (c *UDPConn) SetUnderlayMTU(mtu int) {
-	c.batchConn.setMaxSegment(mtu - 28)
+	c.batchConn.setMaxSegment(mtu - udpIPv4Headers)
 	for _, s := range c.senders {
-		s.setMaxSegment(mtu - 28)
+		s.setMaxSegment(mtu - udpIPv4Headers)
 	}
 }
 

@@ -16,9 +16,13 @@ const (
 	// goes in front of the packet when the kernel writes the outer IPv4 and
 	// UDP headers (a UDP socket).
 	VXLANPayloadLen = VXLANHeaderSize + header.EthernetMinimumSize
-	// VXLANOverhead is the whole VXLAN encapsulation: outer IPv4, UDP, VXLAN
-	// and inner Ethernet.
-	VXLANOverhead = header.IPv4MinimumSize + header.UDPMinimumSize + VXLANPayloadLen
+	// OuterIPv4UDPLen is the outer IPv4 and UDP headers the kernel writes
+	// in front of a VXLAN payload sent through a UDP socket, and takes off
+	// one it receives.
+	OuterIPv4UDPLen = header.IPv4MinimumSize + header.UDPMinimumSize
+	// VXLANOverhead is the whole VXLAN encapsulation on the wire: outer
+	// IPv4, UDP, VXLAN and inner Ethernet.
+	VXLANOverhead = OuterIPv4UDPLen + VXLANPayloadLen
 )
 
 // Defaults shared with Calico, so overlayd and Calico nodes interoperate.
@@ -44,15 +48,7 @@ const (
 	ipProtoUDP  = uint8(header.UDPProtocolNumber)
 	ipProtoICMP = uint8(header.ICMPv4ProtocolNumber)
 
-	// ipv4VersionIHL5 is version 4 with a 20-byte header.
-	ipv4VersionIHL5 = 0x45
-	// ipv4FragmentMask covers the MF flag and the fragment offset.
-	ipv4FragmentMask = 0x3fff
-	flagsOffset      = 6
-	protocolOffset   = 9
-	srcAddrOffset    = 12
-	dstAddrOffset    = 16
-	ethTypeOffset    = 12
+	ethTypeOffset = 12
 )
 
 // Config is what an Encapsulator writes into every outer header.
