@@ -8,7 +8,7 @@ import (
 	"github.com/overlayd/overlayd/plan"
 )
 
-const maxICMPSize = encap.MaxFragNeededLen
+const maxICMPSize = encap.MaxICMPErrorLen
 
 // innerLimits returns the largest inner packet each encapsulation can carry
 // without fragmenting on the underlay.

@@ -20,7 +20,7 @@ func TestPerPacketPathsDoNotAllocate(t *testing.T) {
 	payload := vxlan[28:]
 	arp := arpRequest(t, vtepMACB, nodeB, podA)
 	arpScratch := make([]byte, len(arp))
-	icmp := make([]byte, MaxFragNeededLen)
+	icmp := make([]byte, MaxICMPErrorLen)
 
 	paths := []struct {
 		name string

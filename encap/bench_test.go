@@ -94,7 +94,7 @@ func BenchmarkVXLANSourcePort(b *testing.B) {
 
 func BenchmarkFragNeeded(b *testing.B) {
 	inner := innerOfSize(b, 1400)
-	dst := make([]byte, MaxFragNeededLen)
+	dst := make([]byte, MaxICMPErrorLen)
 	for range b.N {
 		sinkBytes = FragNeeded(dst, inner, routerAddr, 1400)
 	}

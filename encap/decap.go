@@ -6,9 +6,10 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// ECN codepoints, the low two bits of the IPv4 TOS byte (RFC 3168).
+// ECN codepoints, the low two bits of the IPv4 TOS byte (RFC 3168); ECNMask
+// covers them, and the DSCP is the rest of the byte.
 const (
-	ecnMask   = 0x03
+	ECNMask   = 0x03
 	ecnNotECT = 0x00
 	ecnECT1   = 0x01
 	ecnECT0   = 0x02
@@ -122,11 +123,11 @@ func DecapECN(outerTOS uint8, inner []byte) DropReason {
 	if len(inner) < header.IPv4MinimumSize {
 		return InnerTruncated
 	}
-	outerECN := outerTOS & ecnMask
+	outerECN := outerTOS & ECNMask
 	if outerECN == ecnNotECT {
 		return NoDrop // the common case: nothing to pass on
 	}
-	innerECN := inner[1] & ecnMask
+	innerECN := inner[1] & ECNMask
 	var next uint8
 	switch {
 	case innerECN == ecnNotECT:
@@ -147,7 +148,7 @@ func DecapECN(outerTOS uint8, inner []byte) DropReason {
 	ip := header.IPv4(inner)
 	// The TOS byte is the low half of the header's first 16-bit word.
 	old := binary.BigEndian.Uint16(inner[0:])
-	inner[1] = inner[1]&^ecnMask | next
+	inner[1] = inner[1]&^ECNMask | next
 	ip.SetChecksum(ChecksumUpdate(ip.Checksum(), old, binary.BigEndian.Uint16(inner[0:])))
 	return NoDrop
 }
