@@ -271,7 +271,7 @@ func TestDecapECN(t *testing.T) {
 					inner := buildInner(t, innerSpec{proto: layers.IPProtocolUDP, tos: dscp | innerECN, payloadLen: 20})
 					buf, n := atHeadroom(inner)
 					pkt := tun.build(newTestEncapsulator(t), buf, n)
-					pkt[1] = pkt[1]&^ecnMask | outerECN // as congested underlay routers mark it
+					pkt[1] = pkt[1]&^ECNMask | outerECN // as congested underlay routers mark it
 					fixOuterChecksum(pkt)
 					got, reason := tun.decap(pkt)
 					w := want[innerECN][outerECN]

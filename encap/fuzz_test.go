@@ -128,7 +128,7 @@ func checkOnlyECNChanged(t *testing.T, before, after, inner []byte, accepted boo
 	if !bytes.Equal(b, after) {
 		t.Fatalf("decapsulation changed more than the inner ECN and checksum")
 	}
-	if before[start+1]&^ecnMask != after[start+1]&^ecnMask {
+	if before[start+1]&^ECNMask != after[start+1]&^ECNMask {
 		t.Fatalf("decapsulation changed the inner DSCP")
 	}
 	if wasValid && refSum(inner[:int(inner[0]&0xf)*4]) != 0xffff {
