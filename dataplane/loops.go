@@ -23,9 +23,7 @@ func innerLimits(p *plan.Plan) [numEncaps]int {
 // encapsulatorFor makes the Encapsulator of a table. Loops keep one per
 // table and make a new one only when the table changes.
 func encapsulatorFor(t *table) (*encap.Encapsulator, error) {
-	return encap.NewEncapsulator(encap.Config{
-		Local: t.self, VTEPMAC: t.vtepMAC, VNI: t.plan.VNI, Port: t.plan.VXLANPort,
-	})
+	return encap.NewEncapsulator(encap.Config{Local: t.self, VTEPMAC: t.vtepMAC, VNI: t.plan.VNI})
 }
 
 // tunLoop reads what the kernel routed into the TUN device and sends it to
@@ -103,12 +101,11 @@ func (r *Router) tunLoop() error {
 				}
 				continue
 			}
+			// Router.Update refuses a plan whose encapsulations have no
+			// transport, and transports are never taken away: the one
+			// d.encap needs is there.
 			switch d.encap {
 			case plan.EncapVXLAN:
-				if tb.transports[plan.EncapVXLAN] == nil {
-					t.drops[DropNoTransport]++
-					continue
-				}
 				flow := encap.FlowHash(pkt)
 				out := enc.VXLANPayload(buf, size, d.peer.mac)
 				vxlanMsgs = append(vxlanMsgs, conn.Message{Buf: out, Addr: d.peer.addr, Port: tb.plan.VXLANPort, Flow: flow})
@@ -116,10 +113,6 @@ func (r *Router) tunLoop() error {
 				t.txBytes[plan.EncapVXLAN] += uint64(len(out) + encap.OuterIPv4UDPLen)
 				t.countTx(d.peer, len(out)+encap.OuterIPv4UDPLen)
 			case plan.EncapIPIP:
-				if tb.transports[plan.EncapIPIP] == nil {
-					t.drops[DropNoTransport]++
-					continue
-				}
 				out := enc.IPIP(buf, size, d.peer.addr)
 				ipipMsgs = append(ipipMsgs, conn.Message{Buf: out, Addr: d.peer.addr})
 				t.txPackets[plan.EncapIPIP]++

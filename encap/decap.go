@@ -38,52 +38,19 @@ func DecapIPIP(outer []byte) (inner []byte, outerSrc [4]byte, reason DropReason)
 	return inner, [4]byte(outer[srcAddrOffset : srcAddrOffset+4]), NoDrop
 }
 
-// DecapVXLAN takes a whole VXLAN packet from outer IPv4 header on, checks the
-// outer headers, the UDP destination port, the VNI and the inner packet, and
-// applies the outer ECN to the inner packet per RFC 6040. An accepted packet
-// gives either inner, the IPv4 packet to forward (trimmed to its total
-// length), or arpFrame, an Ethernet frame carrying ARP, which is not a drop
-// but for the caller to answer with ARPReply; both alias outer. outerSrc is
-// the outer source address the caller checks is a known node. The UDP
-// checksum is not verified: RFC 7348 senders set it to zero, and the inner
-// packet carries its own checksums.
+// DecapVXLANPayload takes a VXLAN packet as a UDP socket delivers it, from the
+// VXLAN header on, and checks the VXLAN header, the VNI and the inner packet.
+// An accepted packet gives either inner, the IPv4 packet to forward (trimmed
+// to its total length), or arpFrame, an Ethernet frame carrying ARP, which
+// is not a drop but for the caller to answer with ARPReply; both alias
+// payload. The outer source is the socket address, checked by the caller;
+// the outer ECN the caller may read with IP_RECVTOS and apply with
+// DecapECN. The UDP checksum was the socket's business: RFC 7348 senders
+// set it to zero, and the inner packet carries its own checksums.
 //
 // The results are separate values rather than a struct on purpose: Go keeps
 // structs over 32 bytes in memory, and copying one out of the returned
 // registers stalled store forwarding and doubled the cost of decapsulation.
-func DecapVXLAN(outer []byte, vni uint32, port uint16) (inner, arpFrame []byte, outerSrc [4]byte, reason DropReason) {
-	udp, reason := outerIPv4(outer, ipProtoUDP)
-	if reason != NoDrop {
-		return nil, nil, outerSrc, reason
-	}
-	if len(udp) < header.UDPMinimumSize {
-		return nil, nil, outerSrc, Truncated
-	}
-	u := header.UDP(udp)
-	if u.DestinationPort() != port {
-		return nil, nil, outerSrc, WrongPort
-	}
-	udpLen := int(u.Length())
-	if udpLen < header.UDPMinimumSize || udpLen > len(udp) {
-		return nil, nil, outerSrc, BadUDPLength
-	}
-	inner, arpFrame, reason = DecapVXLANPayload(udp[header.UDPMinimumSize:udpLen], vni)
-	if reason != NoDrop {
-		return nil, nil, outerSrc, reason
-	}
-	if inner != nil {
-		if reason = DecapECN(outer[1], inner); reason != NoDrop {
-			return nil, nil, outerSrc, reason
-		}
-	}
-	return inner, arpFrame, [4]byte(outer[srcAddrOffset : srcAddrOffset+4]), NoDrop
-}
-
-// DecapVXLANPayload takes a VXLAN packet as a UDP socket delivers it, from the
-// VXLAN header on, and checks the VXLAN header, the VNI and the inner packet.
-// Its results are those of DecapVXLAN. The outer source is the socket
-// address, checked by the caller; the outer ECN the caller may read with
-// IP_RECVTOS and apply with DecapECN.
 func DecapVXLANPayload(payload []byte, vni uint32) (inner, arpFrame []byte, reason DropReason) {
 	if len(payload) < VXLANPayloadLen {
 		return nil, nil, Truncated

@@ -81,21 +81,6 @@ func vxlanPayloadSeeds(tb testing.TB) [][]byte {
 	return seeds
 }
 
-// vxlanSeeds are whole VXLAN packets, each payload seed behind outer IPv4 and
-// UDP headers built by gopacket.
-func vxlanSeeds(tb testing.TB) [][]byte {
-	var seeds [][]byte
-	for _, payload := range vxlanPayloadSeeds(tb) {
-		ip := gopacketOuterIPv4(layers.IPProtocolUDP, 0)
-		udp := &layers.UDP{SrcPort: 50123, DstPort: layers.UDPPort(testPort)}
-		if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
-			tb.Fatal(err)
-		}
-		seeds = append(seeds, serializeTB(tb, ip, udp, gopacket.Payload(payload)))
-	}
-	return seeds
-}
-
 // checkAcceptedInner checks what every accepted inner packet must be: inside
 // the input and a well-formed IPv4 packet exactly its total length long.
 func checkAcceptedInner(t *testing.T, inner, pkt []byte) {
@@ -159,21 +144,6 @@ func FuzzDecapIPIP(f *testing.F) {
 	})
 }
 
-func FuzzDecapVXLAN(f *testing.F) {
-	for _, s := range vxlanSeeds(f) {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		pkt := bytes.Clone(data)
-		inner, arp, src, reason := DecapVXLAN(pkt, testVNI, testPort)
-		checkVXLANOutcome(t, pkt, inner, arp, reason)
-		if reason == NoDrop && src != [4]byte(pkt[12:16]) {
-			t.Fatalf("outer source %v, header says %v", src, pkt[12:16])
-		}
-		checkOnlyECNChanged(t, data, pkt, inner, reason == NoDrop)
-	})
-}
-
 func FuzzDecapVXLANPayload(f *testing.F) {
 	for _, s := range vxlanPayloadSeeds(f) {
 		f.Add(s)
@@ -219,7 +189,6 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	}
 	targets := map[string][][]byte{
 		"FuzzDecapIPIP":         ipipSeeds(t),
-		"FuzzDecapVXLAN":        vxlanSeeds(t),
 		"FuzzDecapVXLANPayload": vxlanPayloadSeeds(t),
 	}
 	for name, seeds := range targets {
@@ -249,11 +218,6 @@ func TestFuzzSeedsAreAccepted(t *testing.T) {
 		}
 		if _, _, r := DecapIPIP(bytes.Clone(s)); r != want {
 			t.Errorf("IP-in-IP seed %d: %v, want %v", i, r, want)
-		}
-	}
-	for i, s := range vxlanSeeds(t) {
-		if _, _, _, r := DecapVXLAN(bytes.Clone(s), testVNI, testPort); r != NoDrop {
-			t.Errorf("VXLAN seed %d: %v", i, r)
 		}
 	}
 	for i, s := range vxlanPayloadSeeds(t) {
