@@ -108,7 +108,7 @@ func (r *Router) tunLoop() error {
 			case plan.EncapVXLAN:
 				flow := encap.FlowHash(pkt)
 				out := enc.VXLANPayload(buf, size, d.peer.mac)
-				vxlanMsgs = append(vxlanMsgs, conn.Message{Buf: out, Addr: d.peer.addr, Port: tb.plan.VXLANPort, Flow: flow})
+				vxlanMsgs = append(vxlanMsgs, conn.Message{Buf: out, Addr: d.peer.addr, Port: tb.plan.VXLANPort, Flow: flow, TOS: encap.OuterTOS(pkt)})
 				t.txPackets[plan.EncapVXLAN]++
 				t.txBytes[plan.EncapVXLAN] += uint64(len(out) + encap.OuterIPv4UDPLen)
 				t.countTx(d.peer, len(out)+encap.OuterIPv4UDPLen)
@@ -227,7 +227,7 @@ func (r *Router) underlayLoop(tr Transport, kind plan.Encap) error {
 			case plan.EncapVXLAN:
 				var arpFrame []byte
 				var reason encap.DropReason
-				inner, arpFrame, reason = encap.DecapVXLANPayload(m.Buf[:m.N], tb.plan.VNI)
+				inner, arpFrame, reason = encap.DecapVXLANPayload(m.Buf[:m.N], tb.plan.VNI, m.TOS)
 				if reason != encap.NoDrop {
 					t.decapDrops[reason]++
 					continue

@@ -14,6 +14,7 @@ func TestPerPacketPathsDoNotAllocate(t *testing.T) {
 	buf, n := atHeadroom(inner)
 	ipip := append([]byte(nil), e.IPIP(buf, n, nodeB)...)
 	payload := append([]byte(nil), e.VXLANPayload(buf, n, vtepMACB)...)
+	cePayload := append([]byte(nil), payload...) // marked CE by the first call
 	arp := arpRequest(t, vtepMACB, nodeB, podA)
 	arpScratch := make([]byte, len(arp))
 	icmp := make([]byte, MaxICMPErrorLen)
@@ -26,8 +27,9 @@ func TestPerPacketPathsDoNotAllocate(t *testing.T) {
 		{"VXLANPayload", func() { e.VXLANPayload(buf, n, vtepMACB) }},
 		{"FlowHash", func() { FlowHash(inner) }},
 		{"DecapIPIP", func() { DecapIPIP(ipip) }},
-		{"DecapVXLANPayload", func() { DecapVXLANPayload(payload, testVNI) }},
-		{"DecapECN with a CE mark", func() { DecapECN(ecnCE, payload[VXLANPayloadLen:]) }},
+		{"OuterTOS", func() { OuterTOS(inner) }},
+		{"DecapVXLANPayload", func() { DecapVXLANPayload(payload, testVNI, ecnECT0) }},
+		{"DecapVXLANPayload with a CE mark", func() { DecapVXLANPayload(cePayload, testVNI, ecnCE) }},
 		{"DecapIPIP drop", func() { DecapIPIP(payload) }},
 		{"FragNeeded", func() { FragNeeded(icmp, inner, routerAddr, 1400) }},
 		{"ARPReply", func() { copy(arpScratch, arp); ARPReply(arpScratch, podA, vtepMACA) }},

@@ -58,7 +58,7 @@ func BenchmarkDecap(b *testing.B) {
 		b.Run(fmt.Sprintf("VXLANPayload/%d", size), func(b *testing.B) {
 			b.SetBytes(int64(size))
 			for range b.N {
-				inner, _, r := DecapVXLANPayload(payload, testVNI)
+				inner, _, r := DecapVXLANPayload(payload, testVNI, 0)
 				if r != NoDrop {
 					b.Fatal(r)
 				}

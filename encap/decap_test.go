@@ -159,7 +159,7 @@ func TestDecapVXLANPayloadDropReasons(t *testing.T) {
 	for _, m := range cases {
 		t.Run(m.name, func(t *testing.T) {
 			p := m.mutate(bytes.Clone(payload))
-			got, arp, reason := DecapVXLANPayload(p, testVNI)
+			got, arp, reason := DecapVXLANPayload(p, testVNI, 0)
 			if reason != m.want {
 				t.Fatalf("reason %v, want %v", reason, m.want)
 			}
@@ -178,7 +178,8 @@ func TestDecapVXLANPayloadDropReasons(t *testing.T) {
 func TestDecapVXLANReportsARP(t *testing.T) {
 	req := arpRequest(t, vtepMACB, nodeB, podA)
 	payload := append([]byte{VXLANFlagVNI, 0, 0, 0, 0, 0x10, 0x00, 0}, req...)
-	inner, arp, reason := DecapVXLANPayload(payload, testVNI)
+	// An outer CE does not apply to ARP, which has no ECN field.
+	inner, arp, reason := DecapVXLANPayload(payload, testVNI, ecnCE)
 	if reason != NoDrop || inner != nil || !bytes.Equal(arp, req) || !within(arp, payload) {
 		t.Fatalf("DecapVXLANPayload(ARP) = inner %x ARP %x %v, want the ARP frame", inner, arp, reason)
 	}
@@ -204,16 +205,16 @@ func TestDecapECN(t *testing.T) {
 	}{
 		{"ipip", func(e *Encapsulator, buf []byte, n int) []byte { return e.IPIP(buf, n, nodeB) },
 			func(p []byte) ([]byte, DropReason) { in, _, r := DecapIPIP(p); return in, r }},
-		// The outer IPv4 header a UDP socket takes off, kept here to carry
-		// the outer TOS to DecapECN as the socket's IP_RECVTOS would.
+		// The outer IPv4 and UDP headers a UDP socket writes and takes
+		// off, kept here to carry the outer TOS that OuterTOS gives the
+		// sending socket and IP_RECVTOS gives the receiving one.
 		{"vxlan", func(e *Encapsulator, buf []byte, n int) []byte {
-			payload := e.VXLANPayload(buf, n, vtepMACB)
-			return append(make([]byte, OuterIPv4UDPLen), payload...)
+			tos := OuterTOS(buf[Headroom:])
+			outer := make([]byte, OuterIPv4UDPLen)
+			outer[0], outer[1] = ipv4VersionIHL5, tos
+			return append(outer, e.VXLANPayload(buf, n, vtepMACB)...)
 		}, func(p []byte) ([]byte, DropReason) {
-			in, _, r := DecapVXLANPayload(p[OuterIPv4UDPLen:], testVNI)
-			if r == NoDrop {
-				r = DecapECN(p[1], in)
-			}
+			in, _, r := DecapVXLANPayload(p[OuterIPv4UDPLen:], testVNI, p[1])
 			return in, r
 		}},
 	}
@@ -225,7 +226,10 @@ func TestDecapECN(t *testing.T) {
 					inner := buildInner(t, innerSpec{proto: layers.IPProtocolUDP, tos: dscp | innerECN, payloadLen: 20})
 					buf, n := atHeadroom(inner)
 					pkt := tun.build(newTestEncapsulator(t), buf, n)
-					pkt[1] = inner[1]&^ECNMask | outerECN // as congested underlay routers mark it
+					if pkt[1] != inner[1] {
+						t.Fatalf("outer TOS %#x, want the inner %#x (RFC 6040 normal mode)", pkt[1], inner[1])
+					}
+					pkt[1] = pkt[1]&^ECNMask | outerECN // as congested underlay routers mark it
 					fixOuterChecksum(pkt)
 					got, reason := tun.decap(pkt)
 					w := want[innerECN][outerECN]
@@ -251,7 +255,7 @@ func TestDecapECN(t *testing.T) {
 }
 
 func TestDecapECNOnShortInner(t *testing.T) {
-	if r := DecapECN(ecnCE, make([]byte, 19)); r != InnerTruncated {
-		t.Errorf("DecapECN(19 bytes) = %v, want %v", r, InnerTruncated)
+	if r := decapECN(ecnCE, make([]byte, 19)); r != InnerTruncated {
+		t.Errorf("decapECN(19 bytes) = %v, want %v", r, InnerTruncated)
 	}
 }

@@ -124,10 +124,7 @@ func innerAt(buf []byte, n, overhead int) []byte {
 // another nanosecond; not worth leaving the header views for.
 func (e *Encapsulator) putOuterIPv4(h header.IPv4, inner header.IPv4, proto uint8, dst [4]byte, totalLen int) {
 	_ = h[header.IPv4MinimumSize-1]
-	// RFC 6040 normal mode: the outer TOS byte is the inner one, DSCP and
-	// ECN alike, so congestion marks made on the underlay reach the inner
-	// packet at decapsulation.
-	tos, _ := inner.TOS()
+	tos := OuterTOS(inner)
 	// DF follows the inner packet so path MTU discovery works end to end. A
 	// DF packet is never fragmented, so its ID may be 0 (RFC 6864); others
 	// need IDs that differ for reassembly.

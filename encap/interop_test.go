@@ -188,11 +188,11 @@ func TestVXLANOtherVNI(t *testing.T) {
 	if !ok || vx.VNI != 77 || !vx.ValidIDFlag {
 		t.Fatalf("VXLAN layer %+v, want VNI 77 with I flag", vx)
 	}
-	got, _, reason := DecapVXLANPayload(out, 77)
+	got, _, reason := DecapVXLANPayload(out, 77, 0)
 	if reason != NoDrop || !bytes.Equal(got, inner) {
 		t.Errorf("DecapVXLANPayload(VNI 77) = %x %v, want the inner packet back", got, reason)
 	}
-	if _, _, reason := DecapVXLANPayload(out, testVNI); reason != WrongVNI {
+	if _, _, reason := DecapVXLANPayload(out, testVNI, 0); reason != WrongVNI {
 		t.Errorf("DecapVXLANPayload(VNI %d) = %v, want %v", testVNI, reason, WrongVNI)
 	}
 }
@@ -249,7 +249,7 @@ func TestGopacketPacketsDecapsulate(t *testing.T) {
 
 			t.Run("vxlan-payload", func(t *testing.T) {
 				pkt := serializeLayers(t, vxlanLayers()...)
-				got, arp, reason := DecapVXLANPayload(pkt, testVNI)
+				got, arp, reason := DecapVXLANPayload(pkt, testVNI, tc.spec.tos)
 				checkVXLANDecap(t, got, arp, reason, pkt, inner)
 			})
 		})
