@@ -92,6 +92,13 @@ func (q *queue[T]) pop(dst []T) (int, bool) {
 	return n, true
 }
 
+// closedNow reports whether close was called.
+func (q *queue[T]) closedNow() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.closed
+}
+
 func (q *queue[T]) close() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -99,14 +106,24 @@ func (q *queue[T]) close() {
 	q.cond.Broadcast()
 }
 
+// storeMax raises *m to v if v is larger.
+func storeMax(m *atomic.Int64, v int) {
+	for {
+		old := m.Load()
+		if int64(v) <= old || m.CompareAndSwap(old, int64(v)) {
+			return
+		}
+	}
+}
+
 // memTUN is a tun.Device in memory. What the kernel would route into the
 // device is injected with inject and handed to Read, at most BatchSize
 // packets per call; what the router writes toward the kernel is kept, as
-// copies, for the test to read with written (or only counted, when
-// countOnly is set, so that writing allocates nothing).
+// copies, for the test to read with written (or discarded, when discard
+// is set, so that writing allocates nothing).
 type memTUN struct {
 	batch     int
-	countOnly bool
+	discard   bool
 	in        *queue[[]byte]
 	scratch   [][]byte // Read's, one caller at a time
 	events    chan tun.Event
@@ -114,7 +131,6 @@ type memTUN struct {
 
 	readCalls atomic.Int64 // Read calls begun
 	maxRead   atomic.Int64 // most packets one Read returned
-	writes    atomic.Int64 // packets written
 
 	mu  sync.Mutex
 	out [][]byte
@@ -153,16 +169,12 @@ func (d *memTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	for i, p := range d.scratch[:n] {
 		d.scratch[i] = nil
 		if offset+len(p) > len(bufs[i]) {
+			// The batch is lost, as a real device's read would fail.
 			return 0, fmt.Errorf("memTUN: a %d-byte packet does not fit a %d-byte buffer at offset %d", len(p), len(bufs[i]), offset)
 		}
 		sizes[i] = copy(bufs[i][offset:], p)
 	}
-	for {
-		m := d.maxRead.Load()
-		if int64(n) <= m || d.maxRead.CompareAndSwap(m, int64(n)) {
-			break
-		}
-	}
+	storeMax(&d.maxRead, n)
 	return n, nil
 }
 
@@ -170,8 +182,7 @@ func (d *memTUN) Write(bufs [][]byte, offset int) (int, error) {
 	if d.in.closedNow() {
 		return 0, os.ErrClosed
 	}
-	d.writes.Add(int64(len(bufs)))
-	if d.countOnly {
+	if d.discard {
 		return len(bufs), nil
 	}
 	d.mu.Lock()
@@ -180,12 +191,6 @@ func (d *memTUN) Write(bufs [][]byte, offset int) (int, error) {
 		d.out = append(d.out, append([]byte(nil), b[offset:]...))
 	}
 	return len(bufs), nil
-}
-
-func (q *queue[T]) closedNow() bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.closed
 }
 
 func (d *memTUN) MTU() (int, error)        { return 1500, nil }
@@ -218,15 +223,15 @@ type sentMsg struct {
 }
 
 // memTransport is a conn.Transport in memory: ReadBatch takes what was
-// injected or delivered by the network, WriteBatch keeps a copy of every
-// message (unless countOnly) and hands it to the network, if any, for the
-// transport of the same kind at the destination address.
+// injected or delivered by the network; WriteBatch keeps a copy of every
+// message (unless discard is set) and hands it to the network, if any, for
+// the transport of the same kind at the destination address.
 type memTransport struct {
-	kind      plan.Encap
-	addr      [4]byte
-	port      uint16 // the source port of what it sends; 0 for IP-in-IP
-	network   *memNetwork
-	countOnly bool
+	kind    plan.Encap
+	addr    [4]byte
+	port    uint16 // the source port of what it sends; 0 for IP-in-IP
+	network *memNetwork
+	discard bool
 	// refuse makes WriteBatch refuse every message, as a socket does a
 	// packet with no route.
 	refuse bool
@@ -235,7 +240,6 @@ type memTransport struct {
 	scratch   []datagram
 	readCalls atomic.Int64
 	maxRead   atomic.Int64
-	sends     atomic.Int64 // messages WriteBatch was given
 
 	mu   sync.Mutex
 	sent []sentMsg
@@ -268,12 +272,7 @@ func (tr *memTransport) ReadBatch(msgs []conn.Message) (int, error) {
 		m.Truncated = len(d.b) > len(m.Buf)
 		m.Addr, m.Port = d.from, d.port
 	}
-	for {
-		m := tr.maxRead.Load()
-		if int64(n) <= m || tr.maxRead.CompareAndSwap(m, int64(n)) {
-			break
-		}
-	}
+	storeMax(&tr.maxRead, n)
 	return n, nil
 }
 
@@ -281,11 +280,10 @@ func (tr *memTransport) WriteBatch(msgs []conn.Message) (int, error) {
 	if tr.in.closedNow() {
 		return 0, fmt.Errorf("memTransport: %w", net.ErrClosed)
 	}
-	tr.sends.Add(int64(len(msgs)))
 	if tr.refuse {
 		return 0, errors.New("memTransport: no route to host")
 	}
-	if tr.countOnly {
+	if tr.discard {
 		return len(msgs), nil
 	}
 	tr.mu.Lock()
@@ -349,21 +347,20 @@ type testNode struct {
 // nodeOpts vary a node from the defaults: a TUN batch of 16, a NAT that
 // records what it is given, writes and sends kept for the test to read.
 type nodeOpts struct {
-	tunBatch  int
-	noNAT     bool
-	countOnly bool // the TUN and transports only count what the router writes
+	tunBatch int
+	noNAT    bool
+	discard  bool // the TUN, transports and NAT discard what they are given
 }
 
-// natSink is a Config.NAT that keeps copies of the packets it is given.
+// natSink is a Config.NAT that keeps copies of the packets it is given,
+// unless told not to.
 type natSink struct {
 	mu   sync.Mutex
 	pkts [][]byte
-	n    atomic.Int64
 	keep bool
 }
 
 func (s *natSink) handle(pkt []byte) {
-	s.n.Add(1)
 	if !s.keep {
 		return
 	}
@@ -394,14 +391,14 @@ func newNode(t testing.TB, network *memNetwork, p *plan.Plan, o nodeOpts) *testN
 		vxlan: newMemTransport(plan.EncapVXLAN, addr, p.VXLANPort),
 		ipip:  newMemTransport(plan.EncapIPIP, addr, 0),
 	}
-	n.tun.countOnly, n.vxlan.countOnly, n.ipip.countOnly = o.countOnly, o.countOnly, o.countOnly
+	n.tun.discard, n.vxlan.discard, n.ipip.discard = o.discard, o.discard, o.discard
 	if network != nil {
 		network.attach(n.vxlan)
 		network.attach(n.ipip)
 	}
 	cfg := Config{Plan: p, TUN: n.tun, VXLAN: n.vxlan, IPIP: n.ipip}
 	if !o.noNAT {
-		n.nat = &natSink{keep: !o.countOnly}
+		n.nat = &natSink{keep: !o.discard}
 		cfg.NAT = n.nat.handle
 	}
 	r, err := New(cfg)

@@ -13,12 +13,12 @@ import (
 // tests hold the loops to it as they run in Router.Run: one pass of a loop
 // over a batch that takes every branch, measured by testing.AllocsPerRun,
 // which counts the allocations of the whole process. The in-memory device
-// and transports only count what the router writes, and the loop is seen
+// and transports discard what the router writes, and the loop is seen
 // to be done with a batch when it asks for the next one, so nothing but
 // the router allocates while a batch is measured.
 
-// passOver returns a function that queues batch with push and returns when
-// the loop whose read calls readCalls counts has come back for more.
+// passOver returns a function that queues one batch with push and returns
+// when the loop whose read calls readCalls counts has come back for more.
 func passOver(t *testing.T, readCalls interface{ Load() int64 }, push func()) func() {
 	// The loop must be waiting in a read before the first batch, so the
 	// batch is taken whole by that read.
@@ -52,7 +52,7 @@ func TestSendLoopPassAllocatesNothing(t *testing.T) {
 		batch = append(batch, p.build(t))
 	}
 	batch = append(batch, []byte{0x60, 0, 0, 0, 0, 0, 17, 64}) // not IPv4
-	a := startNode(t, nil, planFor(t, testCluster, "node-a"), nodeOpts{tunBatch: len(batch), countOnly: true})
+	a := startNode(t, nil, planFor(t, testCluster, "node-a"), nodeOpts{tunBatch: len(batch), discard: true})
 
 	pass := passOver(t, &a.tun.readCalls, func() { a.tun.inject(batch...) })
 	if allocs := testing.AllocsPerRun(runs, pass); allocs != 0 {
@@ -100,7 +100,7 @@ func TestReceiveLoopPassAllocatesNothing(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			b := startNode(t, nil, planFor(t, testCluster, "node-b"), nodeOpts{countOnly: true})
+			b := startNode(t, nil, planFor(t, testCluster, "node-b"), nodeOpts{discard: true})
 			tr := b.vxlan
 			if tc.over == plan.EncapIPIP {
 				tr = b.ipip
