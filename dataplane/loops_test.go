@@ -12,6 +12,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
+	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/conn"
 	"github.com/overlayd/overlayd/encap"
 	"github.com/overlayd/overlayd/plan"
@@ -116,8 +117,8 @@ func checkOuter(t *testing.T, kind plan.Encap, m sentMsg, inner []byte, from, to
 	}
 	switch kind {
 	case plan.EncapVXLAN:
-		if m.port != encap.DefaultPort {
-			t.Errorf("sent to UDP port %d, want %d", m.port, encap.DefaultPort)
+		if m.port != config.DefaultVXLANPort {
+			t.Errorf("sent to UDP port %d, want %d", m.port, config.DefaultVXLANPort)
 		}
 		if m.flow != encap.FlowHash(inner) {
 			t.Errorf("flow hash %#x, want the inner packet's %#x (the socket picks the source port by it)", m.flow, encap.FlowHash(inner))
@@ -449,8 +450,8 @@ func TestARPReplyInsideVXLAN(t *testing.T) {
 // addresses turned around, node B's VTEP MAC for target.
 func checkARPReply(t *testing.T, m sentMsg, req datagram, from, senderIP, target string) {
 	t.Helper()
-	if m.to != underlayOf(t, from) || m.port != encap.DefaultPort {
-		t.Errorf("reply sent to %v port %d, want %s at %v port %d", net.IP(m.to[:]), m.port, from, net.IP(req.from[:]), encap.DefaultPort)
+	if m.to != underlayOf(t, from) || m.port != config.DefaultVXLANPort {
+		t.Errorf("reply sent to %v port %d, want %s at %v port %d", net.IP(m.to[:]), m.port, from, net.IP(req.from[:]), config.DefaultVXLANPort)
 	}
 	if len(m.b) != len(req.b) {
 		t.Errorf("reply of %d bytes, want the request's %d", len(m.b), len(req.b))

@@ -149,7 +149,7 @@ func a4s(s string) []byte {
 // encap's Encapsulator.
 func vxlanFrom(t testing.TB, from string, vni uint32, inner []byte, dstMAC [6]byte) datagram {
 	t.Helper()
-	e, err := encap.NewEncapsulator(encap.Config{Local: underlayOf(t, from), VTEPMAC: macOf(from), VNI: vni, Port: encap.DefaultPort})
+	e, err := encap.NewEncapsulator(encap.Config{Local: underlayOf(t, from), VTEPMAC: macOf(from), VNI: vni})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,14 +159,14 @@ func vxlanFrom(t testing.TB, from string, vni uint32, inner []byte, dstMAC [6]by
 	if b == nil {
 		t.Fatal("VXLANPayload refused the packet")
 	}
-	return datagram{b: b, from: underlayOf(t, from), port: encap.VXLANSourcePort(inner)}
+	return datagram{b: b, from: underlayOf(t, from), port: 49152 + uint16(encap.FlowHash(inner)%16384)}
 }
 
 // ipipFrom is what a raw IP-in-IP socket would deliver for inner sent by
 // node from to node to, outer IPv4 header included.
 func ipipFrom(t testing.TB, from, to string, inner []byte) datagram {
 	t.Helper()
-	e, err := encap.NewEncapsulator(encap.Config{Local: underlayOf(t, from), VNI: testVNI, Port: encap.DefaultPort})
+	e, err := encap.NewEncapsulator(encap.Config{Local: underlayOf(t, from), VNI: testVNI})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +211,7 @@ func arpRequest(t testing.TB, from string, vni uint32, senderIP, target string) 
 			Operation: layers.ARPRequest, SourceHwAddress: mac[:], SourceProtAddress: a4s(senderIP),
 			DstHwAddress: make([]byte, 6), DstProtAddress: a4s(target),
 		})
-	return datagram{b: b, from: underlayOf(t, from), port: encap.DefaultPort}
+	return datagram{b: b, from: underlayOf(t, from), port: config.DefaultVXLANPort}
 }
 
 // onesSum is the RFC 1071 sum of b; a header with a correct checksum sums
