@@ -20,6 +20,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/overlayd/overlayd/encap"
 	"github.com/overlayd/overlayd/pool"
 )
 
@@ -29,7 +30,6 @@ const (
 	DefaultVNI           = 4096 // Calico's default VXLAN VNI
 	DefaultVXLANPort     = 4789
 	DefaultMetricsListen = "127.0.0.1:9469"
-	MaxVNI               = 1<<24 - 1
 )
 
 // NAT exclusion modes, as Felix's natOutgoingExclusions.
@@ -485,8 +485,8 @@ func (p *parser) settings(root fileRoot, c *Cluster) error {
 
 	c.VXLAN = VXLAN{VNI: DefaultVNI, Port: DefaultVXLANPort}
 	if v := root.VXLAN.VNI; v != nil {
-		if *v < 0 || *v > MaxVNI {
-			return p.errAt("vxlan", 0, "", "vni", "%d is out of range: a VNI is 0 to %d (Calico's default is %d)", *v, MaxVNI, DefaultVNI)
+		if *v < 0 || *v > encap.MaxVNI {
+			return p.errAt("vxlan", 0, "", "vni", "%d is out of range: a VNI is 0 to %d (Calico's default is %d)", *v, encap.MaxVNI, DefaultVNI)
 		}
 		c.VXLAN.VNI = uint32(*v)
 	}

@@ -20,6 +20,15 @@ type Message struct {
 	// socket spreading its source ports picks one by it); unused on
 	// receive.
 	Flow uint32
+	// TOS is the outer IPv4 TOS byte (DSCP and ECN) on the UDP socket: on
+	// send, what the datagram goes out with (an IP_TOS control message;
+	// messages of different TOS are never joined into one GSO train); on
+	// receive, what it arrived with (IP_RECVTOS; datagrams the kernel's GRO
+	// coalesced share their IPv4 header, TOS included, as inet_gro_receive
+	// only merges packets whose TOS is the same). The raw IP-in-IP socket
+	// ignores it on send and leaves it zero on receive: its messages hold
+	// the outer header, TOS and all.
+	TOS uint8
 	// Truncated is set on receive when the packet was longer than Buf: the
 	// kernel dropped the rest (MSG_TRUNC), and N is len(Buf). A flag, not
 	// an error, so the other packets of the batch are still delivered.
@@ -33,7 +42,7 @@ type Message struct {
 type Transport interface {
 	// ReadBatch blocks until at least one packet is there, then receives
 	// as many as are queued, up to len(msgs) and MaxBatch, into msgs[:n]
-	// (N, Addr, Port, Truncated set; msgs[n:] untouched). After Close it
+	// (N, Addr, Port, TOS, Truncated set; msgs[n:] untouched). After Close it
 	// returns an error wrapping net.ErrClosed.
 	ReadBatch(msgs []Message) (n int, err error)
 	// WriteBatch sends every message, waiting for socket buffer room as

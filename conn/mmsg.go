@@ -11,6 +11,7 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
 // mmsghdr is struct mmsghdr of recvmmsg(2). Go rounds the struct's size up
@@ -28,8 +29,9 @@ type batch struct {
 	hdrs  [MaxBatch]mmsghdr
 	iovs  [MaxBatch]unix.Iovec
 	names [MaxBatch]unix.RawSockaddrInet4
-	// ctrl is each header's control message: UDP_SEGMENT on send, where
-	// UDP_GRO's segment size arrives on receive.
+	// ctrl is each header's control messages (UDP only): UDP_SEGMENT and
+	// IP_TOS on send; where UDP_GRO's segment size and IP_RECVTOS's TOS
+	// arrive on receive.
 	ctrl [MaxBatch][ctrlSpace]byte
 	// pkts is how many messages (iovecs) each header carries: more than
 	// one for a GSO train, which the kernel cuts at the segment size.
@@ -45,16 +47,21 @@ type batch struct {
 	op         func(fd uintptr) bool
 }
 
-// ctrlSpace holds one control message with an int of data (CMSG_SPACE(4)).
-const ctrlSpace = 24
+// ctrlSpace holds two control messages with at most an int of data each:
+// 2*CMSG_SPACE(4), 48 bytes on 64-bit Linux and more than 32-bit needs.
+const ctrlSpace = 48
 
 // maxGSOSegments is the most datagrams one UDP_SEGMENT send may carry
 // (UDP_MAX_SEGMENTS; raised from 64 to 128 only in recent kernels), and
 // maxGSOBytes the most UDP payload one IPv4 datagram can hold.
 const (
 	maxGSOSegments = 64
-	maxGSOBytes    = 65535 - 20 - 8
+	maxGSOBytes    = 0xffff - udpIPv4Headers
 )
+
+// udpIPv4Headers is what the kernel puts in front of a UDP payload on an
+// IPv4 underlay: the IPv4 and UDP headers.
+const udpIPv4Headers = header.IPv4MinimumSize + header.UDPMinimumSize
 
 // batchConn is a socket with one batch per direction.
 type batchConn struct {
@@ -62,8 +69,8 @@ type batchConn struct {
 	close func() error
 	rd    batch
 	wr    batch
-	// withPort: a UDP socket, whose messages carry a port; the raw IP
-	// socket's do not.
+	// withPort: a UDP socket, whose messages carry a port and a TOS; the
+	// raw IP socket's carry neither (the TOS is in the header they hold).
 	withPort bool
 	// gsoSegment is the largest datagram sendmmsg may join into a UDP GSO
 	// train; 0: GSO off. gro: UDP_GRO is on, so received messages carry
@@ -81,7 +88,8 @@ func newBatchConn(rc syscall.RawConn, closer func() error, withPort bool) *batch
 }
 
 // prepareRead points one header at each of msgs, at most MaxBatch of them,
-// with room for the GRO control message when GRO is on.
+// with room, on a UDP socket, for the control messages of the TOS and, when
+// GRO is on, the segment size.
 func (c *batchConn) prepareRead(msgs []Message) {
 	b := &c.rd
 	b.n, b.done, b.failed, b.err = min(len(msgs), MaxBatch), 0, 0, nil
@@ -93,7 +101,7 @@ func (c *batchConn) prepareRead(msgs []Message) {
 			Iov:     &b.iovs[i],
 			Iovlen:  1,
 		}}
-		if c.gro {
+		if c.withPort {
 			b.hdrs[i].hdr.Control = &b.ctrl[i][0]
 			b.hdrs[i].hdr.SetControllen(ctrlSpace)
 		}
@@ -102,10 +110,13 @@ func (c *batchConn) prepareRead(msgs []Message) {
 
 // prepareWrite fills the headers from the front of msgs and returns how
 // many messages they hold. With GSO on, a run of messages to the same peer
-// whose sizes are equal (the last may be shorter) becomes one header whose
-// iovecs are those messages, sent with UDP_SEGMENT: one datagram for the
-// kernel's whole path down to the device, cut into the original datagrams
-// only where it must be, and not copied on the way here.
+// with the same TOS whose sizes are equal (the last may be shorter) becomes
+// one header whose iovecs are those messages, sent with UDP_SEGMENT: one
+// datagram for the kernel's whole path down to the device, cut into the
+// original datagrams only where it must be, and not copied on the way here.
+// The segments share the train's IPv4 header, hence the one TOS. A UDP
+// message with a TOS other than 0 (the socket's own) carries it in an IP_TOS
+// control message.
 func (c *batchConn) prepareWrite(msgs []Message) int {
 	b := &c.wr
 	b.n, b.done, b.failed, b.err, b.gsoRefused = 0, 0, 0, nil, false
@@ -120,7 +131,8 @@ func (c *batchConn) prepareWrite(msgs []Message) int {
 			for used+count < min(len(msgs), MaxBatch) && count < maxGSOSegments {
 				next := &msgs[used+count]
 				l := len(next.Buf)
-				if next.Addr != first.Addr || next.Port != first.Port || l == 0 || l > seg || total+l > maxGSOBytes {
+				if next.Addr != first.Addr || next.Port != first.Port || next.TOS != first.TOS ||
+					l == 0 || l > seg || total+l > maxGSOBytes {
 					break
 				}
 				count++
@@ -146,10 +158,16 @@ func (c *batchConn) prepareWrite(msgs []Message) int {
 		if c.withPort {
 			setPort(&b.names[b.n], first.Port)
 		}
+		ctrl := 0
 		if count > 1 {
-			putSegmentSize(&b.ctrl[b.n], seg)
+			ctrl += putSegmentSize(b.ctrl[b.n][ctrl:], seg)
+		}
+		if c.withPort && first.TOS != 0 {
+			ctrl += putTOS(b.ctrl[b.n][ctrl:], first.TOS)
+		}
+		if ctrl > 0 {
 			h.hdr.Control = &b.ctrl[b.n][0]
-			h.hdr.SetControllen(int(unix.CmsgLen(2)))
+			h.hdr.SetControllen(ctrl)
 		}
 		b.pkts[b.n] = count
 		b.n++
@@ -167,30 +185,47 @@ func iovec(buf []byte) unix.Iovec {
 	return v
 }
 
-// putSegmentSize writes the UDP_SEGMENT control message: a cmsghdr and the
-// segment size as a native-endian uint16.
-func putSegmentSize(ctrl *[ctrlSpace]byte, seg int) {
+// putSegmentSize writes the UDP_SEGMENT control message at the start of
+// ctrl, which is aligned for a cmsghdr: the header and the segment size as
+// a native-endian uint16. It returns the room the message takes.
+func putSegmentSize(ctrl []byte, seg int) int {
 	h := (*unix.Cmsghdr)(unsafe.Pointer(&ctrl[0]))
 	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
 	h.SetLen(unix.CmsgLen(2))
 	*(*uint16)(unsafe.Pointer(&ctrl[unix.CmsgLen(0)])) = uint16(seg)
+	return unix.CmsgSpace(2)
 }
 
-// segmentSize finds UDP_GRO's segment size among a received message's
-// control messages; 0 when the kernel did not coalesce it.
-func segmentSize(ctrl []byte) int {
+// putTOS writes the IP_TOS control message, which sets one datagram's TOS
+// byte (DSCP and ECN; Linux's ip_cmsg_send takes an int), at the start of
+// ctrl as putSegmentSize does, and returns the room it takes.
+func putTOS(ctrl []byte, tos uint8) int {
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&ctrl[0]))
+	h.Level, h.Type = unix.IPPROTO_IP, unix.IP_TOS
+	h.SetLen(unix.CmsgLen(4))
+	*(*int32)(unsafe.Pointer(&ctrl[unix.CmsgLen(0)])) = int32(tos)
+	return unix.CmsgSpace(4)
+}
+
+// parseControl reads a received message's control messages: UDP_GRO's
+// segment size (0 when the kernel did not coalesce it) and IP_RECVTOS's TOS
+// byte (0 when there is none).
+func parseControl(ctrl []byte) (seg int, tos uint8) {
 	for len(ctrl) >= unix.SizeofCmsghdr {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&ctrl[0]))
 		l := int(h.Len)
 		if l < unix.SizeofCmsghdr || l > len(ctrl) {
-			return 0
+			break
 		}
-		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(4) {
-			return int(*(*int32)(unsafe.Pointer(&ctrl[unix.CmsgLen(0)])))
+		switch {
+		case h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(4):
+			seg = int(*(*int32)(unsafe.Pointer(&ctrl[unix.CmsgLen(0)])))
+		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_TOS && l >= unix.CmsgLen(1):
+			tos = ctrl[unix.CmsgLen(0)]
 		}
 		ctrl = ctrl[min(unix.CmsgSpace(l-unix.CmsgLen(0)), len(ctrl)):]
 	}
-	return 0
+	return seg, tos
 }
 
 // recvmmsg is the RawConn.Read callback: false sends the goroutine to the
@@ -277,11 +312,13 @@ func (c *batchConn) readBatch(msgs []Message, segments []int) (int, error) {
 		m.Truncated = h.hdr.Flags&unix.MSG_TRUNC != 0
 		m.Addr = b.names[i].Addr
 		m.Port = port(&b.names[i])
+		seg := 0
+		m.TOS = 0
+		if c.withPort && h.hdr.Controllen > 0 {
+			seg, m.TOS = parseControl(b.ctrl[i][:min(int(h.hdr.Controllen), ctrlSpace)])
+		}
 		if segments != nil {
-			segments[i] = 0
-			if c.gro && h.hdr.Controllen > 0 {
-				segments[i] = segmentSize(b.ctrl[i][:min(int(h.hdr.Controllen), ctrlSpace)])
-			}
+			segments[i] = seg
 		}
 	}
 	return b.done, nil

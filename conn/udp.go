@@ -11,6 +11,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// defaultUnderlayMTU is the underlay MTU GSO trains are cut for until
+// SetUnderlayMTU says otherwise: Ethernet's.
+const defaultUnderlayMTU = 1500
+
 // socketBuffer is the send and receive buffer asked for, as wireguard-go
 // does, so that the kernel can hold a few whole batches between two reads.
 const socketBuffer = 7 << 20
@@ -47,12 +51,12 @@ const (
 // UDPConn is a UDP socket with batched I/O: VXLAN's transport.
 //
 // It uses the kernel's UDP segmentation offloads where the kernel has them:
-// WriteBatch joins runs of equal-sized datagrams to one peer into one GSO
-// send (UDP_SEGMENT), and the socket receives with UDP_GRO, so that a train
-// from a peer doing the same crosses the underlay's stack as one packet.
-// ReadBatch hands out the datagrams one per Message as before, splitting
-// the coalesced ones; what does not fit in the caller's batch waits for its
-// next call.
+// WriteBatch joins runs of equal-sized datagrams with the same TOS to one
+// peer into one GSO send (UDP_SEGMENT), and the socket receives with
+// UDP_GRO, so that a train from a peer doing the same crosses the underlay's
+// stack as one packet. ReadBatch hands out the datagrams one per Message as
+// before, splitting the coalesced ones, each with the TOS they arrived with;
+// what does not fit in the caller's batch waits for its next call.
 type UDPConn struct {
 	*batchConn
 	pc *net.UDPConn
@@ -100,7 +104,7 @@ func ListenUDP(local netip.AddrPort) (*UDPConn, error) {
 	}
 	c := &UDPConn{batchConn: bc, pc: pc}
 	if gso {
-		c.gsoSegment.Store(1500 - 28)
+		c.gsoSegment.Store(defaultUnderlayMTU - udpIPv4Headers)
 	}
 	if gro {
 		c.batchConn.gro = true
@@ -135,6 +139,11 @@ func openUDP(local netip.AddrPort, withGRO bool) (pc *net.UDPConn, bc *batchConn
 		}
 		if !gso {
 			optErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_NO_CHECK, 1)
+		}
+		// Each received datagram's TOS comes as a control message, so
+		// that VXLAN can pass the outer ECN on (Message.TOS).
+		if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVTOS, 1); err != nil {
+			optErr = errors.Join(optErr, fmt.Errorf("IP_RECVTOS: %w", err))
 		}
 	})
 	if err = errors.Join(err, optErr, setBuffers(rc)); err != nil {
@@ -234,9 +243,9 @@ func (c *UDPConn) Close() error {
 // fits the underlay's MTU unfragmented; the kernel refuses a train whose
 // segments would need fragmenting. Safe while the socket is in use.
 func (c *UDPConn) SetUnderlayMTU(mtu int) {
-	c.batchConn.setMaxSegment(mtu - 28)
+	c.batchConn.setMaxSegment(mtu - udpIPv4Headers)
 	for _, s := range c.senders {
-		s.setMaxSegment(mtu - 28)
+		s.setMaxSegment(mtu - udpIPv4Headers)
 	}
 }
 
@@ -283,7 +292,7 @@ func (c *UDPConn) ReadBatch(msgs []Message) (int, error) {
 		end := min(q.off+seg, m.N)
 		dst := &msgs[out]
 		k := copy(dst.Buf, m.Buf[q.off:end])
-		dst.N, dst.Addr, dst.Port = k, m.Addr, m.Port
+		dst.N, dst.Addr, dst.Port, dst.TOS = k, m.Addr, m.Port, m.TOS
 		dst.Truncated = k < end-q.off || (m.Truncated && end == m.N)
 		out++
 		q.off = end

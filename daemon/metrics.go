@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,7 +40,7 @@ func newRouterCollector(r *dataplane.Router) *routerCollector {
 		icmpReplies: prometheus.NewDesc("overlayd_icmp_errors_sent_total",
 			"ICMP errors (fragmentation needed, unreachable) sent back to senders.", nil, nil),
 		overhead: prometheus.NewDesc("overlayd_encap_overhead_bytes_total",
-			"Bytes of outer headers put on the wire by encapsulation (IP-in-IP 20, VXLAN 50 per packet).", []string{"encap"}, nil),
+			fmt.Sprintf("Bytes of outer headers put on the wire by encapsulation (IP-in-IP %d, VXLAN %d per packet).", plan.EncapIPIP.Overhead(), plan.EncapVXLAN.Overhead()), []string{"encap"}, nil),
 		routes: prometheus.NewDesc("overlayd_routes",
 			"Remote blocks in the running plan, by how they are reached.", []string{"encap"}, nil),
 		ioErrors: prometheus.NewDesc("overlayd_io_errors_total",

@@ -8,11 +8,7 @@ import (
 	"github.com/overlayd/overlayd/plan"
 )
 
-const (
-	ipv4DF      = 0x40 // the DF bit in the flags byte (offset 6)
-	outerIPUDP  = 28   // outer IPv4 + UDP the kernel adds to a VXLAN payload
-	maxICMPSize = encap.MaxFragNeededLen
-)
+const maxICMPSize = encap.MaxICMPErrorLen
 
 // innerLimits returns the largest inner packet each encapsulation can carry
 // without fragmenting on the underlay.
@@ -27,9 +23,7 @@ func innerLimits(p *plan.Plan) [numEncaps]int {
 // encapsulatorFor makes the Encapsulator of a table. Loops keep one per
 // table and make a new one only when the table changes.
 func encapsulatorFor(t *table) (*encap.Encapsulator, error) {
-	return encap.NewEncapsulator(encap.Config{
-		Local: t.self, VTEPMAC: t.vtepMAC, VNI: t.plan.VNI, Port: t.plan.VXLANPort,
-	})
+	return encap.NewEncapsulator(encap.Config{Local: t.self, VTEPMAC: t.vtepMAC, VNI: t.plan.VNI})
 }
 
 // tunLoop reads what the kernel routed into the TUN device and sends it to
@@ -76,13 +70,14 @@ func (r *Router) tunLoop() error {
 		for i := range n {
 			buf, size := in.Bufs[i], in.Sizes[i]
 			pkt := buf[encap.Headroom : encap.Headroom+size]
-			if size < 20 || pkt[0]>>4 != 4 {
+			if !encap.IsIPv4(pkt) {
 				t.drops[DropNotIPv4]++
 				continue
 			}
-			d := tb.lookup([4]byte(pkt[16:20]))
+			dst := encap.IPv4Destination(pkt)
+			d := tb.lookup(dst)
 			if d == nil {
-				if r.nat != nil && tb.natted([4]byte(pkt[12:16]), [4]byte(pkt[16:20])) {
+				if r.nat != nil && tb.natted(encap.IPv4Source(pkt), dst) {
 					r.nat(pkt)
 					t.natPackets++
 					continue
@@ -95,35 +90,30 @@ func (r *Router) tunLoop() error {
 				// workload, or a direct block the kernel did not route
 				// itself: no one to send it to, so the sender is told.
 				t.drops[DropNoRoute]++
-				if replies.add(encap.NetUnreachable(replies.slot(), pkt, [4]byte(pkt[16:20]))) {
+				if replies.add(encap.NetUnreachable(replies.slot(), pkt, dst)) {
 					t.icmpSent++
 				}
 				continue
 			}
-			if size > limits[d.encap] && pkt[6]&ipv4DF != 0 {
+			if size > limits[d.encap] && encap.IPv4DF(pkt) {
 				t.drops[DropTooBig]++
-				if replies.add(encap.FragNeeded(replies.slot(), pkt, d.peer.icmpSource([4]byte(pkt[16:20])), limits[d.encap])) {
+				if replies.add(encap.FragNeeded(replies.slot(), pkt, d.peer.icmpSource(dst), limits[d.encap])) {
 					t.icmpSent++
 				}
 				continue
 			}
+			// Router.Update refuses a plan whose encapsulations have no
+			// transport, and transports are never taken away: the one
+			// d.encap needs is there.
 			switch d.encap {
 			case plan.EncapVXLAN:
-				if tb.transports[plan.EncapVXLAN] == nil {
-					t.drops[DropNoTransport]++
-					continue
-				}
 				flow := encap.FlowHash(pkt)
 				out := enc.VXLANPayload(buf, size, d.peer.mac)
-				vxlanMsgs = append(vxlanMsgs, conn.Message{Buf: out, Addr: d.peer.addr, Port: tb.plan.VXLANPort, Flow: flow})
+				vxlanMsgs = append(vxlanMsgs, conn.Message{Buf: out, Addr: d.peer.addr, Port: tb.plan.VXLANPort, Flow: flow, TOS: encap.OuterTOS(pkt)})
 				t.txPackets[plan.EncapVXLAN]++
-				t.txBytes[plan.EncapVXLAN] += uint64(len(out) + outerIPUDP)
-				t.countTx(d.peer, len(out)+outerIPUDP)
+				t.txBytes[plan.EncapVXLAN] += uint64(len(out) + encap.OuterIPv4UDPLen)
+				t.countTx(d.peer, len(out)+encap.OuterIPv4UDPLen)
 			case plan.EncapIPIP:
-				if tb.transports[plan.EncapIPIP] == nil {
-					t.drops[DropNoTransport]++
-					continue
-				}
 				out := enc.IPIP(buf, size, d.peer.addr)
 				ipipMsgs = append(ipipMsgs, conn.Message{Buf: out, Addr: d.peer.addr})
 				t.txPackets[plan.EncapIPIP]++
@@ -238,7 +228,7 @@ func (r *Router) underlayLoop(tr conn.Transport, kind plan.Encap) error {
 			case plan.EncapVXLAN:
 				var arpFrame []byte
 				var reason encap.DropReason
-				inner, arpFrame, reason = encap.DecapVXLANPayload(m.Buf[:m.N], tb.plan.VNI)
+				inner, arpFrame, reason = encap.DecapVXLANPayload(m.Buf[:m.N], tb.plan.VNI, m.TOS)
 				if reason != encap.NoDrop {
 					t.decapDrops[reason]++
 					continue
@@ -259,11 +249,11 @@ func (r *Router) underlayLoop(tr conn.Transport, kind plan.Encap) error {
 					continue
 				}
 			}
-			if d := tb.lookup([4]byte(inner[16:20])); d == nil || d.kind != plan.DestLocal {
+			if d := tb.lookup(encap.IPv4Destination(inner)); d == nil || d.kind != plan.DestLocal {
 				t.drops[DropNotLocal]++
 				continue
 			}
-			if d := tb.lookup([4]byte(inner[12:16])); d == nil || d.kind != plan.DestRemote || d.peer != p {
+			if d := tb.lookup(encap.IPv4Source(inner)); d == nil || d.kind != plan.DestRemote || d.peer != p {
 				t.drops[DropSpoofedSource]++
 				continue
 			}
@@ -271,7 +261,7 @@ func (r *Router) underlayLoop(tr conn.Transport, kind plan.Encap) error {
 			// the outer IPv4 and UDP headers, the raw socket did not.
 			wire := m.N
 			if kind == plan.EncapVXLAN {
-				wire += outerIPUDP
+				wire += encap.OuterIPv4UDPLen
 			}
 			t.rxPackets[kind]++
 			t.rxBytes[kind] += uint64(wire)

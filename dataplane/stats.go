@@ -31,9 +31,6 @@ const (
 	// DropNotOverlay: a packet from the TUN for a destination outside every
 	// pool that nothing NATs.
 	DropNotOverlay
-	// DropNoTransport: a packet for an encapsulation whose socket is not
-	// open (the plan changed under it).
-	DropNoTransport
 	// DropSendError: the underlay socket refused the packet.
 	DropSendError
 
@@ -56,8 +53,6 @@ func (d Drop) String() string {
 		return "too_big"
 	case DropNotOverlay:
 		return "not_overlay"
-	case DropNoTransport:
-		return "no_transport"
 	case DropSendError:
 		return "send_error"
 	}

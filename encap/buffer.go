@@ -3,15 +3,16 @@ package encap
 import "fmt"
 
 // Headroom is where a packet starts in every data-path buffer. The bytes in
-// front of it take the largest outer headers written in place (VXLAN's 50)
+// front of it take the outer headers written in place (IPIPOverhead,
+// VXLANPayloadLen, the 28 bytes of IPv4 and ICMP headers of an ICMP error)
 // and, when the buffer goes to a TUN device with offloads, the 10-byte
 // virtio-net header wireguard-go's tun.Device.Write puts just before the
 // packet. 64 keeps the packet start aligned.
 //
 // On receive, reading the underlay packet into buf[Headroom-overhead:] (with
 // overhead IPIPOverhead for a raw IP-in-IP socket, VXLANPayloadLen for a UDP
-// socket, VXLANOverhead for a raw VXLAN packet) lands the inner packet at
-// Headroom after decapsulation, ready for a TUN write with offset Headroom.
+// socket) lands the inner packet at Headroom after decapsulation, ready for
+// a TUN write with offset Headroom.
 const Headroom = 64
 
 // Batch is a set of data-path buffers owned and reused by one packet loop. It

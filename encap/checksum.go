@@ -3,10 +3,12 @@ package encap
 import "encoding/binary"
 
 // ipv4HeaderSum returns the one's-complement sum (RFC 1071) of a 20-byte IPv4
-// header, the checksum field included. It is the outer header's sum on every
-// packet: BenchmarkHeaderChecksum shows it at about a third of gVisor's
-// general checksum.Checksum for this one fixed size, which the general routine
-// pays for in alignment handling.
+// header, the checksum field included. It verifies every received IP-in-IP
+// outer header and sums the header of every ICMP error (encapsulation sums
+// its outer header from the field values instead, see putOuterIPv4):
+// BenchmarkHeaderChecksum shows it at about a third of gVisor's general
+// checksum.Checksum for this one fixed size, which the general routine pays
+// for in alignment handling.
 func ipv4HeaderSum(h []byte) uint16 {
 	_ = h[19] // one bounds check for the five loads
 	// Summing 32-bit words and folding gives the 16-bit one's-complement sum

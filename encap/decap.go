@@ -6,15 +6,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// ECN codepoints, the low two bits of the IPv4 TOS byte (RFC 3168).
-const (
-	ecnMask   = 0x03
-	ecnNotECT = 0x00
-	ecnECT1   = 0x01
-	ecnECT0   = 0x02
-	ecnCE     = 0x03
-)
-
 // DecapIPIP takes an IP-in-IP packet as a raw IPPROTO_IPIP socket delivers
 // it, outer IPv4 header included, and returns the inner IPv4 packet (a
 // sub-slice of outer, trimmed to its total length) and the outer source
@@ -31,59 +22,30 @@ func DecapIPIP(outer []byte) (inner []byte, outerSrc [4]byte, reason DropReason)
 	if reason != NoDrop {
 		return nil, outerSrc, reason
 	}
-	if reason = DecapECN(outer[1], inner); reason != NoDrop {
+	if reason = decapECN(outer[tosOffset], inner); reason != NoDrop {
 		return nil, outerSrc, reason
 	}
 	return inner, [4]byte(outer[srcAddrOffset : srcAddrOffset+4]), NoDrop
 }
 
-// DecapVXLAN takes a whole VXLAN packet from outer IPv4 header on, checks the
-// outer headers, the UDP destination port, the VNI and the inner packet, and
-// applies the outer ECN to the inner packet per RFC 6040. An accepted packet
-// gives either inner, the IPv4 packet to forward (trimmed to its total
-// length), or arpFrame, an Ethernet frame carrying ARP, which is not a drop
-// but for the caller to answer with ARPReply; both alias outer. outerSrc is
-// the outer source address the caller checks is a known node. The UDP
-// checksum is not verified: RFC 7348 senders set it to zero, and the inner
-// packet carries its own checksums.
+// DecapVXLANPayload takes a VXLAN packet as a UDP socket delivers it, from the
+// VXLAN header on, with outerTOS, the TOS byte of the outer IPv4 header the
+// socket took off (conn reads it with IP_RECVTOS), and checks the VXLAN
+// header, the VNI and the inner packet. An accepted packet gives either
+// inner, the IPv4 packet to forward (trimmed to its total length), or
+// arpFrame, an Ethernet frame carrying ARP, which is not a drop but for the
+// caller to answer with ARPReply; both alias payload. The outer ECN is
+// applied to the inner packet per RFC 6040, as for IP-in-IP: the inner TOS
+// byte and checksum may be rewritten in place, and an outer CE on a Not-ECT
+// inner packet is dropped (ECNNotECT). The outer source is the socket
+// address, checked by the caller. The UDP checksum was the socket's
+// business: RFC 7348 senders set it to zero, and the inner packet carries
+// its own checksums.
 //
 // The results are separate values rather than a struct on purpose: Go keeps
 // structs over 32 bytes in memory, and copying one out of the returned
 // registers stalled store forwarding and doubled the cost of decapsulation.
-func DecapVXLAN(outer []byte, vni uint32, port uint16) (inner, arpFrame []byte, outerSrc [4]byte, reason DropReason) {
-	udp, reason := outerIPv4(outer, ipProtoUDP)
-	if reason != NoDrop {
-		return nil, nil, outerSrc, reason
-	}
-	if len(udp) < header.UDPMinimumSize {
-		return nil, nil, outerSrc, Truncated
-	}
-	u := header.UDP(udp)
-	if u.DestinationPort() != port {
-		return nil, nil, outerSrc, WrongPort
-	}
-	udpLen := int(u.Length())
-	if udpLen < header.UDPMinimumSize || udpLen > len(udp) {
-		return nil, nil, outerSrc, BadUDPLength
-	}
-	inner, arpFrame, reason = DecapVXLANPayload(udp[header.UDPMinimumSize:udpLen], vni)
-	if reason != NoDrop {
-		return nil, nil, outerSrc, reason
-	}
-	if inner != nil {
-		if reason = DecapECN(outer[1], inner); reason != NoDrop {
-			return nil, nil, outerSrc, reason
-		}
-	}
-	return inner, arpFrame, [4]byte(outer[srcAddrOffset : srcAddrOffset+4]), NoDrop
-}
-
-// DecapVXLANPayload takes a VXLAN packet as a UDP socket delivers it, from the
-// VXLAN header on, and checks the VXLAN header, the VNI and the inner packet.
-// Its results are those of DecapVXLAN. The outer source is the socket
-// address, checked by the caller; the outer ECN the caller may read with
-// IP_RECVTOS and apply with DecapECN.
-func DecapVXLANPayload(payload []byte, vni uint32) (inner, arpFrame []byte, reason DropReason) {
+func DecapVXLANPayload(payload []byte, vni uint32, outerTOS uint8) (inner, arpFrame []byte, reason DropReason) {
 	if len(payload) < VXLANPayloadLen {
 		return nil, nil, Truncated
 	}
@@ -97,59 +59,19 @@ func DecapVXLANPayload(payload []byte, vni uint32) (inner, arpFrame []byte, reas
 	frame := v.Payload()
 	switch header.Ethernet(frame).Type() {
 	case header.IPv4ProtocolNumber:
-		inner, reason = innerIPv4(frame[header.EthernetMinimumSize:])
-		return inner, nil, reason
+		if inner, reason = innerIPv4(frame[header.EthernetMinimumSize:]); reason != NoDrop {
+			return nil, nil, reason
+		}
+		if reason = decapECN(outerTOS, inner); reason != NoDrop {
+			return nil, nil, reason
+		}
+		return inner, nil, NoDrop
 	case header.ARPProtocolNumber:
+		// ECN is about IP packets; ARP carries no mark to pass on.
 		return nil, frame, NoDrop
 	default:
 		return nil, nil, BadEtherType
 	}
-}
-
-// DecapECN applies the ECN field of an outer header (outerTOS) to the inner
-// IPv4 packet at decapsulation, following RFC 6040 section 4.2 (the inner
-// checksum is updated incrementally, RFC 1624):
-//
-//	inner \ outer   Not-ECT   ECT(0)    ECT(1)    CE
-//	Not-ECT         Not-ECT   Not-ECT   Not-ECT   drop
-//	ECT(0)          ECT(0)    ECT(0)    ECT(1)    CE
-//	ECT(1)          ECT(1)    ECT(1)    ECT(1)    CE
-//	CE              CE        CE        CE        CE
-//
-// It returns ECNNotECT for the drop, InnerTruncated if inner cannot hold an
-// IPv4 header, and NoDrop otherwise.
-func DecapECN(outerTOS uint8, inner []byte) DropReason {
-	if len(inner) < header.IPv4MinimumSize {
-		return InnerTruncated
-	}
-	outerECN := outerTOS & ecnMask
-	if outerECN == ecnNotECT {
-		return NoDrop // the common case: nothing to pass on
-	}
-	innerECN := inner[1] & ecnMask
-	var next uint8
-	switch {
-	case innerECN == ecnNotECT:
-		if outerECN == ecnCE {
-			return ECNNotECT
-		}
-		return NoDrop
-	case outerECN == ecnCE:
-		next = ecnCE
-	case outerECN == ecnECT1 && innerECN == ecnECT0:
-		next = ecnECT1
-	default:
-		return NoDrop
-	}
-	if next == innerECN {
-		return NoDrop
-	}
-	ip := header.IPv4(inner)
-	// The TOS byte is the low half of the header's first 16-bit word.
-	old := binary.BigEndian.Uint16(inner[0:])
-	inner[1] = inner[1]&^ecnMask | next
-	ip.SetChecksum(ChecksumUpdate(ip.Checksum(), old, binary.BigEndian.Uint16(inner[0:])))
-	return NoDrop
 }
 
 // outerIPv4 checks an outer IPv4 header for the tunnel protocol proto and

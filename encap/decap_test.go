@@ -17,12 +17,13 @@ func validIPIP(t *testing.T) (pkt, inner []byte) {
 	return bytes.Clone(newTestEncapsulator(t).IPIP(buf, n, nodeB)), inner
 }
 
-// validVXLAN returns a fresh full VXLAN packet and its inner packet.
-func validVXLAN(t *testing.T) (pkt, inner []byte) {
+// validVXLANPayload returns a fresh VXLAN payload, as a UDP socket delivers
+// it, and its inner packet.
+func validVXLANPayload(t *testing.T) (payload, inner []byte) {
 	t.Helper()
 	inner = buildInner(t, innerSpec{proto: layers.IPProtocolUDP, df: true, payloadLen: 40})
 	buf, n := atHeadroom(inner)
-	return bytes.Clone(newTestEncapsulator(t).VXLAN(buf, n, nodeB, vtepMACB)), inner
+	return bytes.Clone(newTestEncapsulator(t).VXLANPayload(buf, n, vtepMACB)), inner
 }
 
 // mutation changes a valid packet; fixing says whether the outer checksum is
@@ -81,9 +82,6 @@ func innerMutations(off, innerLen int) []mutation {
 	shrinkOuter := func(n int) func(p []byte) []byte {
 		return func(p []byte) []byte {
 			binary.BigEndian.PutUint16(p[2:], uint16(n))
-			if off >= 28 { // VXLAN: the UDP length shrinks too
-				binary.BigEndian.PutUint16(p[24:], uint16(n-20))
-			}
 			return p[:n]
 		}
 	}
@@ -137,63 +135,20 @@ func TestDecapIPIPDropReasons(t *testing.T) {
 	}
 }
 
-func TestDecapVXLANDropReasons(t *testing.T) {
-	pkt, inner := validVXLAN(t)
-	const udpOff, vxOff, ethOff = 20, 28, 36
-	cases := append(outerMutations(len(inner), VXLANOverhead), innerMutations(VXLANOverhead, len(inner))...)
-	cases = append(cases,
-		mutation{name: "UDP header cut", mutate: func(p []byte) []byte { binary.BigEndian.PutUint16(p[2:], 27); return p[:27] }, fix: true, want: Truncated},
-		mutation{name: "UDP port 4790", mutate: set16(udpOff+2, 4790), want: WrongPort},
-		mutation{name: "UDP length 7", mutate: set16(udpOff+4, 7), want: BadUDPLength},
-		mutation{name: "UDP length beyond the IP payload", mutate: set16(udpOff+4, uint16(len(pkt)-20+1)), want: BadUDPLength},
-		mutation{name: "UDP length cutting the Ethernet header", mutate: set16(udpOff+4, 8+8+13), want: Truncated},
-		mutation{name: "UDP padding after the UDP length is trimmed", mutate: func(p []byte) []byte {
-			binary.BigEndian.PutUint16(p[2:], uint16(len(p)+3))
-			return append(p, 1, 2, 3)
-		}, fix: true, want: NoDrop},
-		mutation{name: "a non-zero UDP checksum is not checked", mutate: set16(udpOff+6, 0xbeef), want: NoDrop},
-		mutation{name: "I flag missing", mutate: set8(vxOff, 0), want: MissingIFlag},
-		mutation{name: "reserved flag bits are ignored", mutate: set8(vxOff, 0xff), want: NoDrop},
-		mutation{name: "VNI 4097", mutate: set8(vxOff+6, 0x11), want: WrongVNI},
-		mutation{name: "EtherType IPv6", mutate: set16(ethOff+12, 0x86dd), want: BadEtherType},
-		mutation{name: "EtherType 802.1Q", mutate: set16(ethOff+12, 0x8100), want: BadEtherType},
-	)
-	for _, m := range cases {
-		t.Run(m.name, func(t *testing.T) {
-			p := applyMutation(m, bytes.Clone(pkt))
-			got, arp, src, reason := DecapVXLAN(p, testVNI, testPort)
-			if reason != m.want {
-				t.Fatalf("reason %v, want %v", reason, m.want)
-			}
-			if reason != NoDrop {
-				if got != nil || arp != nil || src != [4]byte{} {
-					t.Errorf("dropped packet returned inner %x ARP %x from %v", got, arp, src)
-				}
-				return
-			}
-			wantLen := m.wantLen
-			if wantLen == 0 {
-				wantLen = len(inner)
-			}
-			if len(got) != wantLen || !within(got, p) || arp != nil || src != nodeA {
-				t.Errorf("inner %d bytes (ARP %x) from %v, want %d bytes from %v", len(got), arp, src, wantLen, nodeA)
-			}
-		})
-	}
-}
-
 func TestDecapVXLANPayloadDropReasons(t *testing.T) {
-	full, inner := validVXLAN(t)
-	payload := full[28:]
-	const ethOff = 8
+	payload, inner := validVXLANPayload(t)
+	const vxOff, ethOff = 0, 8
 	innerOff := VXLANPayloadLen
 	cases := []mutation{
 		{name: "empty", mutate: cut(0), want: Truncated},
 		{name: "VXLAN header only", mutate: cut(8), want: Truncated},
 		{name: "Ethernet header one byte short", mutate: cut(21), want: Truncated},
-		{name: "I flag missing", mutate: set8(0, 0), want: MissingIFlag},
+		{name: "I flag missing", mutate: set8(vxOff, 0), want: MissingIFlag},
+		{name: "reserved flag bits are ignored", mutate: set8(vxOff, 0xff), want: NoDrop},
 		{name: "VNI 0", mutate: func(p []byte) []byte { p[4], p[5], p[6] = 0, 0, 0; return p }, want: WrongVNI},
+		{name: "VNI 4097", mutate: set8(vxOff+6, 0x11), want: WrongVNI},
 		{name: "EtherType IPv6", mutate: set16(ethOff+12, 0x86dd), want: BadEtherType},
+		{name: "EtherType 802.1Q", mutate: set16(ethOff+12, 0x8100), want: BadEtherType},
 		{name: "inner truncated", mutate: cut(innerOff + 10), want: InnerTruncated},
 		{name: "nothing after the Ethernet header", mutate: cut(innerOff), want: InnerTruncated},
 		{name: "inner version 6", mutate: set8(innerOff, 0x60), want: InnerBadVersion},
@@ -204,7 +159,7 @@ func TestDecapVXLANPayloadDropReasons(t *testing.T) {
 	for _, m := range cases {
 		t.Run(m.name, func(t *testing.T) {
 			p := m.mutate(bytes.Clone(payload))
-			got, arp, reason := DecapVXLANPayload(p, testVNI)
+			got, arp, reason := DecapVXLANPayload(p, testVNI, 0)
 			if reason != m.want {
 				t.Fatalf("reason %v, want %v", reason, m.want)
 			}
@@ -223,20 +178,10 @@ func TestDecapVXLANPayloadDropReasons(t *testing.T) {
 func TestDecapVXLANReportsARP(t *testing.T) {
 	req := arpRequest(t, vtepMACB, nodeB, podA)
 	payload := append([]byte{VXLANFlagVNI, 0, 0, 0, 0, 0x10, 0x00, 0}, req...)
-	inner, arp, reason := DecapVXLANPayload(payload, testVNI)
+	// An outer CE does not apply to ARP, which has no ECN field.
+	inner, arp, reason := DecapVXLANPayload(payload, testVNI, ecnCE)
 	if reason != NoDrop || inner != nil || !bytes.Equal(arp, req) || !within(arp, payload) {
 		t.Fatalf("DecapVXLANPayload(ARP) = inner %x ARP %x %v, want the ARP frame", inner, arp, reason)
-	}
-
-	full, _ := validVXLAN(t)
-	full = append(full[:VXLANOverhead-14], req...)
-	binary.BigEndian.PutUint16(full[2:], uint16(len(full)))
-	binary.BigEndian.PutUint16(full[24:], uint16(len(full)-20))
-	full[1] = ecnCE // ECN does not apply to ARP
-	fixOuterChecksum(full)
-	inner, arp, src, reason := DecapVXLAN(full, testVNI, testPort)
-	if reason != NoDrop || inner != nil || !bytes.Equal(arp, req) || src != nodeA {
-		t.Fatalf("DecapVXLAN(ARP) = inner %x ARP %x from %v %v, want the ARP frame from %v", inner, arp, src, reason, nodeA)
 	}
 }
 
@@ -260,8 +205,18 @@ func TestDecapECN(t *testing.T) {
 	}{
 		{"ipip", func(e *Encapsulator, buf []byte, n int) []byte { return e.IPIP(buf, n, nodeB) },
 			func(p []byte) ([]byte, DropReason) { in, _, r := DecapIPIP(p); return in, r }},
-		{"vxlan", func(e *Encapsulator, buf []byte, n int) []byte { return e.VXLAN(buf, n, nodeB, vtepMACB) },
-			func(p []byte) ([]byte, DropReason) { in, _, _, r := DecapVXLAN(p, testVNI, testPort); return in, r }},
+		// The outer IPv4 and UDP headers a UDP socket writes and takes
+		// off, kept here to carry the outer TOS that OuterTOS gives the
+		// sending socket and IP_RECVTOS gives the receiving one.
+		{"vxlan", func(e *Encapsulator, buf []byte, n int) []byte {
+			tos := OuterTOS(buf[Headroom:])
+			outer := make([]byte, OuterIPv4UDPLen)
+			outer[0], outer[1] = ipv4VersionIHL5, tos
+			return append(outer, e.VXLANPayload(buf, n, vtepMACB)...)
+		}, func(p []byte) ([]byte, DropReason) {
+			in, _, r := DecapVXLANPayload(p[OuterIPv4UDPLen:], testVNI, p[1])
+			return in, r
+		}},
 	}
 	for _, tun := range tunnels {
 		for innerECN := range uint8(4) {
@@ -271,7 +226,10 @@ func TestDecapECN(t *testing.T) {
 					inner := buildInner(t, innerSpec{proto: layers.IPProtocolUDP, tos: dscp | innerECN, payloadLen: 20})
 					buf, n := atHeadroom(inner)
 					pkt := tun.build(newTestEncapsulator(t), buf, n)
-					pkt[1] = pkt[1]&^ecnMask | outerECN // as congested underlay routers mark it
+					if pkt[1] != inner[1] {
+						t.Fatalf("outer TOS %#x, want the inner %#x (RFC 6040 normal mode)", pkt[1], inner[1])
+					}
+					pkt[1] = pkt[1]&^ECNMask | outerECN // as congested underlay routers mark it
 					fixOuterChecksum(pkt)
 					got, reason := tun.decap(pkt)
 					w := want[innerECN][outerECN]
@@ -297,7 +255,7 @@ func TestDecapECN(t *testing.T) {
 }
 
 func TestDecapECNOnShortInner(t *testing.T) {
-	if r := DecapECN(ecnCE, make([]byte, 19)); r != InnerTruncated {
-		t.Errorf("DecapECN(19 bytes) = %v, want %v", r, InnerTruncated)
+	if r := decapECN(ecnCE, make([]byte, 19)); r != InnerTruncated {
+		t.Errorf("decapECN(19 bytes) = %v, want %v", r, InnerTruncated)
 	}
 }

@@ -6,7 +6,9 @@ package encap
 type DropReason uint8
 
 // The reasons a received packet is dropped. Outer means the headers the peer
-// wrote (IPv4, UDP, VXLAN, Ethernet); inner means the carried IPv4 packet.
+// wrote (the IPv4 header of IP-in-IP; VXLAN's VXLAN and Ethernet headers,
+// its IPv4 and UDP ones being the socket's to check); inner means the
+// carried IPv4 packet.
 const (
 	// NoDrop: the packet was accepted.
 	NoDrop DropReason = iota
@@ -27,14 +29,8 @@ const (
 	// OuterFragment: the outer packet is a fragment; overlayd does not
 	// reassemble, its MTU is chosen so that tunnels never fragment.
 	OuterFragment
-	// WrongProtocol: the outer IP protocol is not the tunnel's (4 for
-	// IP-in-IP, 17 for VXLAN).
+	// WrongProtocol: the outer IP protocol is not IP-in-IP's 4.
 	WrongProtocol
-	// WrongPort: the outer UDP destination port is not the VXLAN port.
-	WrongPort
-	// BadUDPLength: the UDP length is shorter than the UDP header or longer
-	// than the IP payload.
-	BadUDPLength
 	// MissingIFlag: the VXLAN header lacks the I flag.
 	MissingIFlag
 	// WrongVNI: the VXLAN network identifier is not ours.
@@ -82,10 +78,6 @@ func (r DropReason) String() string {
 		return "outer_fragment"
 	case WrongProtocol:
 		return "wrong_protocol"
-	case WrongPort:
-		return "wrong_port"
-	case BadUDPLength:
-		return "bad_udp_length"
 	case MissingIFlag:
 		return "missing_i_flag"
 	case WrongVNI:

@@ -16,27 +16,17 @@ const (
 	// goes in front of the packet when the kernel writes the outer IPv4 and
 	// UDP headers (a UDP socket).
 	VXLANPayloadLen = VXLANHeaderSize + header.EthernetMinimumSize
-	// VXLANOverhead is the whole VXLAN encapsulation: outer IPv4, UDP, VXLAN
-	// and inner Ethernet.
-	VXLANOverhead = header.IPv4MinimumSize + header.UDPMinimumSize + VXLANPayloadLen
+	// OuterIPv4UDPLen is the outer IPv4 and UDP headers the kernel writes
+	// in front of a VXLAN payload sent through a UDP socket, and takes off
+	// one it receives.
+	OuterIPv4UDPLen = header.IPv4MinimumSize + header.UDPMinimumSize
+	// VXLANOverhead is the whole VXLAN encapsulation on the wire: outer
+	// IPv4, UDP, VXLAN and inner Ethernet.
+	VXLANOverhead = OuterIPv4UDPLen + VXLANPayloadLen
 )
 
-// Defaults shared with Calico, so overlayd and Calico nodes interoperate.
-const (
-	// DefaultVNI is Calico's VXLAN network identifier.
-	DefaultVNI = 4096
-	// DefaultPort is the IANA VXLAN port (RFC 7348).
-	DefaultPort = 4789
-	// OuterTTL is the TTL of every outer header overlayd writes.
-	OuterTTL = 64
-)
-
-// The range of VXLAN source ports: Linux's default ephemeral range
-// (net.ipv4.ip_local_port_range), which the kernel's vxlan driver also uses.
-const (
-	SourcePortMin = 32768
-	SourcePortMax = 60999
-)
+// OuterTTL is the TTL of every IPv4 header overlayd writes.
+const OuterTTL = 64
 
 const (
 	ipProtoIPIP = 4
@@ -44,15 +34,7 @@ const (
 	ipProtoUDP  = uint8(header.UDPProtocolNumber)
 	ipProtoICMP = uint8(header.ICMPv4ProtocolNumber)
 
-	// ipv4VersionIHL5 is version 4 with a 20-byte header.
-	ipv4VersionIHL5 = 0x45
-	// ipv4FragmentMask covers the MF flag and the fragment offset.
-	ipv4FragmentMask = 0x3fff
-	flagsOffset      = 6
-	protocolOffset   = 9
-	srcAddrOffset    = 12
-	dstAddrOffset    = 16
-	ethTypeOffset    = 12
+	ethTypeOffset = 12
 )
 
 // Config is what an Encapsulator writes into every outer header.
@@ -61,12 +43,8 @@ type Config struct {
 	Local [4]byte
 	// VTEPMAC is this node's VTEP MAC, the inner Ethernet source of VXLAN.
 	VTEPMAC [6]byte
-	// VNI is the VXLAN network identifier, at most MaxVNI (DefaultVNI is
-	// Calico's).
+	// VNI is the VXLAN network identifier, at most MaxVNI.
 	VNI uint32
-	// Port is the VXLAN UDP destination port, not 0 (DefaultPort is the
-	// standard one).
-	Port uint16
 }
 
 // Encapsulator writes outer headers in front of packets. It holds the IP ID
@@ -85,9 +63,6 @@ type Encapsulator struct {
 func NewEncapsulator(cfg Config) (*Encapsulator, error) {
 	if cfg.VNI > MaxVNI {
 		return nil, fmt.Errorf("encap: VNI %d does not fit in 24 bits (max %d)", cfg.VNI, MaxVNI)
-	}
-	if cfg.Port == 0 {
-		return nil, fmt.Errorf("encap: VXLAN port 0 is not a valid destination port")
 	}
 	// A random start keeps the IDs of different runs and loops apart and
 	// unpredictable (RFC 6864 section 4.2 warns about predictable IDs).
@@ -113,35 +88,12 @@ func (e *Encapsulator) IPIP(buf []byte, n int, dst [4]byte) []byte {
 	return pkt
 }
 
-// VXLAN encapsulates the IPv4 packet at buf[Headroom:Headroom+n] in VXLAN
-// with all its outer headers (IPv4 and UDP to dst, VXLAN, Ethernet to dstMAC),
-// written into the headroom, and returns buf[Headroom-VXLANOverhead:Headroom+n]
-// for a raw transport. The outer IPv4 header is as for IPIP, protocol 17; the
-// UDP source port comes from VXLANSourcePort and the UDP checksum is zero
-// (RFC 7348 section 5). It returns nil in the cases IPIP does.
-func (e *Encapsulator) VXLAN(buf []byte, n int, dst [4]byte, dstMAC [6]byte) []byte {
-	inner := innerAt(buf, n, VXLANOverhead)
-	if inner == nil {
-		return nil
-	}
-	pkt := buf[Headroom-VXLANOverhead : Headroom+n]
-	e.putOuterIPv4(pkt[:header.IPv4MinimumSize], inner, ipProtoUDP, dst, len(pkt))
-	udp := header.UDP(pkt[header.IPv4MinimumSize : header.IPv4MinimumSize+header.UDPMinimumSize])
-	udp.SetSourcePort(VXLANSourcePort(inner))
-	udp.SetDestinationPort(e.cfg.Port)
-	udp.SetLength(uint16(len(pkt) - header.IPv4MinimumSize))
-	udp.SetChecksum(0)
-	e.putVXLANPayload(pkt[VXLANOverhead-VXLANPayloadLen:VXLANOverhead], dstMAC)
-	return pkt
-}
-
 // VXLANPayload writes the VXLAN header and the inner Ethernet header (to
 // dstMAC) in front of the IPv4 packet at buf[Headroom:Headroom+n] and returns
 // buf[Headroom-VXLANPayloadLen:Headroom+n]: the payload to send through a UDP
-// socket, whose kernel writes the outer IPv4 and UDP headers. The socket then
-// decides the outer TOS, DF and source port; VXLANSourcePort and the inner
-// header give what VXLAN would have used. It returns nil in the cases IPIP
-// does.
+// socket, whose kernel writes the outer IPv4 and UDP headers: the socket
+// picks the source port (conn spreads them by FlowHash) and sets DF by its
+// path MTU discovery. It returns nil in the cases IPIP does.
 func (e *Encapsulator) VXLANPayload(buf []byte, n int, dstMAC [6]byte) []byte {
 	if innerAt(buf, n, VXLANPayloadLen) == nil {
 		return nil
@@ -172,10 +124,7 @@ func innerAt(buf []byte, n, overhead int) []byte {
 // another nanosecond; not worth leaving the header views for.
 func (e *Encapsulator) putOuterIPv4(h header.IPv4, inner header.IPv4, proto uint8, dst [4]byte, totalLen int) {
 	_ = h[header.IPv4MinimumSize-1]
-	// RFC 6040 normal mode: the outer TOS byte is the inner one, DSCP and
-	// ECN alike, so congestion marks made on the underlay reach the inner
-	// packet at decapsulation.
-	tos, _ := inner.TOS()
+	tos := OuterTOS(inner)
 	// DF follows the inner packet so path MTU discovery works end to end. A
 	// DF packet is never fragmented, so its ID may be 0 (RFC 6864); others
 	// need IDs that differ for reassembly.
@@ -215,18 +164,6 @@ func (e *Encapsulator) putVXLANPayload(b []byte, dstMAC [6]byte) {
 	binary.BigEndian.PutUint16(eth[ethTypeOffset:], uint16(header.IPv4ProtocolNumber))
 }
 
-// VXLANSourcePort returns the outer UDP source port for an inner IPv4 packet:
-// its FlowHash mapped into SourcePortMin..SourcePortMax the way Linux's
-// udp_flow_src_port does, so ECMP in the underlay spreads flows while
-// keeping each one on one path. Packets too short to hold an IPv4 header
-// all get SourcePortMin.
-func VXLANSourcePort(inner []byte) uint16 {
-	if len(inner) < header.IPv4MinimumSize {
-		return SourcePortMin
-	}
-	return portFromHash(FlowHash(inner))
-}
-
 // FlowHash is a hash of an inner IPv4 packet's flow: its addresses,
 // protocol, and the ports of TCP and UDP packets that are not fragments.
 // Packets too short to hold an IPv4 header hash to 0.
@@ -247,13 +184,6 @@ func FlowHash(inner []byte) uint32 {
 		}
 	}
 	return flowHash(addrs, uint64(proto)<<32|uint64(ports))
-}
-
-// portFromHash maps a 32-bit hash onto SourcePortMin..SourcePortMax by
-// multiply-shift, without a division, as the kernel does; it relies on the
-// high bits of the hash, which flowHash mixes well.
-func portFromHash(h uint32) uint16 {
-	return SourcePortMin + uint16((uint64(h)*(SourcePortMax-SourcePortMin+1))>>32)
 }
 
 // flowHash mixes a flow's addresses and protocol+ports into 32 bits: a

@@ -18,8 +18,7 @@ var (
 	podB      = [4]byte{192, 168, 1, 7}
 	vtepMACA  = [6]byte{0x66, 0x01, 0x02, 0x03, 0x04, 0x05}
 	vtepMACB  = [6]byte{0x66, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e}
-	testVNI   = uint32(DefaultVNI)
-	testPort  = uint16(DefaultPort)
+	testVNI   = uint32(4096) // Calico's default
 	serialize = gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
 )
 
@@ -110,7 +109,7 @@ func atHeadroom(pkt []byte) ([]byte, int) {
 // newTestEncapsulator returns node A's encapsulator.
 func newTestEncapsulator(tb testing.TB) *Encapsulator {
 	tb.Helper()
-	e, err := NewEncapsulator(Config{Local: nodeA, VTEPMAC: vtepMACA, VNI: testVNI, Port: testPort})
+	e, err := NewEncapsulator(Config{Local: nodeA, VTEPMAC: vtepMACA, VNI: testVNI})
 	if err != nil {
 		tb.Fatal(err)
 	}

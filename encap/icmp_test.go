@@ -8,6 +8,7 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
 var routerAddr = [4]byte{192, 168, 0, 1}
@@ -54,7 +55,7 @@ func TestFragNeeded(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			tooBig := tc.packet(t)
-			dst := make([]byte, MaxFragNeededLen)
+			dst := make([]byte, MaxICMPErrorLen)
 			msg := FragNeeded(dst, tooBig, routerAddr, tc.mtu)
 			if msg == nil {
 				t.Fatal("FragNeeded returned nil")
@@ -104,7 +105,7 @@ func checkFragNeeded(t *testing.T, msg, tooBig []byte, mtu, wantQuote int) {
 // in front of it: the router needs no second buffer.
 func TestFragNeededInPlace(t *testing.T) {
 	tooBig := buildInner(t, innerSpec{proto: layers.IPProtocolTCP, df: true, payloadLen: 1420})
-	want := FragNeeded(make([]byte, MaxFragNeededLen), tooBig, routerAddr, 1450)
+	want := FragNeeded(make([]byte, MaxICMPErrorLen), tooBig, routerAddr, 1450)
 
 	buf, n := atHeadroom(tooBig)
 	got := FragNeeded(buf[Headroom-28:], buf[Headroom:Headroom+n], routerAddr, 1450)
@@ -143,27 +144,28 @@ func TestFragNeededRefuses(t *testing.T) {
 		dstLen int
 		mtu    int
 	}{
-		{"19 bytes", func(t *testing.T) []byte { return base(t)[:19] }, MaxFragNeededLen, 1400},
-		{"IPv6", func(t *testing.T) []byte { p := base(t); p[0] = 0x60; return p }, MaxFragNeededLen, 1400},
-		{"IHL 4", func(t *testing.T) []byte { p := base(t); p[0] = 0x44; return p }, MaxFragNeededLen, 1400},
-		{"IHL beyond the data", func(t *testing.T) []byte { p := base(t)[:30]; p[0] = 0x4f; return p }, MaxFragNeededLen, 1400},
-		{"non-initial fragment", func(t *testing.T) []byte { p := base(t); p[7] = 1; return p }, MaxFragNeededLen, 1400},
-		{"source 0.x", withSource(0), MaxFragNeededLen, 1400},
-		{"source loopback", withSource(127), MaxFragNeededLen, 1400},
-		{"source multicast", withSource(224), MaxFragNeededLen, 1400},
-		{"source broadcast", withSource(255), MaxFragNeededLen, 1400},
-		{"ICMP destination unreachable", icmpOfType(3), MaxFragNeededLen, 1400},
-		{"ICMP time exceeded", icmpOfType(11), MaxFragNeededLen, 1400},
-		{"ICMP parameter problem", icmpOfType(12), MaxFragNeededLen, 1400},
-		{"ICMP redirect", icmpOfType(5), MaxFragNeededLen, 1400},
+		{"19 bytes", func(t *testing.T) []byte { return base(t)[:19] }, MaxICMPErrorLen, 1400},
+		{"IPv6", func(t *testing.T) []byte { p := base(t); p[0] = 0x60; return p }, MaxICMPErrorLen, 1400},
+		{"IHL 4", func(t *testing.T) []byte { p := base(t); p[0] = 0x44; return p }, MaxICMPErrorLen, 1400},
+		{"IHL beyond the data", func(t *testing.T) []byte { p := base(t)[:30]; p[0] = 0x4f; return p }, MaxICMPErrorLen, 1400},
+		{"non-initial fragment", func(t *testing.T) []byte { p := base(t); p[7] = 1; return p }, MaxICMPErrorLen, 1400},
+		{"source 0.x", withSource(0), MaxICMPErrorLen, 1400},
+		{"source loopback", withSource(127), MaxICMPErrorLen, 1400},
+		{"source multicast", withSource(224), MaxICMPErrorLen, 1400},
+		{"source broadcast", withSource(255), MaxICMPErrorLen, 1400},
+		{"source class E", withSource(240), MaxICMPErrorLen, 1400},
+		{"ICMP destination unreachable", icmpOfType(3), MaxICMPErrorLen, 1400},
+		{"ICMP time exceeded", icmpOfType(11), MaxICMPErrorLen, 1400},
+		{"ICMP parameter problem", icmpOfType(12), MaxICMPErrorLen, 1400},
+		{"ICMP redirect", icmpOfType(5), MaxICMPErrorLen, 1400},
 		{"ICMP without its type byte", func(t *testing.T) []byte {
 			p := buildInner(t, innerSpec{proto: layers.IPProtocolICMPv4, df: true})[:20]
 			binary.BigEndian.PutUint16(p[2:], 20)
 			return p
-		}, MaxFragNeededLen, 1400},
+		}, MaxICMPErrorLen, 1400},
 		{"dst one byte short", base, 55, 1400},
-		{"MTU -1", base, MaxFragNeededLen, -1},
-		{"MTU 65536", base, MaxFragNeededLen, 65536},
+		{"MTU -1", base, MaxICMPErrorLen, -1},
+		{"MTU 65536", base, MaxICMPErrorLen, 65536},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -177,7 +179,7 @@ func TestFragNeededRefuses(t *testing.T) {
 
 func TestNetUnreachable(t *testing.T) {
 	orig := buildInner(t, innerSpec{proto: layers.IPProtocolUDP, payloadLen: 100})
-	dst := make([]byte, MaxFragNeededLen)
+	dst := make([]byte, MaxICMPErrorLen)
 	msg := NetUnreachable(dst, orig, routerAddr)
 	if msg == nil {
 		t.Fatal("NetUnreachable returned nil")
@@ -191,10 +193,6 @@ func TestNetUnreachable(t *testing.T) {
 	if icmp.TypeCode != layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeNet) {
 		t.Errorf("type/code %v, want destination unreachable / net", icmp.TypeCode)
 	}
-	prohibited := Prohibited(make([]byte, MaxFragNeededLen), orig, routerAddr)
-	if prohibited == nil || prohibited[20] != 3 || prohibited[21] != 13 {
-		t.Errorf("Prohibited: %x, want type 3 code 13", prohibited)
-	}
 	if !ip.DstIP.Equal(net.IP(orig[12:16])) || !ip.SrcIP.Equal(net.IP(routerAddr[:])) {
 		t.Errorf("from %v to %v, want from the router to the original source", ip.SrcIP, ip.DstIP)
 	}
@@ -203,5 +201,68 @@ func TestNetUnreachable(t *testing.T) {
 	}
 	if NetUnreachable(dst, orig[:10], routerAddr) != nil {
 		t.Error("a truncated packet must get no answer")
+	}
+}
+
+// One rule for whom an ICMP error may answer (RFC 1812 section 4.3.2.7),
+// at the edges of each excluded block; link-local is a host and answered.
+func TestICMPErrorSources(t *testing.T) {
+	cases := []struct {
+		src  [4]byte
+		want bool
+	}{
+		{[4]byte{0, 0, 0, 0}, false},
+		{[4]byte{0, 255, 255, 255}, false},
+		{[4]byte{1, 0, 0, 0}, true},
+		{[4]byte{126, 255, 255, 255}, true},
+		{[4]byte{127, 0, 0, 1}, false},
+		{[4]byte{127, 255, 255, 255}, false},
+		{[4]byte{128, 0, 0, 0}, true},
+		{[4]byte{169, 254, 1, 1}, true},
+		{[4]byte{198, 18, 0, 1}, true},
+		{[4]byte{223, 255, 255, 255}, true},
+		{[4]byte{224, 0, 0, 1}, false},
+		{[4]byte{239, 255, 255, 255}, false},
+		{[4]byte{240, 0, 0, 1}, false},
+		{[4]byte{255, 255, 255, 255}, false},
+	}
+	for _, tc := range cases {
+		orig := buildInner(t, innerSpec{proto: layers.IPProtocolUDP, df: true, payloadLen: 30})
+		copy(orig[12:16], tc.src[:])
+		fixInnerChecksum(orig, 0)
+		msg := ICMPError(make([]byte, MaxICMPErrorLen), orig, routerAddr, 3, 1, 0)
+		if got := msg != nil; got != tc.want {
+			t.Errorf("source %v: answered %v, want %v", net.IP(tc.src[:]), got, tc.want)
+		}
+		if msg != nil && [4]byte(msg[16:20]) != tc.src {
+			t.Errorf("source %v: error sent to %v", net.IP(tc.src[:]), net.IP(msg[16:20]))
+		}
+	}
+}
+
+// Types other than fragmentation needed leave the word after the checksum
+// zero, whatever mtu says, and every type and code is written as asked.
+func TestICMPErrorTypes(t *testing.T) {
+	orig := buildInner(t, innerSpec{proto: layers.IPProtocolTCP, payloadLen: 30})
+	for _, tc := range []struct {
+		typ, code uint8
+		mtu       int
+		want      uint32
+	}{
+		{11, 0, 1400, 0},   // time exceeded in transit
+		{3, 13, 1400, 0},   // administratively prohibited
+		{3, 4, 1400, 1400}, // fragmentation needed carries the MTU
+		{3, 3, 0xffff, 0},  // port unreachable
+	} {
+		msg := ICMPError(make([]byte, MaxICMPErrorLen), orig, routerAddr, header.ICMPv4Type(tc.typ), header.ICMPv4Code(tc.code), tc.mtu)
+		if msg == nil {
+			t.Fatalf("type %d code %d: nil", tc.typ, tc.code)
+		}
+		if msg[20] != tc.typ || msg[21] != tc.code || binary.BigEndian.Uint32(msg[24:]) != tc.want {
+			t.Errorf("type %d code %d: got type %d code %d word %#x, want word %#x", tc.typ, tc.code, msg[20], msg[21], binary.BigEndian.Uint32(msg[24:]), tc.want)
+		}
+		if refSum(msg[:20]) != 0xffff || refSum(msg[20:]) != 0xffff || msg[1] != icmpTOS || msg[8] != OuterTTL {
+			t.Errorf("type %d code %d: checksums, TOS or TTL wrong: %x", tc.typ, tc.code, msg)
+		}
 	}
 }

@@ -153,42 +153,6 @@ func checkVXLANLayers(t *testing.T, p gopacket.Packet) {
 	}
 }
 
-func TestVXLANDecodesWithGopacket(t *testing.T) {
-	for _, tc := range interopCases() {
-		t.Run(tc.name, func(t *testing.T) {
-			inner := buildInner(t, tc.spec)
-			buf, n := atHeadroom(inner)
-			out := newTestEncapsulator(t).VXLAN(buf, n, nodeB, vtepMACB)
-			if out == nil {
-				t.Fatal("VXLAN returned nil")
-			}
-			if &out[VXLANOverhead] != &buf[Headroom] {
-				t.Fatal("VXLAN did not encapsulate in place")
-			}
-			p := decodeAll(t, out, layers.LayerTypeIPv4)
-			ls := p.Layers()
-			outerIP, ok := ls[0].(*layers.IPv4)
-			if !ok {
-				t.Fatalf("layers %v, want outer IPv4 first", ls)
-			}
-			checkOuterIPv4(t, outerIP, out, inner, layers.IPProtocolUDP)
-			udp, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP)
-			if !ok {
-				t.Fatalf("no UDP layer in %v", ls)
-			}
-			if udp.DstPort != layers.UDPPort(testPort) || udp.Checksum != 0 || int(udp.Length) != len(out)-20 {
-				t.Errorf("UDP dst %d checksum %#x length %d, want %d 0 %d", udp.DstPort, udp.Checksum, udp.Length, testPort, len(out)-20)
-			}
-			if sp := uint16(udp.SrcPort); sp != VXLANSourcePort(inner) || sp < SourcePortMin || sp > SourcePortMax {
-				t.Errorf("UDP source port %d, want VXLANSourcePort %d in %d..%d", sp, VXLANSourcePort(inner), SourcePortMin, SourcePortMax)
-			}
-			checkVXLANLayers(t, p)
-			innerIP := findInnerIPv4(t, p)
-			checkInnerLayers(t, p, innerIP, inner, tc.spec.proto)
-		})
-	}
-}
-
 func TestVXLANPayloadDecodesWithGopacket(t *testing.T) {
 	for _, tc := range interopCases() {
 		t.Run(tc.name, func(t *testing.T) {
@@ -209,42 +173,27 @@ func TestVXLANPayloadDecodesWithGopacket(t *testing.T) {
 	}
 }
 
-// The full form and the payload form must agree byte for byte past the outer
-// UDP header: they share their code, and a peer cannot tell them apart.
-func TestVXLANFormsAgree(t *testing.T) {
-	inner := buildInner(t, innerSpec{proto: layers.IPProtocolTCP, df: true, payloadLen: 10})
-	fullBuf, n := atHeadroom(inner)
-	full := newTestEncapsulator(t).VXLAN(fullBuf, n, nodeB, vtepMACB)
-	payloadBuf, _ := atHeadroom(inner)
-	payload := newTestEncapsulator(t).VXLANPayload(payloadBuf, n, vtepMACB)
-	if !bytes.Equal(full[28:], payload) {
-		t.Errorf("full form after UDP %x\n payload form %x", full[28:], payload)
-	}
-}
-
-// VXLAN on a port other than 4789: gopacket only knows 4789, so the UDP
-// payload is decoded as VXLAN explicitly.
-func TestVXLANCustomPort(t *testing.T) {
-	e, err := NewEncapsulator(Config{Local: nodeA, VTEPMAC: vtepMACA, VNI: 77, Port: 8472})
+// VXLAN with a VNI other than Calico's: the payload decodes as VXLAN with
+// that VNI, and only that VNI decapsulates it.
+func TestVXLANOtherVNI(t *testing.T) {
+	e, err := NewEncapsulator(Config{Local: nodeA, VTEPMAC: vtepMACA, VNI: 77})
 	if err != nil {
 		t.Fatal(err)
 	}
 	inner := buildInner(t, innerSpec{proto: layers.IPProtocolUDP, payloadLen: 30})
 	buf, n := atHeadroom(inner)
-	out := e.VXLAN(buf, n, nodeB, vtepMACB)
-	p := decodeAll(t, out, layers.LayerTypeIPv4)
-	udp, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP)
-	if !ok || udp.DstPort != 8472 {
-		t.Fatalf("UDP layer %v, want destination port 8472", udp)
-	}
-	vp := gopacket.NewPacket(udp.Payload, layers.LayerTypeVXLAN, gopacket.Default)
+	out := e.VXLANPayload(buf, n, vtepMACB)
+	vp := gopacket.NewPacket(out, layers.LayerTypeVXLAN, gopacket.Default)
 	vx, ok := vp.Layer(layers.LayerTypeVXLAN).(*layers.VXLAN)
 	if !ok || vx.VNI != 77 || !vx.ValidIDFlag {
 		t.Fatalf("VXLAN layer %+v, want VNI 77 with I flag", vx)
 	}
-	got, _, _, reason := DecapVXLAN(out, 77, 8472)
+	got, _, reason := DecapVXLANPayload(out, 77, 0)
 	if reason != NoDrop || !bytes.Equal(got, inner) {
-		t.Errorf("DecapVXLAN(port 8472, VNI 77) = %x %v, want the inner packet back", got, reason)
+		t.Errorf("DecapVXLANPayload(VNI 77) = %x %v, want the inner packet back", got, reason)
+	}
+	if _, _, reason := DecapVXLANPayload(out, testVNI, 0); reason != WrongVNI {
+		t.Errorf("DecapVXLANPayload(VNI %d) = %v, want %v", testVNI, reason, WrongVNI)
 	}
 }
 
@@ -298,23 +247,9 @@ func TestGopacketPacketsDecapsulate(t *testing.T) {
 				}
 			}
 
-			t.Run("vxlan", func(t *testing.T) {
-				ip := outerIP(layers.IPProtocolUDP)
-				udp := &layers.UDP{SrcPort: 51000, DstPort: layers.UDPPort(testPort)}
-				if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
-					t.Fatal(err)
-				}
-				pkt := serializeLayers(t, append([]gopacket.SerializableLayer{ip, udp}, vxlanLayers()...)...)
-				got, arp, src, reason := DecapVXLAN(pkt, testVNI, testPort)
-				checkVXLANDecap(t, got, arp, reason, pkt, inner)
-				if src != nodeB {
-					t.Errorf("outer source %v, want %v", src, nodeB)
-				}
-			})
-
 			t.Run("vxlan-payload", func(t *testing.T) {
 				pkt := serializeLayers(t, vxlanLayers()...)
-				got, arp, reason := DecapVXLANPayload(pkt, testVNI)
+				got, arp, reason := DecapVXLANPayload(pkt, testVNI, tc.spec.tos)
 				checkVXLANDecap(t, got, arp, reason, pkt, inner)
 			})
 		})

@@ -35,7 +35,7 @@ func TestVXLANHeader(t *testing.T) {
 		vni  uint32
 		want uint32
 	}{
-		{"Calico default", DefaultVNI, DefaultVNI},
+		{"Calico default", 4096, 4096},
 		{"zero", 0, 0},
 		{"largest", MaxVNI, MaxVNI},
 		{"bits above 24 dropped", 1<<24 | 5, 5},

@@ -10,15 +10,14 @@ import (
 	"github.com/overlayd/overlayd/encap"
 )
 
-// The headers the NAT writes itself: TTL 64 as a host's, and for ICMP
-// errors TOS 0xc0 (internetwork control), as Linux sends them.
+// The headers the NAT writes itself (its ICMP errors come from
+// encap.ICMPError): TTL 64 as a host's.
 const (
 	replyTTL = 64
-	errorTOS = 0xc0
 	// quotedPayload is how much past the IP header an ICMP error quotes:
 	// the 64 bits RFC 792 asks for, which hold the ports (and TCP's
 	// sequence number) the receiver matches on.
-	quotedPayload = 8
+	quotedPayload = encap.ICMPErrorQuote
 )
 
 func tcpipAddr(a netip.Addr) tcpip.Address { return tcpip.AddrFrom4(a.As4()) }
@@ -60,45 +59,21 @@ func echoReply(buf []byte, dst, workload netip.Addr, ident, seq uint16, data []b
 }
 
 // icmpError builds an ICMP error (destination unreachable, time exceeded)
-// from `from` to the sender of the quoted packet. quote is the offending
-// packet's IP header and at least the first 8 bytes of its payload; it is
-// cut to that. info is the next-hop MTU of "fragmentation needed" (type 3
-// code 4), else 0. It returns nil where RFC 1122 forbids an error: for a
-// non-first fragment, for an ICMP error, for a source that is not unicast.
-// The packet is at encap.Headroom in the buffer returned, as Config.Out
-// takes it.
+// from `from` to the sender of the quoted packet with encap.ICMPError, the
+// one builder and the one rule for whom an error may answer: quote is the
+// offending packet's IP header and at least the first 8 bytes of its
+// payload. info is the next-hop MTU of "fragmentation needed" (type 3 code
+// 4), ignored otherwise. It returns nil where encap.ICMPError does (RFC
+// 1812: a non-first fragment, an ICMP error, a source that names no single
+// host). The packet is at encap.Headroom in the buffer returned, as
+// Config.Out takes it.
 func icmpError(typ header.ICMPv4Type, code header.ICMPv4Code, info uint16, from netip.Addr, quote []byte) []byte {
-	if len(quote) < header.IPv4MinimumSize {
+	buf := make([]byte, encap.Headroom+encap.MaxICMPErrorLen)
+	msg := encap.ICMPError(buf[encap.Headroom:], quote, from.As4(), typ, code, int(info))
+	if msg == nil {
 		return nil
 	}
-	orig := header.IPv4(quote)
-	hl := int(orig.HeaderLength())
-	if orig[0]>>4 != 4 || hl < header.IPv4MinimumSize || len(quote) < hl || orig.FragmentOffset() != 0 {
-		return nil
-	}
-	to := netip.AddrFrom4(orig.SourceAddress().As4())
-	if !to.IsGlobalUnicast() {
-		return nil
-	}
-	quote = quote[:min(len(quote), hl+quotedPayload)]
-	if orig.TransportProtocol() == header.ICMPv4ProtocolNumber {
-		if len(quote) <= hl || header.ICMPv4(quote[hl:]).Type() != header.ICMPv4Echo {
-			return nil // only echo requests are ours to answer about
-		}
-	}
-	const headers = header.IPv4MinimumSize + header.ICMPv4MinimumSize
-	buf := make([]byte, encap.Headroom+headers+len(quote))
-	b := buf[encap.Headroom:]
-	putIPv4(b, errorTOS, len(b), protoICMP, from, to)
-	m := header.ICMPv4(b[header.IPv4MinimumSize:])
-	m.SetType(typ)
-	m.SetCode(code)
-	if typ == header.ICMPv4DstUnreachable && code == header.ICMPv4FragmentationNeeded {
-		m.SetMTU(info)
-	}
-	copy(b[headers:], quote)
-	m.SetChecksum(^checksum.Checksum(m, 0))
-	return buf
+	return buf[:encap.Headroom+len(msg)]
 }
 
 // udpQuote is what an ICMP error about one of a UDP flow's datagrams

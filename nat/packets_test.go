@@ -115,6 +115,8 @@ func TestICMPError(t *testing.T) {
 			packetOf(icmpError(header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0, dest.Addr(), udp))[:28+8], true},
 		{"never to an unspecified source", header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0, "198.18.3.10",
 			udpQuote(netip.MustParseAddrPort("0.0.0.0:68"), dest, 10), true},
+		{"never to a class E source", header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0, "198.18.3.10",
+			udpQuote(netip.MustParseAddrPort("240.0.0.1:68"), dest, 10), true},
 		{"nothing for a short quote", header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0, "198.18.3.10", udp[:10], true},
 	}
 	for _, tc := range tests {

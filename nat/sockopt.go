@@ -5,6 +5,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/overlayd/overlayd/encap"
 )
 
 // ipMarks are the IPv4 header fields a flow's host socket copies from the
@@ -21,9 +23,7 @@ type ipMarks struct {
 	tos uint8
 }
 
-const ecnMask = 0x03
-
-func marksOf(ttl, tos uint8) ipMarks { return ipMarks{ttl: ttl, tos: tos &^ ecnMask} }
+func marksOf(ttl, tos uint8) ipMarks { return ipMarks{ttl: ttl, tos: tos &^ encap.ECNMask} }
 
 // set applies the marks to a socket; an unknown TTL leaves the socket's.
 // The TOS is set even when 0: an echo flow's socket may carry an earlier

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 
 	"github.com/overlayd/overlayd/config"
+	"github.com/overlayd/overlayd/encap"
 	"github.com/overlayd/overlayd/pool"
 )
 
@@ -57,9 +58,9 @@ func (e *Encap) UnmarshalText(b []byte) error {
 func (e Encap) Overhead() int {
 	switch e {
 	case EncapIPIP:
-		return 20 // outer IPv4
+		return encap.IPIPOverhead
 	case EncapVXLAN:
-		return 50 // outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+		return encap.VXLANOverhead
 	}
 	return 0
 }

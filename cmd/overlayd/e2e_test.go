@@ -865,7 +865,7 @@ func TestE2EMetricsMatchTraffic(t *testing.T) {
 	}
 	afterA, afterC := scrape(t, a), scrape(t, cc)
 	delta := func(before, after map[string]float64, key string) float64 { return after[key] - before[key] }
-	wire := float64(n * (size + 8 + 20 + 50)) // UDP, inner IPv4, VXLAN overhead
+	wire := float64(n * (size + 8 + 20 + plan.EncapVXLAN.Overhead())) // UDP, inner IPv4, VXLAN overhead
 	for _, check := range []struct {
 		what string
 		got  float64
@@ -874,7 +874,7 @@ func TestE2EMetricsMatchTraffic(t *testing.T) {
 		{"node-a tx_packets{vxlan}", delta(beforeA, afterA, `overlayd_tx_packets_total{encap="vxlan"}`), n},
 		{"node-a tx_bytes{vxlan}", delta(beforeA, afterA, `overlayd_tx_bytes_total{encap="vxlan"}`), wire},
 		{"node-a peer_packets{node-c,tx}", delta(beforeA, afterA, `overlayd_peer_packets_total{direction="tx",peer="node-c"}`), n},
-		{"node-a encap overhead{vxlan}", delta(beforeA, afterA, `overlayd_encap_overhead_bytes_total{encap="vxlan"}`), n * 50},
+		{"node-a encap overhead{vxlan}", delta(beforeA, afterA, `overlayd_encap_overhead_bytes_total{encap="vxlan"}`), float64(n * plan.EncapVXLAN.Overhead())},
 		{"node-c rx_packets{vxlan}", delta(beforeC, afterC, `overlayd_rx_packets_total{encap="vxlan"}`), n},
 		{"node-c rx_bytes{vxlan}", delta(beforeC, afterC, `overlayd_rx_bytes_total{encap="vxlan"}`), wire},
 		{"node-c peer_packets{node-a,rx}", delta(beforeC, afterC, `overlayd_peer_packets_total{direction="rx",peer="node-a"}`), n},

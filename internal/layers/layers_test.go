@@ -17,12 +17,14 @@ func TestLayersKeepApart(t *testing.T) {
 		pkg       string
 		forbidden []string // import path prefixes
 	}{
+		// encap, whose header sizes the plan uses, is pure too, though it
+		// links gVisor's header views and so x/sys/unix.
 		{"the plan is pure: no netlink, no sockets, no metrics, no daemon",
-			"plan", []string{"github.com/vishvananda/", "golang.org/x/sys/unix", "github.com/prometheus/", "net/http", module + "kernel", module + "dataplane", module + "daemon", module + "conn"}},
+			"plan", []string{"github.com/vishvananda/", "github.com/prometheus/", "net/http", module + "kernel", module + "dataplane", module + "daemon", module + "conn", module + "nat"}},
 		{"the data path links neither netlink nor Prometheus",
 			"dataplane", []string{"github.com/vishvananda/", "github.com/prometheus/", "net/http", module + "kernel", module + "daemon"}},
-		{"the effects layer knows nothing of packets or the daemon",
-			"kernel", []string{module + "dataplane", module + "daemon", module + "encap", module + "nat", "github.com/prometheus/"}},
+		{"the effects layer knows nothing of the packet loops, sockets or the daemon",
+			"kernel", []string{module + "dataplane", module + "daemon", module + "conn", module + "nat", "github.com/prometheus/"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
