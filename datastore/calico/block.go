@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/overlayd/overlayd/pool"
 )
 
 // Allocation attributes Calico writes (libcalico-go/lib/backend/model/block.go
@@ -61,6 +63,13 @@ func (b *Block) UnmarshalJSON(data []byte) error {
 	*b = Block{}
 	extra, err := decodeObject(data, (*fields)(b))
 	b.Extra = extra
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	if err != nil && !errors.As(err, &syntax) && !errors.As(err, &typ) {
+		// The one member decoded as text is the CIDR; netip's error does
+		// not say which member it read.
+		return fmt.Errorf("cidr: %w", err)
+	}
 	return err
 }
 
@@ -144,6 +153,9 @@ func NewBlock(cidr netip.Prefix, host string, now time.Time) (*Block, error) {
 	}
 	if !cidr.Addr().Is4() || cidr.Masked() != cidr {
 		return nil, fmt.Errorf("new block %s: not an IPv4 network address", cidr)
+	}
+	if cidr.Bits() < pool.MinBlockSize || cidr.Bits() > pool.MaxBlockSize {
+		return nil, fmt.Errorf("new block %s: block sizes are /%d to /%d", cidr, pool.MinBlockSize, pool.MaxBlockSize)
 	}
 	n := b.Size()
 	b.Allocations = make([]*int, n)

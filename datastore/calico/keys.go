@@ -222,7 +222,7 @@ func checkSegment(what, s string) error {
 // parseCIDRSegment reads "a.b.c.d-n", an IPv4 network address.
 func parseCIDRSegment(s string) (netip.Prefix, error) {
 	cidr, err := netip.ParsePrefix(strings.Replace(s, "-", "/", 1))
-	if err != nil || !cidr.Addr().Is4() {
+	if err != nil || !cidr.Addr().Is4() || strings.Contains(s, "/") {
 		return netip.Prefix{}, fmt.Errorf("block %q is not an IPv4 CIDR written a.b.c.d-n", s)
 	}
 	if cidr.Masked() != cidr {
