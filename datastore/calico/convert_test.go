@@ -104,3 +104,28 @@ func TestNodeInfoDefaults(t *testing.T) {
 		}
 	})
 }
+
+func TestIPPoolUsesAndAssignmentMode(t *testing.T) {
+	tests := []struct {
+		name                       string
+		spec                       string
+		workload, tunnel, lb, auto bool
+	}{
+		{"defaults: workloads and tunnels, automatic", `"cidr":"10.0.0.0/16"`, true, true, false, true},
+		{"as calicoctl stores them", `"cidr":"10.0.0.0/16","allowedUses":["Workload","Tunnel"],"assignmentMode":"Automatic"`, true, true, false, true},
+		{"workloads only", `"cidr":"10.0.0.0/16","allowedUses":["Workload"]`, true, false, false, true},
+		{"load balancer, manual", `"cidr":"10.0.0.0/16","allowedUses":["LoadBalancer"],"assignmentMode":"Manual"`, false, false, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := DecodeIPPool([]byte(`{"spec":{` + tt.spec + `}}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := [4]bool{p.Allows(AllowedUseWorkload), p.Allows(AllowedUseTunnel), p.Allows(AllowedUseLoadBalancer), p.AutoAssign()}
+			if want := [4]bool{tt.workload, tt.tunnel, tt.lb, tt.auto}; got != want {
+				t.Errorf("workload, tunnel, load balancer, auto = %v; want %v", got, want)
+			}
+		})
+	}
+}

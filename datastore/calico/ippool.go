@@ -3,6 +3,7 @@ package calico
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -36,13 +37,17 @@ type IPPoolSpec struct {
 	Extra             Extra    `json:"-"`
 }
 
-// The values calicoctl stores for fields left unset (clientv3/ippool.go
-// validateAndSetDefaults).
+// Allowed uses of a pool (ippool.go IPPoolAllowedUse).
 const (
-	allowedUseWorkload    = "Workload"
-	allowedUseTunnel      = "Tunnel"
-	defaultAssignmentMode = "Automatic"
+	AllowedUseWorkload     = "Workload"
+	AllowedUseTunnel       = "Tunnel"
+	AllowedUseLoadBalancer = "LoadBalancer"
 )
+
+// The assignment mode calicoctl stores when none is given (clientv3/ippool.go
+// validateAndSetDefaults); "Manual" pools are not used for automatic
+// assignment.
+const defaultAssignmentMode = "Automatic"
 
 // UnmarshalJSON keeps the members IPPool does not model in Extra.
 func (p *IPPool) UnmarshalJSON(data []byte) error {
@@ -114,7 +119,7 @@ func NewIPPool(spec pool.Spec, uid string, created time.Time) (*IPPool, error) {
 			Disabled:       v.Disabled,
 			BlockSize:      v.BlockSize,
 			NodeSelector:   selector,
-			AllowedUses:    []string{allowedUseWorkload, allowedUseTunnel},
+			AllowedUses:    []string{AllowedUseWorkload, AllowedUseTunnel},
 			AssignmentMode: defaultAssignmentMode,
 		},
 	}, nil
@@ -143,4 +148,22 @@ func (p *IPPool) Pool() (*pool.IPPool, error) {
 		return nil, fmt.Errorf("IPPool in the datastore: %w", err)
 	}
 	return v, nil
+}
+
+// Allows reports whether the pool may be used for use (AllowedUseWorkload,
+// AllowedUseTunnel, AllowedUseLoadBalancer). A pool that lists no use allows
+// workloads and tunnels, as Calico reads it (clientv3/ippool.go
+// convertIpPoolFromStorage). pool.Spec does not carry this: callers that
+// hand out addresses check it.
+func (p *IPPool) Allows(use string) bool {
+	if len(p.Spec.AllowedUses) == 0 {
+		return use == AllowedUseWorkload || use == AllowedUseTunnel
+	}
+	return slices.Contains(p.Spec.AllowedUses, use)
+}
+
+// AutoAssign reports whether blocks and addresses may be assigned from the
+// pool automatically: assignmentMode unset or "Automatic", not "Manual".
+func (p *IPPool) AutoAssign() bool {
+	return p.Spec.AssignmentMode == "" || p.Spec.AssignmentMode == defaultAssignmentMode
 }
