@@ -30,7 +30,8 @@ const (
 // Allocations has one entry per address of the block: nil when free, else the
 // index in Attributes of the allocation's owner. Unallocated lists the free
 // ordinals in the order they are handed out (FIFO: released ordinals go to
-// the back).
+// the back). The methods assume a block that NewBlock made or DecodeBlock
+// checked.
 type Block struct {
 	CIDR     netip.Prefix `json:"cidr"`
 	Affinity *string      `json:"affinity"` // "host:<node>"; null when not affine
