@@ -424,7 +424,8 @@ func processesMentioning(t *testing.T, s string) []string {
 }
 
 // Dedicated etcd hosts on their own subnet behind the router: a one-member
-// cluster there serves node C, and no members means an error, not a hang.
+// cluster there serves node C; no hosts, or a member that cannot start, is
+// an error at once, not a hang.
 func TestEtcdOnDedicatedHosts(t *testing.T) {
 	RequireEtcd(t)
 	b := NewStandard(t, Options{})
@@ -439,6 +440,15 @@ func TestEtcdOnDedicatedHosts(t *testing.T) {
 	defer cancel()
 	if _, err := b.StartEtcd(ctx, nil, EtcdOptions{}); err == nil {
 		t.Error("StartEtcd with no hosts succeeded")
+	}
+	// A member that cannot start fails StartEtcd at once, with its
+	// output, and leaves no data behind.
+	_, err = b.StartEtcd(ctx, hosts, EtcdOptions{Args: []string{"--no-such-flag"}})
+	if err == nil || !strings.Contains(err.Error(), "no-such-flag") {
+		t.Errorf("StartEtcd with a bad flag: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(os.TempDir(), b.ID()+"-etcd-*")); len(left) > 0 {
+		t.Errorf("a failed StartEtcd left %v", left)
 	}
 	e := StartEtcdForTest(t, b, hosts, EtcdOptions{})
 	if got := strings.Join(e.Endpoints(), " "); got != "http://198.18.5.11:2379" {
