@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -128,7 +129,8 @@ func StartEtcdForTest(tb testing.TB, b *Bed, hosts []*Host, opts EtcdOptions) *E
 // host's underlay address (Host.Addr), and waits until every member serves
 // (WaitHealthy) or ctx ends. The members are processes of the bed (Start),
 // so they die with it; the caller should still Close the cluster, which
-// also removes its data. On error nothing is left running.
+// also removes its data (and StartEtcd removes the data that clusters of
+// crashed runs left). On error nothing is left running.
 func (b *Bed) StartEtcd(ctx context.Context, hosts []*Host, opts EtcdOptions) (*Etcd, error) {
 	if len(hosts) == 0 {
 		return nil, errors.New("testbed: etcd: no hosts")
@@ -149,6 +151,7 @@ func (b *Bed) StartEtcd(ctx context.Context, hosts []*Host, opts EtcdOptions) (*
 	if logLevel == "" {
 		logLevel = "warn"
 	}
+	sweepEtcdDirs()
 	dir, err := os.MkdirTemp("", b.id+"-etcd-")
 	if err != nil {
 		return nil, fmt.Errorf("testbed: etcd: %w", err)
@@ -517,6 +520,31 @@ func (b *Bed) AddEtcdHosts(n int) ([]*Host, error) {
 		hosts[i] = h
 	}
 	return hosts, nil
+}
+
+// etcdDirPattern matches the directory of a cluster, named after its bed:
+// "ovtb-<pid>-<8 hex>-etcd-<random>".
+var etcdDirPattern = regexp.MustCompile(`^(` + namePrefix + `-([0-9]+)-[0-9a-f]{8})-etcd-[0-9]+$`)
+
+// sweepEtcdDirs removes, as Sweep does namespaces, the data of clusters
+// whose bed's owner is gone (a test binary killed before its cleanup).
+// Best effort: what it cannot remove, the next call tries again.
+func sweepEtcdDirs() {
+	entries, err := os.ReadDir(os.TempDir())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		m := etcdDirPattern.FindStringSubmatch(e.Name())
+		if m == nil || !e.IsDir() {
+			continue
+		}
+		pid, err := strconv.Atoi(m[2])
+		if err != nil || pid <= 0 || ownerAlive(m[1], pid) {
+			continue
+		}
+		_ = os.RemoveAll(filepath.Join(os.TempDir(), e.Name()))
+	}
 }
 
 // tail returns the last n lines of s.

@@ -425,7 +425,7 @@ func processesMentioning(t *testing.T, s string) []string {
 
 // Dedicated etcd hosts on their own subnet behind the router: a one-member
 // cluster there serves node C; no hosts, or a member that cannot start, is
-// an error at once, not a hang.
+// an error at once, not a hang; the data of crashed runs is swept.
 func TestEtcdOnDedicatedHosts(t *testing.T) {
 	RequireEtcd(t)
 	b := NewStandard(t, Options{})
@@ -438,6 +438,12 @@ func TestEtcdOnDedicatedHosts(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// What a crashed run left behind (its PID is beyond pid_max).
+	stale := filepath.Join(os.TempDir(), "ovtb-999999999-0123abcd-etcd-42")
+	if err := os.MkdirAll(filepath.Join(stale, "etcd-1", "member"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(stale)
 	if _, err := b.StartEtcd(ctx, nil, EtcdOptions{}); err == nil {
 		t.Error("StartEtcd with no hosts succeeded")
 	}
@@ -451,6 +457,9 @@ func TestEtcdOnDedicatedHosts(t *testing.T) {
 		t.Errorf("a failed StartEtcd left %v", left)
 	}
 	e := StartEtcdForTest(t, b, hosts, EtcdOptions{})
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the data of a crashed run's cluster is still there: %v", err)
+	}
 	if got := strings.Join(e.Endpoints(), " "); got != "http://198.18.5.11:2379" {
 		t.Errorf("Endpoints() = %s", got)
 	}
