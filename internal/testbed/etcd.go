@@ -103,13 +103,15 @@ func RequireEtcd(tb testing.TB) {
 	}
 }
 
-// StartEtcdForTest is StartEtcd for tests: it skips the test when etcd is
-// missing (RequireEtcd), fails it when the cluster does not come up within
+// StartEtcdForTest is StartEtcd for tests: it skips the test when beds
+// cannot be built or etcd is missing (RequireEtcd), fails it when the cluster does not come up within
 // 30 s, and closes the cluster when the test ends.
 func StartEtcdForTest(tb testing.TB, b *Bed, hosts []*Host, opts EtcdOptions) *Etcd {
 	tb.Helper()
 	if opts.Binary == "" {
 		RequireEtcd(tb)
+	} else {
+		Require(tb)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
