@@ -14,7 +14,7 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/overlayd
 
 deps:
-	@scripts/deps.sh ip:iproute2 ping:iputils-ping iperf3:iperf3 traceroute:traceroute
+	@scripts/deps.sh ip:iproute2 ping:iputils-ping iperf3:iperf3 traceroute:traceroute etcd:etcd-server etcdctl:etcd-client
 
 vet:
 	$(GO) vet $(PKGS)
