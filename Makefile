@@ -6,7 +6,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 STATICCHECK := $(shell $(GO) env GOPATH)/bin/staticcheck
 
-.PHONY: all build test vet lint deps demo bench bench-micro clean
+.PHONY: all build test vet lint deps demo demo-etcd bench bench-micro clean
 
 all: build
 
@@ -34,6 +34,14 @@ lint: vet
 # what crossed the wire, and a teardown. Needs root.
 demo: deps build
 	$(GO) run ./examples/demo --overlayd $(BIN) --config examples/vxlan-cross-subnet.toml
+
+# The cluster growing through a real etcd (a three-member cluster in the
+# bed): three nodes join with only their own entry in their files, Calico's
+# IPPool is applied with `overlayd apply`, a fourth node joins live and
+# `overlayd delete node` removes it. Needs root; `make demo` stays on the
+# file datastore.
+demo-etcd: deps build
+	$(GO) run ./examples/demo-etcd --overlayd $(BIN)
 
 # The encapsulation overhead harness (root): every mode on the standard bed,
 # table on stdout, Markdown, JSON and SVG in bench/results/. QUICK=1 runs one
