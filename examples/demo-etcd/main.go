@@ -280,7 +280,7 @@ func (d *demo) join(ctx context.Context, node string, show bool) (time.Time, err
 		return time.Time{}, fmt.Errorf("overlayd on %s: %w", node, err)
 	}
 	running := time.Now()
-	res, err := d.awaitPlans(ctx, running, []string{node}, "a block of its own", func(_ string, p *nodePlan) bool {
+	res, err := d.awaitPlans(ctx, running, []string{node}, "hold a block of its own", func(_ string, p *nodePlan) bool {
 		return len(p.LocalBlocks) > 0
 	})
 	if err != nil {
@@ -315,7 +315,7 @@ func (d *demo) joinLive(ctx context.Context) error {
 		return err
 	}
 	for i, n := range firstNodes {
-		fmt.Printf("    %s routes %s's block, within %.1fs of %s's overlayd running (plans polled every 100 ms)\n", n, lateNode, res[i].took.Seconds(), lateNode)
+		fmt.Printf("    %s routes %s's block within %s of %s's overlayd running (plans polled every 100 ms)\n", n, lateNode, res[i].took.Round(10*time.Millisecond), lateNode)
 	}
 	if _, err := d.awaitMesh(ctx, running, []string{lateNode}, all); err != nil {
 		return err
@@ -354,14 +354,14 @@ func (d *demo) leave(ctx context.Context) error {
 	if _, err := d.overlayd(ctx, []string{"delete"}, "node", lateNode); err != nil {
 		return err
 	}
-	res, err := d.awaitPlans(ctx, deleted, firstNodes, "no route to "+lateNode, func(_ string, p *nodePlan) bool {
+	res, err := d.awaitPlans(ctx, deleted, firstNodes, "drop every route to "+lateNode, func(_ string, p *nodePlan) bool {
 		return !slices.ContainsFunc(p.Routes, func(r plan.Route) bool { return r.Node == lateNode })
 	})
 	if err != nil {
 		return err
 	}
 	for i, n := range firstNodes {
-		fmt.Printf("    %s: %s's routes gone %.1fs after the delete (%d routes left)\n", n, lateNode, res[i].took.Seconds(), len(res[i].plan.Routes))
+		fmt.Printf("    %s: %s's routes gone within %s of the delete (%d routes left)\n", n, lateNode, res[i].took.Round(10*time.Millisecond), len(res[i].plan.Routes))
 	}
 	if _, err := d.overlayd(ctx, []string{"get"}, "nodes"); err != nil {
 		return err
@@ -430,7 +430,8 @@ type polled struct {
 }
 
 // awaitPlans polls the plans of nodes, each every 100 ms, until ok holds of
-// every one, or options.converge after since. The results are in the order
+// every one, or options.converge after since; what says what ok wants, for
+// the error ("hold a block of its own"). The results are in the order
 // of nodes; the error names each node that did not get there and what its
 // plan routed instead.
 func (d *demo) awaitPlans(ctx context.Context, since time.Time, nodes []string, what string, ok func(node string, p *nodePlan) bool) ([]polled, error) {
@@ -452,10 +453,12 @@ func (d *demo) awaitPlans(ctx context.Context, since time.Time, nodes []string, 
 				if err == nil {
 					last = p
 				}
-				lastErr = err
+				if ctx.Err() == nil {
+					lastErr = err // not the deadline's doing
+				}
 				select {
 				case <-ctx.Done():
-					msg := fmt.Sprintf("%s's plan has no %s after %s; it routes %s", n, what, d.o.converge, describeRoutes(last))
+					msg := fmt.Sprintf("%s's plan did not %s within %s; it routes %s", n, what, d.o.converge, describeRoutes(last))
 					if lastErr != nil {
 						msg += fmt.Sprintf(" (the last poll: %v)", lastErr)
 					}
@@ -473,7 +476,7 @@ func (d *demo) awaitPlans(ctx context.Context, since time.Time, nodes []string, 
 // awaitMesh waits until each of nodes routes the block of every other
 // member of mesh with the encapsulation the pool promises (wantEncap).
 func (d *demo) awaitMesh(ctx context.Context, since time.Time, nodes, mesh []string) ([]polled, error) {
-	return d.awaitPlans(ctx, since, nodes, "routes to "+strings.Join(mesh, ", "), func(node string, p *nodePlan) bool {
+	return d.awaitPlans(ctx, since, nodes, "route the blocks of "+strings.Join(mesh, ", "), func(node string, p *nodePlan) bool {
 		for _, peer := range mesh {
 			if peer == node {
 				continue
@@ -566,20 +569,20 @@ func (d *demo) transfer(ctx context.Context, from, to string, port uint16) error
 // printLogs prints the end of every overlayd's and etcd member's output,
 // after a failure.
 func (d *demo) printLogs() {
-	var procs []*testbed.Process
 	for _, n := range slices.Sorted(maps.Keys(d.procs)) {
-		procs = append(procs, d.procs[n])
+		printTail("overlayd on "+n, d.procs[n], 30)
 	}
 	if d.etcd != nil {
 		for _, m := range d.etcd.Members() {
 			if p := m.Process(); p != nil {
-				procs = append(procs, p)
+				printTail("etcd member "+m.Name, p, 5)
 			}
 		}
 	}
-	for _, p := range procs {
-		fmt.Printf("\n---- %s, the last lines of its output:\n%s", p, indent(lastLines(p.Output(), 25), "    "))
-	}
+}
+
+func printTail(name string, p *testbed.Process, lines int) {
+	fmt.Printf("\n---- %s, the last lines of its output:\n%s", name, indent(lastLines(p.Output(), lines), "    "))
 }
 
 // teardown stops overlayd everywhere, then etcd (removing its data), then
