@@ -131,10 +131,10 @@ func run(ctx context.Context, o options) (err error) {
 	}
 
 	step("applying Calico's IPPool manifest %s with overlayd apply", filepath.Base(d.o.pools))
-	if _, err := d.overlayd(ctx, []string{"apply"}, "-f", d.o.pools); err != nil {
+	if _, err := d.overlayd(ctx, "apply", "-f", d.o.pools); err != nil {
 		return err
 	}
-	if _, err := d.overlayd(ctx, []string{"get"}, "ippools"); err != nil {
+	if _, err := d.overlayd(ctx, "get", "ippools", "-o", "wide"); err != nil {
 		return err
 	}
 
@@ -150,10 +150,10 @@ func run(ctx context.Context, o options) (err error) {
 	if err := d.printRoutes(ctx, firstNodes, ""); err != nil {
 		return err
 	}
-	if _, err := d.overlayd(ctx, []string{"get"}, "nodes"); err != nil {
+	if _, err := d.overlayd(ctx, "get", "nodes"); err != nil {
 		return err
 	}
-	if _, err := d.overlayd(ctx, []string{"ipam", "show"}, "--show-blocks"); err != nil {
+	if _, err := d.overlayd(ctx, "ipam", "show", "--show-blocks"); err != nil {
 		return err
 	}
 
@@ -223,10 +223,10 @@ func (d *demo) writeFile(name string, endpoints []string, node string) (string, 
 	return path, nil
 }
 
-// overlayd runs `overlayd CMD --config ADMIN ARGS` in this machine's own
+// overlayd runs `overlayd ARGS --config ADMIN` in this machine's own
 // namespace, against etcd, and prints the command and its output.
-func (d *demo) overlayd(ctx context.Context, cmd []string, args ...string) (string, error) {
-	argv := slices.Concat(cmd, []string{"--config", d.admin}, args)
+func (d *demo) overlayd(ctx context.Context, args ...string) (string, error) {
+	argv := append(slices.Clone(args), "--config", d.admin)
 	shown := make([]string, len(argv))
 	for i, a := range argv {
 		shown[i] = d.shortPath(a)
@@ -338,7 +338,7 @@ func (d *demo) joinLive(ctx context.Context) error {
 		}
 	}
 	fmt.Printf("    the files of %s: unchanged since they started\n", strings.Join(firstNodes, ", "))
-	_, err = d.overlayd(ctx, []string{"get"}, "nodes")
+	_, err = d.overlayd(ctx, "get", "nodes")
 	return err
 }
 
@@ -351,7 +351,7 @@ func (d *demo) leave(ctx context.Context) error {
 	}
 	fmt.Printf("    %s: overlayd stopped\n", lateNode)
 	deleted := time.Now()
-	if _, err := d.overlayd(ctx, []string{"delete"}, "node", lateNode); err != nil {
+	if _, err := d.overlayd(ctx, "delete", "node", lateNode); err != nil {
 		return err
 	}
 	res, err := d.awaitPlans(ctx, deleted, firstNodes, "drop every route to "+lateNode, func(_ string, p *nodePlan) bool {
@@ -363,10 +363,10 @@ func (d *demo) leave(ctx context.Context) error {
 	for i, n := range firstNodes {
 		fmt.Printf("    %s: %s's routes gone within %s of the delete (%d routes left)\n", n, lateNode, res[i].took.Round(10*time.Millisecond), len(res[i].plan.Routes))
 	}
-	if _, err := d.overlayd(ctx, []string{"get"}, "nodes"); err != nil {
+	if _, err := d.overlayd(ctx, "get", "nodes"); err != nil {
 		return err
 	}
-	_, err = d.overlayd(ctx, []string{"ipam", "show"}, "--show-blocks")
+	_, err = d.overlayd(ctx, "ipam", "show", "--show-blocks")
 	return err
 }
 
