@@ -114,7 +114,7 @@ func run(ctx context.Context, o options) (err error) {
 			d.printLogs()
 		}
 		step("tearing down")
-		if terr := d.teardown(); terr != nil {
+		if terr := d.teardown(err != nil); terr != nil {
 			err = errors.Join(err, fmt.Errorf("teardown: %w", terr))
 		}
 		took := time.Since(start).Round(100 * time.Millisecond)
@@ -587,14 +587,25 @@ func printTail(name string, p *testbed.Process, lines int) {
 
 // teardown stops overlayd everywhere, then etcd (removing its data), then
 // the bed, and checks that none of it is left: no namespace of the bed and
-// no etcd member running.
-func (d *demo) teardown() error {
+// no etcd member running. An overlayd that fails to stop cleanly is an
+// error; one that had already exited is too, unless the demo failed,
+// which then says why.
+func (d *demo) teardown(failed bool) error {
 	// overlayd first, while etcd still answers whatever it does on its way out.
 	procs := slices.Collect(maps.Values(d.procs))
 	errs := make([]error, len(procs))
 	var wg sync.WaitGroup
 	for i, p := range procs {
-		wg.Go(func() { errs[i] = p.Stop() })
+		wg.Go(func() {
+			select {
+			case <-p.Exited():
+				if failed {
+					return
+				}
+			default:
+			}
+			errs[i] = p.Stop()
+		})
 	}
 	wg.Wait()
 	if d.etcd != nil {
