@@ -33,7 +33,8 @@ func benchEnvInt(b *testing.B, name string, def int) int {
 
 // BenchmarkEnsureBlocks: N nodes join at once (one goroutine each, sharing
 // a few clients) against one embedded etcd and claim a /26 block each from
-// one VXLAN pool with four times as many blocks as nodes. Each iteration
+// one VXLAN pool with (by default) four times as many blocks as nodes,
+// rounded up to a power of two. Each iteration
 // uses a fresh key prefix. Reported per iteration: claims, conflicts
 // (candidates lost to other nodes) and the time until every node holds its
 // block (settle-ms).
@@ -41,11 +42,14 @@ func benchEnvInt(b *testing.B, name string, def int) int {
 //	OVERLAYD_IPAM_BENCH_NODES   nodes joining at once (default 200; the
 //	                            issue's scale point is 5000)
 //	OVERLAYD_IPAM_BENCH_CLIENTS etcd clients they share (default 8)
+//	OVERLAYD_IPAM_BENCH_SPARE   blocks in the pool per node (default 4;
+//	                            1 makes the pool as tight as it can be)
 func BenchmarkEnsureBlocks(b *testing.B) {
 	nodes := benchEnvInt(b, "OVERLAYD_IPAM_BENCH_NODES", 200)
 	clients := benchEnvInt(b, "OVERLAYD_IPAM_BENCH_CLIENTS", 8)
+	spare := benchEnvInt(b, "OVERLAYD_IPAM_BENCH_SPARE", 4)
 	const blockSize = 26
-	poolBits := blockSize - bits.Len(uint(4*nodes-1))
+	poolBits := blockSize - bits.Len(uint(spare*nodes-1))
 	if poolBits < 8 {
 		b.Fatalf("%d nodes need a pool larger than a /8 of /%d blocks", nodes, blockSize)
 	}
