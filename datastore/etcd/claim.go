@@ -22,6 +22,11 @@ const claimPasses = 100
 // node's seeded candidate blind (the common case when nodes are spread),
 // then lists the blocks that exist and walks the free candidates in order.
 // It returns the block and how many candidates it lost to other nodes.
+//
+// The list is of keys only (at 100,000 blocks the values would be tens of
+// megabytes per joining node), so a block that names this node but has no
+// affinity key (a Calico claim interrupted before its affinity) is adopted
+// only when it is the seeded candidate; elsewhere it counts as taken.
 func (m *IPAM) claim(ctx context.Context, node string, p *ipamPool, attrType string) (heldBlock, int, error) {
 	conflicts := 0
 	first := true

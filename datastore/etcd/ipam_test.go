@@ -722,3 +722,72 @@ func TestATunnelAddressFollowsThePoolsMode(t *testing.T) {
 		})
 	}
 }
+
+// TestOneNodeClaimingTwiceAtOnceGetsOneBlock: two processes of one node
+// (or a restart racing the old process) claim at once; the loser adopts
+// the winner's block instead of taking a second one.
+func TestOneNodeClaimingTwiceAtOnceGetsOneBlock(t *testing.T) {
+	e := newIPAMEnv(t)
+	pools := []*calico.IPPool{vxlanPool(t)}
+	const procs = 8
+	results := make([]Claimed, procs)
+	errs := make([]error, procs)
+	ctx := e.ctx()
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range procs {
+		m := NewIPAM(ipamClient(t, e.srv), e.keys, nil)
+		wg.Go(func() {
+			<-start
+			results[i], errs[i] = m.EnsureBlocks(ctx, Member{Name: "node-a"}, pools)
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i := range procs {
+		if errs[i] != nil {
+			t.Fatalf("process %d: %v", i, errs[i])
+		}
+		if !slices.Equal(results[i].Blocks, results[0].Blocks) || results[i].TunnelAddr != results[0].TunnelAddr || len(results[i].Blocks) != 1 {
+			t.Errorf("process %d: %+v; process 0: %+v; want one and the same block and address", i, results[i], results[0])
+		}
+	}
+	checkIPAMConsistent(t, e, map[netip.Prefix]string{results[0].Blocks[0]: "node-a"})
+}
+
+// TestReleaseNodeWithMoreHandlesThanOneTransactionHolds: a /24 block with
+// 200 workloads, each its own handle, is more than etcd's 128 operations a
+// transaction; the handles are released in batches, then the block.
+func TestReleaseNodeWithMoreHandlesThanOneTransactionHolds(t *testing.T) {
+	e := newIPAMEnv(t)
+	big := ipamPoolSpec(t, pool.Spec{Name: "big", CIDR: "10.30.0.0/16", BlockSize: 24}, nil)
+	got, err := e.ipam().EnsureBlocks(e.ctx(), Member{Name: "node-a"}, []*calico.IPPool{big})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cidr := got.Blocks[0]
+	b := e.block(cidr)
+	const pods = 200
+	for i := range pods {
+		id := fmt.Sprintf("k8s-pod-network.pod%03d.eth0", i)
+		if _, err := b.Assign(1, id, map[string]string{"pod": id}); err != nil {
+			t.Fatal(err)
+		}
+		h := calico.NewHandle()
+		h.Increment(cidr, 1)
+		e.put(e.keys.Handle(id), h)
+	}
+	b.SequenceNumber++
+	e.put(e.keys.Block(cidr), b)
+
+	rel, err := e.ipam().ReleaseNode(e.ctx(), "node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rel.Blocks, []netip.Prefix{cidr}) || len(rel.Handles) != pods {
+		t.Errorf("released %v and %d handles; want %s and %d", rel.Blocks, len(rel.Handles), cidr, pods)
+	}
+	if left := e.all(); len(left) != 0 {
+		t.Errorf("%d keys left after the release; want none", len(left))
+	}
+}
