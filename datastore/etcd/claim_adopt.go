@@ -95,7 +95,7 @@ func (m *IPAM) heldBlocks(ctx context.Context, node string) ([]heldBlock, error)
 		}
 		held = append(held, heldBlock{cidr: a.cidr, block: block, rev: blockKV.ModRevision})
 	}
-	slices.SortFunc(held, func(a, b heldBlock) int { return comparePrefix(a.cidr, b.cidr) })
+	slices.SortFunc(held, func(a, b heldBlock) int { return blockOrder(a.cidr, b.cidr) })
 	return held, nil
 }
 

@@ -120,7 +120,7 @@ func (m *IPAM) EnsureBlocks(ctx context.Context, node Member, pools []*calico.IP
 		tun, tunOK = findTunnel(node, held, valid)
 	}
 
-	slices.SortFunc(held, func(a, b heldBlock) int { return comparePrefix(a.cidr, b.cidr) })
+	slices.SortFunc(held, func(a, b heldBlock) int { return blockOrder(a.cidr, b.cidr) })
 	if !tunOK {
 		if i := firstTunnelBlock(node, held, valid); i >= 0 {
 			attrType, _ := poolOf(valid, held[i].cidr).tunnelType(node.Labels)
@@ -161,7 +161,8 @@ func describeBlocks(held []heldBlock) string {
 	return strings.Join(s, ", ")
 }
 
-func comparePrefix(a, b netip.Prefix) int {
+// blockOrder sorts blocks by address.
+func blockOrder(a, b netip.Prefix) int {
 	if c := a.Addr().Compare(b.Addr()); c != 0 {
 		return c
 	}

@@ -81,7 +81,7 @@ func (m *IPAM) ReleaseNode(ctx context.Context, node string) (Released, error) {
 			handles[h] = true
 		}
 	}
-	slices.SortFunc(r.Blocks, comparePrefix)
+	slices.SortFunc(r.Blocks, blockOrder)
 	for h := range handles {
 		r.Handles = append(r.Handles, h)
 	}
