@@ -235,7 +235,7 @@ func (a *Admin) planApply(ctx context.Context, pools []*pool.IPPool) ([]Applied,
 		if err := checkUpdate(s.obj, p); err != nil {
 			return nil, nil, err
 		}
-		if s.valid != nil && samePool(s.valid, p) {
+		if s.valid != nil && s.valid.Equal(p) {
 			applied[i].Action = Unchanged
 			continue
 		}
@@ -328,12 +328,6 @@ func defaultBlockSize(n int) int {
 }
 
 // samePool reports whether two validated pools say the same thing.
-func samePool(a, b *pool.IPPool) bool {
-	return a.Name == b.Name && a.CIDR == b.CIDR && a.IPIPMode == b.IPIPMode && a.VXLANMode == b.VXLANMode &&
-		a.NATOutgoing == b.NATOutgoing && a.Disabled == b.Disabled && a.BlockSize == b.BlockSize &&
-		a.NodeSelector.String() == b.NodeSelector.String()
-}
-
 // update writes p's members into the stored object and leaves the rest.
 func update(obj *calico.IPPool, p *pool.IPPool) {
 	if obj.Kind == "" || obj.APIVersion == "" {

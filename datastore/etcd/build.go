@@ -350,17 +350,11 @@ func sameRouting(a, b *config.Cluster) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return slices.EqualFunc(a.Pools, b.Pools, samePool) && slices.EqualFunc(a.Nodes, b.Nodes, sameNode)
-}
-
-func samePool(a, b *pool.IPPool) bool {
-	return a.Name == b.Name && a.CIDR == b.CIDR && a.IPIPMode == b.IPIPMode && a.VXLANMode == b.VXLANMode &&
-		a.NATOutgoing == b.NATOutgoing && a.Disabled == b.Disabled && a.BlockSize == b.BlockSize &&
-		a.NodeSelector.String() == b.NodeSelector.String()
+	return slices.EqualFunc(a.Pools, b.Pools, (*pool.IPPool).Equal) && slices.EqualFunc(a.Nodes, b.Nodes, sameNode)
 }
 
 func sameNode(a, b *config.Node) bool {
 	return a.Name == b.Name && a.Address == b.Address && maps.Equal(a.Labels, b.Labels) &&
 		bytes.Equal(a.VTEPMAC, b.VTEPMAC) && a.TunnelAddr == b.TunnelAddr &&
-		slices.EqualFunc(a.Blocks, b.Blocks, func(x, y pool.Block) bool { return x.Prefix == y.Prefix && samePool(x.Pool, y.Pool) })
+		slices.EqualFunc(a.Blocks, b.Blocks, func(x, y pool.Block) bool { return x.Prefix == y.Prefix && x.Pool.Equal(y.Pool) })
 }
