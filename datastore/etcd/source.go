@@ -471,6 +471,17 @@ func (s *Source) register(ctx context.Context) error {
 	if deleted {
 		return nil
 	}
+	if !first {
+		// Deleted while this node was not watching: claim nothing for it.
+		resp, err := s.cli.Get(ctx, s.keys.Node(s.node), clientv3.WithCountOnly())
+		if err != nil {
+			return fmt.Errorf("reading this node's Node: %w", err)
+		}
+		if resp.Count == 0 {
+			s.nodeDeleted()
+			return nil
+		}
+	}
 	var (
 		claimed  Claimed
 		claimErr error
