@@ -43,8 +43,8 @@ func (f *fakeIPAM) EnsureBlocks(ctx context.Context, node Member, pools []*calic
 	f.mu.Lock()
 	f.calls = append(f.calls, names)
 	f.mu.Unlock()
-	if node.Name != "node-a" || node.Labels["zone"] != "a" {
-		return Claimed{}, fmt.Errorf("EnsureBlocks for %+v, want node-a with its file's labels", node)
+	if node.Name != "node-a" || node.Labels["zone"] == "" {
+		return Claimed{}, fmt.Errorf("EnsureBlocks for %+v, want node-a with its file's labels (a zone)", node)
 	}
 	l := newLayout(f.t).block(f.block.String(), node.Name)
 	for k, v := range l.kv {
@@ -540,4 +540,40 @@ func TestDeletedNodeStaysDeleted(t *testing.T) {
 		t.Errorf("EnsureBlocks calls %v, want only the first", calls)
 	}
 	eventually(t, 5*time.Second, "the liveness key is gone", func() bool { return len(h.get(calico.Keys{}.Liveness("node-a")).Kvs) == 0 })
+}
+
+func TestReloadWritesTheFilesNewLabels(t *testing.T) {
+	h := newHarness(t)
+	vxlanCluster(t).put(h.cli)
+	path := filepath.Join(t.TempDir(), "cluster.toml")
+	file := func(zone string) {
+		src := fmt.Sprintf("[datastore]\ntype = \"etcd\"\nendpoints = [%q]\n\n[[nodes]]\nname = \"node-a\"\naddress = \"198.18.1.10/24\"\nlabels = { zone = %q }\n", h.etcd.Endpoint(), zone)
+		if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file("a")
+	local, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenWith(local.Datastore, local, "node-a", h.log, h.options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	h.load(s)
+
+	file("b")
+	c := h.load(s) // a reload
+	if got := c.Node("node-a").Labels["zone"]; got != "b" {
+		t.Errorf("node-a's zone in the cluster is %q, want the file's new %q", got, "b")
+	}
+	n, err := calico.DecodeNode(h.get(calico.Keys{}.Node("node-a")).Kvs[0].Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := n.Metadata.Labels["zone"]; got != "b" {
+		t.Errorf("node-a's Node has zone %q, want the file's new %q", got, "b")
+	}
 }
