@@ -311,7 +311,7 @@ func TestWatchAppliesABurstOnce(t *testing.T) {
 	// node-c joins with two blocks: five keys arriving one by one within
 	// the batch, one cluster.
 	newLayout(t).node("node-c", "198.18.2.10/24", "192.168.0.128").
-		block("192.168.0.128/26", "node-c").block("192.168.0.192/26", "node-c").putSpaced(h.cli, 100*time.Millisecond)
+		block("192.168.0.128/26", "node-c").block("192.168.0.192/26", "node-c").putSpaced(h.cli, 50*time.Millisecond)
 	c := a.next(t, 3*time.Second)
 	if got, want := blocksOf(c), "node-a:192.168.0.0/26 node-b:192.168.0.64/26 node-c:192.168.0.128/26 node-c:192.168.0.192/26"; got != want {
 		t.Errorf("blocks %s\nwant   %s", got, want)
