@@ -128,6 +128,8 @@ type Source struct {
 	status     datastore.Status
 }
 
+var _ datastore.Source = (*Source)(nil)
+
 // Open makes the etcd source of node, from the [datastore] section d and
 // the file's cluster local (its node-local sections and node's own
 // [[nodes]] entry). It does not reach etcd: Load does.
