@@ -112,6 +112,18 @@ func (l *layout) put(cli *clientv3.Client) {
 	}
 }
 
+// putSpaced writes the layout into etcd one key at a time, gap apart, so
+// that a watcher sees the changes arrive one by one.
+func (l *layout) putSpaced(cli *clientv3.Client, gap time.Duration) {
+	l.t.Helper()
+	for k, v := range l.kv {
+		if _, err := cli.Put(context.Background(), k, v); err != nil {
+			l.t.Fatalf("putting %s: %v", k, err)
+		}
+		time.Sleep(gap)
+	}
+}
+
 // localFile is the cluster file of node in etcd mode: its own entry only.
 func localFile(t *testing.T, endpoint, node, address string) *config.Cluster {
 	t.Helper()

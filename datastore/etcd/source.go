@@ -128,6 +128,8 @@ type Source struct {
 	status     datastore.Status
 }
 
+var _ datastore.Source = (*Source)(nil)
+
 // Open makes the etcd source of node, from the [datastore] section d and
 // the file's cluster local (its node-local sections and node's own
 // [[nodes]] entry). It does not reach etcd: Load does.
@@ -470,6 +472,17 @@ func (s *Source) register(ctx context.Context) error {
 	s.mu.Unlock()
 	if deleted {
 		return nil
+	}
+	if !first {
+		// Deleted while this node was not watching: claim nothing for it.
+		resp, err := s.cli.Get(ctx, s.keys.Node(s.node), clientv3.WithCountOnly())
+		if err != nil {
+			return fmt.Errorf("reading this node's Node: %w", err)
+		}
+		if resp.Count == 0 {
+			s.nodeDeleted()
+			return nil
+		}
 	}
 	var (
 		claimed  Claimed

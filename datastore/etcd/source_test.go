@@ -43,8 +43,8 @@ func (f *fakeIPAM) EnsureBlocks(ctx context.Context, node Member, pools []*calic
 	f.mu.Lock()
 	f.calls = append(f.calls, names)
 	f.mu.Unlock()
-	if node.Name != "node-a" || node.Labels["zone"] != "a" {
-		return Claimed{}, fmt.Errorf("EnsureBlocks for %+v, want node-a with its file's labels", node)
+	if node.Name != "node-a" || node.Labels["zone"] == "" {
+		return Claimed{}, fmt.Errorf("EnsureBlocks for %+v, want node-a with its file's labels (a zone)", node)
 	}
 	l := newLayout(f.t).block(f.block.String(), node.Name)
 	for k, v := range l.kv {
@@ -169,22 +169,22 @@ func (h *harness) watch(s *Source) *applied {
 	return a
 }
 
-func (a *applied) next(within time.Duration) *config.Cluster {
-	a.t.Helper()
+func (a *applied) next(t *testing.T, within time.Duration) *config.Cluster {
+	t.Helper()
 	select {
 	case c := <-a.ch:
 		return c
 	case <-time.After(within):
-		a.t.Fatalf("no cluster applied within %s", within)
+		t.Fatalf("no cluster applied within %s", within)
 		return nil
 	}
 }
 
-func (a *applied) none(during time.Duration) {
-	a.t.Helper()
+func (a *applied) none(t *testing.T, during time.Duration) {
+	t.Helper()
 	select {
 	case c := <-a.ch:
-		a.t.Fatalf("a cluster was applied (blocks %s), want none", blocksOf(c))
+		t.Fatalf("a cluster was applied (blocks %s), want none", blocksOf(c))
 	case <-time.After(during):
 	}
 }
@@ -302,34 +302,47 @@ func TestLoadKeepsCalicoFieldsOfAnExistingNode(t *testing.T) {
 func TestWatchAppliesABurstOnce(t *testing.T) {
 	h := newHarness(t)
 	vxlanCluster(t).put(h.cli)
-	s := h.open(h.options())
+	o := h.options()
+	o.BatchDelay = time.Second
+	s := h.open(o)
 	h.load(s)
 	a := h.watch(s)
 
-	// node-c joins with two blocks: five keys, one cluster.
+	// node-c joins with two blocks: five keys arriving one by one within
+	// the batch, one cluster.
 	newLayout(t).node("node-c", "198.18.2.10/24", "192.168.0.128").
-		block("192.168.0.128/26", "node-c").block("192.168.0.192/26", "node-c").put(h.cli)
-	c := a.next(3 * time.Second)
+		block("192.168.0.128/26", "node-c").block("192.168.0.192/26", "node-c").putSpaced(h.cli, 50*time.Millisecond)
+	c := a.next(t, 3*time.Second)
 	if got, want := blocksOf(c), "node-a:192.168.0.0/26 node-b:192.168.0.64/26 node-c:192.168.0.128/26 node-c:192.168.0.192/26"; got != want {
 		t.Errorf("blocks %s\nwant   %s", got, want)
 	}
-	a.none(500 * time.Millisecond)
+	a.none(t, 500*time.Millisecond)
 	if _, err := plan.Build(c, "node-a", 1500); err != nil {
 		t.Errorf("plan.Build: %v", err)
 	}
 
 	t.Run("a change that routes alike is not applied", func(t *testing.T) {
-		// A liveness report and a handle: keys the node does not read.
-		newLayout(t).raw(calico.Keys{}.Liveness("node-c"), `{"time":"2026-11-30T09:00:00Z","uptime":1,"first_update":true}`).
-			raw(calico.Keys{}.Handle("vxlan-tunnel-addr-node-c"), `{"block":{"192.168.0.128/26":1},"deleted":false}`).put(h.cli)
-		a.none(500 * time.Millisecond)
+		// A pod's address allocated in node-c's block, its handle, and a
+		// liveness report: the block's value changes, its owner does not.
+		l := newLayout(t)
+		b, err := calico.NewBlock(netip.MustParsePrefix("192.168.0.128/26"), "node-c", l.now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Assign(1, "k8s-pod-network.abc", nil); err != nil {
+			t.Fatal(err)
+		}
+		l.raw(calico.Keys{}.Block(b.CIDR), l.encode(b)).
+			raw(calico.Keys{}.Handle("k8s-pod-network.abc"), `{"block":{"192.168.0.128/26":1},"deleted":false}`).
+			raw(calico.Keys{}.Liveness("node-c"), `{"time":"2026-11-30T09:00:00Z","uptime":1,"first_update":true}`).put(h.cli)
+		a.none(t, 2*time.Second)
 	})
 
 	t.Run("a deleted node's blocks disappear", func(t *testing.T) {
 		if _, err := h.cli.Delete(context.Background(), calico.Keys{}.Node("node-b")); err != nil {
 			t.Fatal(err)
 		}
-		c := a.next(3 * time.Second)
+		c := a.next(t, 3*time.Second)
 		if c.Node("node-b") != nil {
 			t.Error("node-b is still in the cluster")
 		}
@@ -337,7 +350,13 @@ func TestWatchAppliesABurstOnce(t *testing.T) {
 			t.Errorf("blocks %s\nwant   %s", got, want)
 		}
 		if st := s.Status(); st.Skipped != 1 || !strings.Contains(st.LastError, "192.168.0.64/26") {
-			t.Errorf("status %+v: want node-b's orphaned block skipped once", st)
+			t.Errorf("status %+v: want node-b's orphaned block skipped", st)
+		}
+		// Another rebuild: the orphaned block is still skipped, not counted again.
+		newLayout(t).node("node-d", "198.18.2.11/24", "").put(h.cli)
+		a.next(t, 3*time.Second)
+		if st := s.Status(); st.Skipped != 1 {
+			t.Errorf("status %+v: want the orphaned block counted once", st)
 		}
 	})
 }
@@ -358,7 +377,7 @@ func TestWatchListsAgainAfterCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := h.watch(s)
-	c := a.next(3 * time.Second)
+	c := a.next(t, 3*time.Second)
 	if got, want := blocksOf(c), "node-a:192.168.0.0/26 node-c:192.168.0.128/26"; got != want {
 		t.Errorf("blocks %s\nwant   %s", got, want)
 	}
@@ -381,7 +400,7 @@ func TestEtcdLostAndBack(t *testing.T) {
 	if st.LastError == "" || st.Since.Before(stopped) {
 		t.Errorf("status %+v: want why and since when", st)
 	}
-	a.none(time.Second) // the last cluster stays: nothing is applied
+	a.none(t, time.Second) // the last cluster stays: nothing is applied
 
 	h.etcd.Restart()
 	eventually(t, 10*time.Second, "Status says etcd is back", func() bool { return s.Status().Up })
@@ -392,7 +411,7 @@ func TestEtcdLostAndBack(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c := a.next(5 * time.Second)
+	c := a.next(t, 5*time.Second)
 	if got, want := blocksOf(c), "node-a:192.168.0.0/26 node-b:192.168.0.64/26 node-c:192.168.0.128/26"; got != want {
 		t.Errorf("blocks %s\nwant   %s", got, want)
 	}
@@ -513,7 +532,7 @@ func TestDeletedNodeStaysDeleted(t *testing.T) {
 			return false
 		}
 	})
-	a.none(300 * time.Millisecond)
+	a.none(t, 300*time.Millisecond)
 	if n := len(h.get(key).Kvs); n != 0 {
 		t.Error("node-a's Node was written again after it was deleted")
 	}
@@ -521,4 +540,40 @@ func TestDeletedNodeStaysDeleted(t *testing.T) {
 		t.Errorf("EnsureBlocks calls %v, want only the first", calls)
 	}
 	eventually(t, 5*time.Second, "the liveness key is gone", func() bool { return len(h.get(calico.Keys{}.Liveness("node-a")).Kvs) == 0 })
+}
+
+func TestReloadWritesTheFilesNewLabels(t *testing.T) {
+	h := newHarness(t)
+	vxlanCluster(t).put(h.cli)
+	path := filepath.Join(t.TempDir(), "cluster.toml")
+	file := func(zone string) {
+		src := fmt.Sprintf("[datastore]\ntype = \"etcd\"\nendpoints = [%q]\n\n[[nodes]]\nname = \"node-a\"\naddress = \"198.18.1.10/24\"\nlabels = { zone = %q }\n", h.etcd.Endpoint(), zone)
+		if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file("a")
+	local, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenWith(local.Datastore, local, "node-a", h.log, h.options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	h.load(s)
+
+	file("b")
+	c := h.load(s) // a reload
+	if got := c.Node("node-a").Labels["zone"]; got != "b" {
+		t.Errorf("node-a's zone in the cluster is %q, want the file's new %q", got, "b")
+	}
+	n, err := calico.DecodeNode(h.get(calico.Keys{}.Node("node-a")).Kvs[0].Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := n.Metadata.Labels["zone"]; got != "b" {
+		t.Errorf("node-a's Node has zone %q, want the file's new %q", got, "b")
+	}
 }
