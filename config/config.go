@@ -229,7 +229,7 @@ type fileNode struct {
 // allowedKeys lists each table's keys, for unknown-key messages.
 var allowedKeys = map[string][]string{
 	"":          {"tunnel", "vxlan", "metrics", "nat", "datastore", "netstack", "forward", "pools", "nodes"},
-	"datastore": {"type", "endpoints", "prefix", "caFile", "certFile", "keyFile", "stateDir"},
+	"datastore": {"type", "endpoints", "prefix", "caFile", "certFile", "keyFile", "stateDir", "maxBlocksPerNode"},
 	"tunnel":    {"device", "mtu", "mode", "fd"},
 	"netstack":  {"socks5"},
 	"forward":   {"listen", "to", "reverse"},

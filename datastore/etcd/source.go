@@ -157,7 +157,9 @@ func OpenWith(d config.Datastore, local *config.Cluster, node string, log *slog.
 		status: datastore.Status{Type: config.DatastoreEtcd, Since: time.Now()},
 	}
 	if s.ipam == nil {
-		s.ipam = NewIPAM(cli, keys, log)
+		ipam := NewIPAM(cli, keys, log)
+		ipam.MaxBlocksPerNode = d.MaxBlocksPerNode
+		s.ipam = ipam
 	}
 	s.life, s.stop = context.WithCancel(context.Background())
 	s.live, s.stopLiveness = context.WithCancel(s.life)
