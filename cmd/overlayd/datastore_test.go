@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -77,43 +76,6 @@ func runOK(t *testing.T, args ...string) string {
 	return out
 }
 
-// seedJoinedNode writes a node as one that joined holds it: Node, liveness,
-// a block with its VXLAN tunnel address, the affinity and the handle.
-func seedJoinedNode(t *testing.T, cli *clientv3.Client, name, addr, block string) {
-	t.Helper()
-	keys := calico.Keys{}
-	cidr := netip.MustParsePrefix(block)
-	b, err := calico.NewBlock(cidr, name, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	handle, attrs, _ := calico.TunnelAllocation(name, calico.AttrTypeVXLAN)
-	tunnel, err := b.Assign(1, handle, attrs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := calico.NewHandle()
-	h.Increment(cidr, 1)
-	node := calico.NewNode(calico.NodeInfo{Name: name, Address: netip.MustParsePrefix(addr), VXLANTunnelAddr: tunnel[0]}, "uid", time.Now())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for key, v := range map[string]any{
-		keys.Node(name):           node,
-		keys.Block(cidr):          b,
-		keys.Affinity(name, cidr): calico.Affinity{State: calico.StateConfirmed},
-		keys.Handle(handle):       h,
-		keys.Liveness(name):       calico.NewLiveness(time.Now(), time.Minute, false),
-	} {
-		data, err := json.Marshal(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := cli.Put(ctx, key, string(data)); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // rowOf returns the fields of the table line that starts with first.
 func rowOf(out, first string) []string {
 	for _, line := range strings.Split(out, "\n") {
@@ -166,7 +128,7 @@ func TestApplyCommand(t *testing.T) {
 func TestGetCommand(t *testing.T) {
 	file, cli := etcdClusterFile(t)
 	runOK(t, "apply", "-f", writeManifest(t, cliPools), "--config", file)
-	seedJoinedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26")
+	etcdtest.SeedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
 	if _, err := cli.Put(context.Background(), calico.Keys{}.IPPool("broken"), "{not json"); err != nil {
 		t.Fatal(err)
 	}
@@ -208,8 +170,8 @@ func TestGetCommand(t *testing.T) {
 func TestIPAMShowCommand(t *testing.T) {
 	file, cli := etcdClusterFile(t)
 	runOK(t, "apply", "-f", writeManifest(t, cliPools), "--config", file)
-	seedJoinedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26")
-	seedJoinedNode(t, cli, "node-b", "198.18.1.11/24", "192.168.0.64/26")
+	etcdtest.SeedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
+	etcdtest.SeedNode(t, cli, "node-b", "198.18.1.11/24", "192.168.0.64/26", true)
 
 	out := runOK(t, "ipam", "show", "--config", file)
 	if got := strings.Join(rowOf(out, "IP")[2:], " "); !strings.HasPrefix(out, "GROUPING") || got != "pool-a 192.168.0.0/16 - 65536 2 (0%) 65534 (100%)" {
@@ -235,7 +197,7 @@ func TestIPAMShowCommand(t *testing.T) {
 func TestDeleteCommands(t *testing.T) {
 	file, cli := etcdClusterFile(t)
 	runOK(t, "apply", "-f", writeManifest(t, cliPools), "--config", file)
-	seedJoinedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26")
+	etcdtest.SeedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
 
 	out := runOK(t, "delete", "ippool", "pool-a", "--config", file)
 	if !strings.Contains(out, "ippool.projectcalico.org/pool-a deleted") || !strings.Contains(out, "blocks left in 192.168.0.0/16: 1 (192.168.0.0/26)") {

@@ -296,46 +296,10 @@ func TestIPPoolsListsMalformedEntries(t *testing.T) {
 	}
 }
 
-// seedNode writes what a node that joined holds: its Node, liveness, a
-// block with its tunnel address, the confirmed affinity and the handle.
-func seedNode(t *testing.T, cli *clientv3.Client, name, addr, block string, live bool) {
-	t.Helper()
-	keys := calico.Keys{}
-	cidr := netip.MustParsePrefix(block)
-	b, err := calico.NewBlock(cidr, name, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	handle, attrs, _ := calico.TunnelAllocation(name, calico.AttrTypeVXLAN)
-	tunnel, err := b.Assign(1, handle, attrs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := calico.NewHandle()
-	h.Increment(cidr, 1)
-	node := calico.NewNode(calico.NodeInfo{Name: name, Address: netip.MustParsePrefix(addr), VXLANTunnelAddr: tunnel[0]}, "uid-"+name, time.Now())
-	for key, v := range map[string]any{
-		keys.Node(name):           node,
-		keys.Block(cidr):          b,
-		keys.Affinity(name, cidr): calico.Affinity{State: calico.StateConfirmed},
-		keys.Handle(handle):       h,
-	} {
-		data, err := json.Marshal(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mustPut(t, cli, key, string(data))
-	}
-	if live {
-		data, _ := json.Marshal(calico.NewLiveness(time.Now(), time.Minute, false))
-		mustPut(t, cli, keys.Liveness(name), string(data))
-	}
-}
-
 func TestNodes(t *testing.T) {
 	a, cli := testAdmin(t)
-	seedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
-	seedNode(t, cli, "node-b", "198.18.1.11/24", "192.168.0.64/26", false)
+	etcdtest.SeedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
+	etcdtest.SeedNode(t, cli, "node-b", "198.18.1.11/24", "192.168.0.64/26", false)
 	mustPut(t, cli, calico.Keys{}.Node("node-x"), `{"kind":"Node","spec":{"bgp":{"ipv4Address":"nonsense"}}}`)
 	nodes, err := a.Nodes(testCtx(t))
 	if err != nil {
@@ -364,9 +328,9 @@ func TestBlocksAndIPAMUse(t *testing.T) {
 	if _, err := a.ApplyIPPools(ctx, manifest(t, poolA)); err != nil {
 		t.Fatal(err)
 	}
-	seedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
-	seedNode(t, cli, "node-b", "198.18.1.11/24", "192.168.0.64/26", true)
-	seedNode(t, cli, "node-c", "198.18.1.12/24", "10.7.0.0/26", true) // in no pool
+	etcdtest.SeedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
+	etcdtest.SeedNode(t, cli, "node-b", "198.18.1.11/24", "192.168.0.64/26", true)
+	etcdtest.SeedNode(t, cli, "node-c", "198.18.1.12/24", "10.7.0.0/26", true) // in no pool
 	// A claim that did not finish, and a malformed block.
 	mustPut(t, cli, keys.Affinity("node-d", netip.MustParsePrefix("192.168.1.0/26")), `{"state":"pending","deleted":false}`)
 	mustPut(t, cli, keys.Block(netip.MustParsePrefix("192.168.2.0/26")), `{"cidr":"192.168.2.0/26","allocations":[]}`)
@@ -421,7 +385,7 @@ func TestDeleteIPPool(t *testing.T) {
 	if _, err := a.ApplyIPPools(ctx, manifest(t, poolA+poolB)); err != nil {
 		t.Fatal(err)
 	}
-	seedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
+	etcdtest.SeedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
 	d, err := a.DeleteIPPool(ctx, "pool-a")
 	if err != nil {
 		t.Fatal(err)
@@ -449,8 +413,8 @@ func TestDeleteNode(t *testing.T) {
 	a, cli := testAdmin(t)
 	ctx := testCtx(t)
 	keys := calico.Keys{}
-	seedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
-	seedNode(t, cli, "node-b", "198.18.1.11/24", "192.168.0.64/26", true)
+	etcdtest.SeedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
+	etcdtest.SeedNode(t, cli, "node-b", "198.18.1.11/24", "192.168.0.64/26", true)
 	d, err := a.DeleteNode(ctx, "node-a")
 	if errors.Is(err, errors.ErrUnsupported) {
 		t.Skip("IPAM.ReleaseNode is not implemented yet (errors.ErrUnsupported): this test runs once it is")
