@@ -229,7 +229,7 @@ type fileNode struct {
 // allowedKeys lists each table's keys, for unknown-key messages.
 var allowedKeys = map[string][]string{
 	"":          {"tunnel", "vxlan", "metrics", "nat", "datastore", "netstack", "forward", "pools", "nodes"},
-	"datastore": {"type", "endpoints", "prefix", "caFile", "certFile", "keyFile", "stateDir"},
+	"datastore": {"type", "endpoints", "prefix", "caFile", "certFile", "keyFile", "stateDir", "maxBlocksPerNode"},
 	"tunnel":    {"device", "mtu", "mode", "fd"},
 	"netstack":  {"socks5"},
 	"forward":   {"listen", "to", "reverse"},
@@ -396,7 +396,7 @@ func (p *parser) unknownKeys(md toml.MetaData) error {
 		i := max(index[table]-1, 0)
 		allowed := allowedKeys[table]
 		msg := fmt.Sprintf("unknown key %q", key)
-		if s := closest(key, allowed); s != "" {
+		if s := Closest(key, allowed); s != "" {
 			msg += fmt.Sprintf(" (did you mean %q?)", s)
 		}
 		if allowed != nil {
@@ -413,8 +413,10 @@ func (p *parser) unknownKeys(md toml.MetaData) error {
 	return nil
 }
 
-// closest suggests the allowed key a typo was probably meant to be.
-func closest(key string, allowed []string) string {
+// Closest suggests which of allowed a mistyped word was probably meant to
+// be: the nearest by edit distance, ignoring case, at most two edits away;
+// "" when none is that near. Commands use it for their "did you mean".
+func Closest(key string, allowed []string) string {
 	best, bestDist := "", 3
 	for _, a := range allowed {
 		if d := editDistance(strings.ToLower(key), strings.ToLower(a)); d < bestDist {

@@ -30,6 +30,8 @@ type Datastore struct {
 	// StateDir keeps the last snapshot of the datastore, so a node starts
 	// on it when etcd cannot be reached.
 	StateDir string
+	// MaxBlocksPerNode limits the blocks one node may claim; 0: no limit.
+	MaxBlocksPerNode int
 }
 
 type fileDatastore struct {
@@ -40,6 +42,7 @@ type fileDatastore struct {
 	CertFile  string   `toml:"certFile"`
 	KeyFile   string   `toml:"keyFile"`
 	StateDir  string   `toml:"stateDir"`
+	MaxBlocks int      `toml:"maxBlocksPerNode"`
 }
 
 func (p *parser) datastore(fd fileDatastore, c *Cluster) error {
@@ -52,6 +55,9 @@ func (p *parser) datastore(fd fileDatastore, c *Cluster) error {
 	}
 	d := Datastore{Type: typ, Prefix: fd.Prefix, StateDir: fd.StateDir}
 	if typ == DatastoreFile {
+		if fd.MaxBlocks != 0 {
+			return fail("maxBlocksPerNode", "is for type = %q; in this file a node's blocks are listed or allocated here (type = %q)", DatastoreEtcd, DatastoreFile)
+		}
 		for _, k := range []struct{ key, v string }{{"prefix", fd.Prefix}, {"caFile", fd.CAFile}, {"certFile", fd.CertFile}, {"keyFile", fd.KeyFile}, {"stateDir", fd.StateDir}} {
 			if k.v != "" {
 				return fail(k.key, "is for type = %q; this file is the datastore (type = %q)", DatastoreEtcd, DatastoreFile)
@@ -89,6 +95,10 @@ func (p *parser) datastore(fd fileDatastore, c *Cluster) error {
 			*f.dst = p.resolve(f.v)
 		}
 	}
+	if fd.MaxBlocks < 0 {
+		return fail("maxBlocksPerNode", "%d is negative: a number of blocks, or 0 for no limit", fd.MaxBlocks)
+	}
+	d.MaxBlocksPerNode = fd.MaxBlocks
 	if d.StateDir == "" {
 		d.StateDir = DefaultStateDir
 	} else if !filepath.IsAbs(d.StateDir) {

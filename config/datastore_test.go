@@ -31,6 +31,7 @@ endpoints = ["https://198.18.0.1:2379", "unix:///run/etcd.sock"]
 caFile = "ca.pem"
 certFile = "/etc/overlayd/client.pem"
 keyFile = "client-key.pem"
+maxBlocksPerNode = 4
 ` + etcdNode
 		c, err := Parse("/etc/overlayd/cluster.toml", []byte(src))
 		if err != nil {
@@ -40,10 +41,10 @@ keyFile = "client-key.pem"
 		want := Datastore{
 			Type: DatastoreEtcd, Endpoints: []string{"https://198.18.0.1:2379", "unix:///run/etcd.sock"}, Prefix: "/calico",
 			CAFile: "/etc/overlayd/ca.pem", CertFile: "/etc/overlayd/client.pem", KeyFile: "/etc/overlayd/client-key.pem",
-			StateDir: DefaultStateDir,
+			StateDir: DefaultStateDir, MaxBlocksPerNode: 4,
 		}
 		if d.Type != want.Type || !slices.Equal(d.Endpoints, want.Endpoints) || d.Prefix != want.Prefix || d.CAFile != want.CAFile ||
-			d.CertFile != want.CertFile || d.KeyFile != want.KeyFile || d.StateDir != want.StateDir {
+			d.CertFile != want.CertFile || d.KeyFile != want.KeyFile || d.StateDir != want.StateDir || d.MaxBlocksPerNode != want.MaxBlocksPerNode {
 			t.Errorf("datastore\n %+v\nwant\n %+v", d, want)
 		}
 		if len(c.Pools) != 0 || len(c.Nodes) != 1 || len(c.Nodes[0].Blocks) != 0 || c.Nodes[0].Labels["zone"] != "a" {
@@ -64,6 +65,7 @@ func TestDatastoreErrors(t *testing.T) {
 		{"etcd without endpoints", "[datastore]\ntype = \"etcd\"\n" + etcdNode, "endpoints", "missing: etcd's client URLs"},
 		{"an endpoint that is no URL", "[datastore]\ntype = \"etcd\"\nendpoints = [\"198.18.0.1:2379\"]\n" + etcdNode, "endpoints", "is not an etcd client URL"},
 		{"a prefix without its slash", etcd + "prefix = \"calico\"\n" + etcdNode, "prefix", "starts with /"},
+		{"a negative block limit", etcd + "maxBlocksPerNode = -1\n" + etcdNode, "maxBlocksPerNode", "is negative"},
 		{"a certificate without its key", etcd + "certFile = \"c.pem\"\n" + etcdNode, "certFile", "go together"},
 		{"pools in the file with etcd", etcd + "[[pools]]\nname = \"p\"\ncidr = \"192.168.0.0/16\"\n" + etcdNode, "pools", "the pools live in etcd"},
 		{"blocks in the file with etcd", etcd + etcdNode + "blocks = [\"192.168.0.0/26\"]\n", "blocks", "claims its blocks in etcd"},

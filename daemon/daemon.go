@@ -25,6 +25,7 @@ import (
 	"github.com/overlayd/overlayd/conn"
 	"github.com/overlayd/overlayd/dataplane"
 	"github.com/overlayd/overlayd/datastore"
+	"github.com/overlayd/overlayd/datastore/etcd"
 	"github.com/overlayd/overlayd/kernel"
 	"github.com/overlayd/overlayd/nat"
 	"github.com/overlayd/overlayd/plan"
@@ -120,9 +121,12 @@ func Run(ctx context.Context, o Options) error {
 
 // openSource is the datastore the cluster file names.
 func openSource(c *config.Cluster, node string, log *slog.Logger) (datastore.Source, error) {
-	switch c.Datastore.Type {
-	case config.DatastoreEtcd:
-		return nil, badInput(fmt.Errorf("%s: [datastore] type = %q is not supported by this build", c.Source, config.DatastoreEtcd))
+	if c.Datastore.Type == config.DatastoreEtcd {
+		s, err := etcd.Open(c.Datastore, c, node, log)
+		if err != nil {
+			return nil, badInput(err)
+		}
+		return s, nil
 	}
 	return datastore.NewFile(c.Source), nil
 }

@@ -183,7 +183,7 @@ func (d *daemon) openNetstack(p *plan.Plan) (workloadSide, error) {
 			// A direct route is the kernel's forwarding, and a netstack
 			// node has no kernel path to its workloads.
 			d.log.Warn("netstack mode: this block is reached unencapsulated, which needs a kernel route to a device; traffic with it will not flow (use ipipMode or vxlanMode Always)",
-				"block", r.Block, "node", r.Node, "why", r.Reason)
+				"block", r.Block, "node", r.Node, "why", r.Reason())
 		}
 	}
 	dev, stack, err := netstack.CreateNetTUN([]netip.Addr{addr}, nil, p.TunnelMTU)

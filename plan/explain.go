@@ -48,10 +48,10 @@ func (p *Plan) Explain(src, dst netip.Addr) Decision {
 		d.Via = r.NodeAddr
 		if r.Encap == EncapNone {
 			d.Reason = fmt.Sprintf("%s is in %s's block %s (pool %q): %s; the kernel routes it via %s, unencapsulated",
-				dst, r.Node, r.Block, r.Pool, r.Reason, r.NodeAddr)
+				dst, r.Node, r.Block, r.Pool, r.Reason(), r.NodeAddr)
 		} else {
 			d.Reason = fmt.Sprintf("%s is in %s's block %s (pool %q): %s; encapsulated in %s to %s (%d bytes overhead)",
-				dst, r.Node, r.Block, r.Pool, r.Reason, r.Encap, r.NodeAddr, r.Encap.Overhead())
+				dst, r.Node, r.Block, r.Pool, r.Reason(), r.Encap, r.NodeAddr, r.Encap.Overhead())
 		}
 	case DestNoBlock:
 		d.Reason = fmt.Sprintf("%s is in pool %q (%s) but in no node's block: no route, answered ICMP unreachable", dst, v.Dest.Pool, v.Dest.Prefix)

@@ -9,6 +9,7 @@
 package plan
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -77,7 +78,63 @@ type Route struct {
 	TunnelAddr netip.Addr   `json:"tunnelAddress,omitzero"`
 	Encap      Encap        `json:"encap"`
 	SameSubnet bool         `json:"sameSubnet"`
+
+	// The decision's inputs, kept so its reason is put in words only when
+	// someone reads it: a plan of 100,000 routes would otherwise format
+	// 100,000 strings on every datastore change.
+	decidedBy pool.EncapMode // the mode that decided; ModeNever when both are
+	modeKey   string         // "ipipMode" or "vxlanMode"; "" when both are Never
+	subnet    netip.Prefix   // this node's subnet
+	reason    string         // as decoded from JSON
+}
+
+// Reason says in words why the block is reached the way it is.
+func (r Route) Reason() string {
+	if r.reason != "" || !r.subnet.IsValid() {
+		return r.reason
+	}
+	subnet := fmt.Sprintf("%s is in this node's subnet %s", r.NodeAddr, r.subnet)
+	if !r.SameSubnet {
+		subnet = fmt.Sprintf("%s is outside this node's subnet %s", r.NodeAddr, r.subnet)
+	}
+	switch r.decidedBy {
+	case pool.ModeAlways:
+		return r.modeKey + " Always"
+	case pool.ModeCrossSubnet:
+		if r.SameSubnet {
+			return fmt.Sprintf("%s CrossSubnet, same subnet: %s", r.modeKey, subnet)
+		}
+		return fmt.Sprintf("%s CrossSubnet, other subnet: %s", r.modeKey, subnet)
+	}
+	return "ipipMode and vxlanMode Never: " + subnet
+}
+
+// routeJSON is Route on the wire, with its reason in words.
+type routeJSON struct {
+	Block      netip.Prefix `json:"block"`
+	Pool       string       `json:"pool"`
+	Node       string       `json:"node"`
+	NodeAddr   netip.Addr   `json:"nodeAddress"`
+	TunnelAddr netip.Addr   `json:"tunnelAddress,omitzero"`
+	Encap      Encap        `json:"encap"`
+	SameSubnet bool         `json:"sameSubnet"`
 	Reason     string       `json:"reason"`
+}
+
+// MarshalJSON writes the route with its reason.
+func (r Route) MarshalJSON() ([]byte, error) {
+	return json.Marshal(routeJSON{r.Block, r.Pool, r.Node, r.NodeAddr, r.TunnelAddr, r.Encap, r.SameSubnet, r.Reason()})
+}
+
+// UnmarshalJSON reads a route written by MarshalJSON, its reason as words.
+func (r *Route) UnmarshalJSON(b []byte) error {
+	var j routeJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*r = Route{Block: j.Block, Pool: j.Pool, Node: j.Node, NodeAddr: j.NodeAddr, TunnelAddr: j.TunnelAddr,
+		Encap: j.Encap, SameSubnet: j.SameSubnet, reason: j.Reason}
+	return nil
 }
 
 // Peer is another node: what the receive side needs to accept its packets.
@@ -182,11 +239,18 @@ func Build(c *config.Cluster, self string, underlayMTU int) (*Plan, error) {
 		p.Warnings = append(p.Warnings, "this node has no tunnel address (no block in an enabled pool with IP-in-IP or VXLAN): traffic from the host itself to remote workloads is not encapsulated")
 	}
 
+	remote := 0
+	for _, n := range c.Nodes {
+		remote += len(n.Blocks)
+	}
+	p.Routes = make([]Route, 0, remote)
+	p.Peers = make([]Peer, 0, len(c.Nodes))
 	for _, n := range c.Nodes {
 		if n.Name == me.Name {
 			continue
 		}
-		peer := Peer{Name: n.Name, Addr: n.Address.Addr(), TunnelAddr: n.TunnelAddr, VTEPMAC: n.VTEPMAC}
+		peer := Peer{Name: n.Name, Addr: n.Address.Addr(), TunnelAddr: n.TunnelAddr, VTEPMAC: n.VTEPMAC,
+			Blocks: make([]netip.Prefix, 0, len(n.Blocks))}
 		for _, b := range n.Blocks {
 			peer.Blocks = append(peer.Blocks, b.Prefix)
 			r := routeTo(me, n, b)
@@ -213,36 +277,27 @@ func (r Route) UnderlayRouted() bool { return r.Encap == EncapNone && !r.SameSub
 // routeTo decides, as Felix does, how block b of remote node n is reached
 // from node me.
 func routeTo(me, n *config.Node, b pool.Block) Route {
-	// Felix's nodeInOurSubnet: the local address-with-prefix contains the
-	// remote address.
-	same := me.Address.Contains(n.Address.Addr())
 	r := Route{
 		Block: b.Prefix, Pool: b.Pool.Name, Node: n.Name, NodeAddr: n.Address.Addr(),
-		TunnelAddr: n.TunnelAddr, SameSubnet: same,
+		TunnelAddr: n.TunnelAddr, subnet: me.Address.Masked(),
+		// Felix's nodeInOurSubnet: the local address-with-prefix contains
+		// the remote address.
+		SameSubnet: me.Address.Contains(n.Address.Addr()),
+		decidedBy:  pool.ModeNever,
 	}
-	subnet := fmt.Sprintf("%s is in this node's subnet %s", n.Address.Addr(), me.Address.Masked())
-	if !same {
-		subnet = fmt.Sprintf("%s is outside this node's subnet %s", n.Address.Addr(), me.Address.Masked())
-	}
-	decide := func(mode pool.EncapMode, e Encap, key string) bool {
-		switch mode {
-		case pool.ModeAlways:
-			r.Encap, r.Reason = e, fmt.Sprintf("%s Always", key)
-			return true
-		case pool.ModeCrossSubnet:
-			if same {
-				r.Encap, r.Reason = EncapNone, fmt.Sprintf("%s CrossSubnet, same subnet: %s", key, subnet)
-			} else {
-				r.Encap, r.Reason = e, fmt.Sprintf("%s CrossSubnet, other subnet: %s", key, subnet)
+	for _, c := range []struct {
+		mode pool.EncapMode
+		e    Encap
+		key  string
+	}{{b.Pool.IPIPMode, EncapIPIP, "ipipMode"}, {b.Pool.VXLANMode, EncapVXLAN, "vxlanMode"}} {
+		if c.mode == pool.ModeAlways || c.mode == pool.ModeCrossSubnet {
+			r.decidedBy, r.modeKey = c.mode, c.key
+			if c.mode == pool.ModeAlways || !r.SameSubnet {
+				r.Encap = c.e
 			}
-			return true
+			return r
 		}
-		return false
 	}
-	if decide(b.Pool.IPIPMode, EncapIPIP, "ipipMode") || decide(b.Pool.VXLANMode, EncapVXLAN, "vxlanMode") {
-		return r
-	}
-	r.Encap, r.Reason = EncapNone, "ipipMode and vxlanMode Never: "+subnet
 	return r
 }
 

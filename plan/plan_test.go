@@ -134,8 +134,8 @@ func TestPlanDetails(t *testing.T) {
 		t.Errorf("peers %+v", p.Peers)
 	}
 	r := p.Routes[1]
-	if !strings.Contains(r.Reason, "vxlanMode CrossSubnet, other subnet: 198.18.2.10 is outside this node's subnet 198.18.1.0/24") {
-		t.Errorf("reason %q", r.Reason)
+	if !strings.Contains(r.Reason(), "vxlanMode CrossSubnet, other subnet: 198.18.2.10 is outside this node's subnet 198.18.1.0/24") {
+		t.Errorf("reason %q", r.Reason())
 	}
 	if mac := p.Peers[1].VTEPMAC; mac.String() != config.VTEPMACFor("node-c").String() {
 		t.Errorf("node-c's VTEP MAC %s, want %s", mac, config.VTEPMACFor("node-c"))

@@ -57,6 +57,14 @@ type IPPool struct {
 	BlockSize    int
 }
 
+// Equal reports whether two pools are the same in every field overlayd
+// uses.
+func (p *IPPool) Equal(q *IPPool) bool {
+	return p.Name == q.Name && p.CIDR == q.CIDR && p.IPIPMode == q.IPIPMode && p.VXLANMode == q.VXLANMode &&
+		p.NATOutgoing == q.NATOutgoing && p.Disabled == q.Disabled && p.BlockSize == q.BlockSize &&
+		p.NodeSelector.String() == q.NodeSelector.String()
+}
+
 // Encapsulated reports whether the pool uses any encapsulation at all.
 func (p *IPPool) Encapsulated() bool {
 	return p.IPIPMode != ModeNever || p.VXLANMode != ModeNever

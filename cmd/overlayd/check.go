@@ -127,7 +127,7 @@ func printPlan(w io.Writer, p *plan.Plan) {
 		tw = tabwriter.NewWriter(w, 2, 0, 2, ' ', 0)
 		fmt.Fprintf(tw, "  BLOCK\tNODE\tVIA\tENCAP\tWHY\n")
 		for _, r := range p.Routes {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", r.Block, r.Node, r.NodeAddr, r.Encap, r.Reason)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", r.Block, r.Node, r.NodeAddr, r.Encap, r.Reason())
 		}
 		tw.Flush()
 	}

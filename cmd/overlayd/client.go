@@ -124,7 +124,7 @@ encapsulation, and the kernel routes it owns (proto 211).`, daemon.APIRoutes,
 			tw := tabwriter.NewWriter(w, 2, 0, 2, ' ', 0)
 			fmt.Fprintf(tw, "BLOCK\tNODE\tVIA\tENCAP\tWHY\n")
 			for _, rt := range r.Plan {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", rt.Block, rt.Node, rt.NodeAddr, rt.Encap, rt.Reason)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", rt.Block, rt.Node, rt.NodeAddr, rt.Encap, rt.Reason())
 			}
 			tw.Flush()
 			fmt.Fprintf(w, "\nkernel routes owned by overlayd:\n")

@@ -791,6 +791,35 @@ address = "198.18.2.10/24"
 		}
 	}
 
+	// `overlayd reload` asks the same thing through the admin API: the
+	// broken file is refused as bad input (exit status 2, file and line),
+	// a good one applied.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reloadCmd := func() (string, int) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		out, err := c.bed.Host("node-a").Run(ctx, "env", childEnv+"=1", self, "reload")
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			return string(out), exit.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), 0
+	}
+	if out, code := reloadCmd(); code != exitBadInput || !strings.Contains(out, file+":4") {
+		t.Errorf("overlayd reload of a broken file: exit %d, %q; want %d and the file's line", code, out, exitBadInput)
+	}
+	write(`ipipMode = "Always"`)
+	if out, code := reloadCmd(); code != 0 || !strings.Contains(out, "reload applied") {
+		t.Errorf("overlayd reload of a good file: exit %d, %q", code, out)
+	}
+	progress("overlayd reload")
+
 	close(s.stop)
 	sent := <-s.sent
 	if sent < 0 {

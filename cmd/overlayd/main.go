@@ -54,6 +54,10 @@ func commands() map[string]command {
 		"nat":     {"show the running daemon's NAT table, like conntrack -L", "[--admin ADDR | --config FILE] [--json]", runNAT},
 		"reload":  {"make the running daemon re-read its cluster file", "[--admin ADDR | --config FILE]", runReload},
 		"version": {"print the version", "", runVersion},
+		"apply":   {"create or update IPPools in etcd from a Calico manifest", "-f FILE.yaml --config FILE", runApply},
+		"get":     {"list the IPPools, nodes or blocks in etcd", "ippools|nodes|blocks --config FILE [-o wide|json]", runGet},
+		"delete":  {"delete an IPPool, or a node with its blocks, from etcd", "ippool|node NAME --config FILE", runDelete},
+		"ipam":    {"show the address use in etcd, like calicoctl ipam show", "show --config FILE [--show-blocks] [--show-handles] [--json]", runIPAM},
 	}
 }
 

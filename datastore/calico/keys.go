@@ -118,6 +118,9 @@ func (k Keys) Handles() string { return k.root() + handlesPath }
 // Liveness is the key of node's Felix status report, written under a lease.
 func (k Keys) Liveness(node string) string { return k.root() + livenessPath + node + livenessSuffix }
 
+// Livenesses is the prefix under which all nodes' liveness reports live.
+func (k Keys) Livenesses() string { return k.root() + livenessPath }
+
 // cidrSegment writes a block CIDR as Calico's keys do: masked, '/' as '-'.
 func cidrSegment(cidr netip.Prefix) string {
 	return strings.Replace(cidr.Masked().String(), "/", "-", 1)

@@ -106,7 +106,7 @@ func run(ctx context.Context, bin, file string, size, iperfSeconds int) error {
 	}
 	fmt.Println()
 	for _, r := range p.Routes {
-		fmt.Printf("    node-a -> %-7s %-17s %-5s (%s)\n", r.Node, r.Block, r.Encap, r.Reason)
+		fmt.Printf("    node-a -> %-7s %-17s %-5s (%s)\n", r.Node, r.Block, r.Encap, r.Reason())
 	}
 
 	capture, err := bed.Host("node-a").Capture("eth0")

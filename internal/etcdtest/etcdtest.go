@@ -5,6 +5,7 @@ package etcdtest
 
 import (
 	"net/url"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -26,7 +27,14 @@ type Server struct {
 // ends.
 func Start(tb testing.TB) *Server {
 	tb.Helper()
-	dir := tb.TempDir()
+	// Not tb.TempDir: a test's name can make the path too long for a unix
+	// socket (108 bytes) or put a comma in the member's URL, which etcd's
+	// initial-cluster list would split on.
+	dir, err := os.MkdirTemp("", "etcdtest-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
 	cfg := embed.NewConfig()
 	cfg.Name = "etcdtest"
 	cfg.Dir = filepath.Join(dir, "data")

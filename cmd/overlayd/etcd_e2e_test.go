@@ -1,0 +1,332 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/overlayd/overlayd/daemon"
+	"github.com/overlayd/overlayd/internal/testbed"
+	"github.com/overlayd/overlayd/plan"
+)
+
+// etcdCluster is the standard bed with a real three-member etcd, one member
+// on each of nodes A, B and C, and overlayd nodes that know only their own
+// entry: they learn each other, their pools and blocks through etcd.
+type etcdCluster struct {
+	t        *testing.T
+	bed      *testbed.Bed
+	etcd     *testbed.Etcd
+	dir      string
+	admin    string // a cluster file for the commands, on etcd's unix sockets
+	procs    map[string]*testbed.Process
+	workload map[string]*testbed.Host
+	addr     map[string]netip.Addr
+}
+
+const etcdPoolsYAML = `apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: ippool-vxlan-cross-subnet-1
+spec:
+  cidr: 192.168.0.0/16
+  vxlanMode: %s
+  natOutgoing: true
+`
+
+func startEtcdCluster(t *testing.T) *etcdCluster {
+	t.Helper()
+	testbed.RequireEtcd(t)
+	bed := testbed.NewStandard(t, testbed.Options{WorkloadMTU: testbed.DefaultMTU - plan.EncapVXLAN.Overhead()})
+	var hosts []*testbed.Host
+	for _, n := range nodeNames {
+		hosts = append(hosts, bed.Host(n))
+	}
+	c := &etcdCluster{t: t, bed: bed, dir: t.TempDir(),
+		etcd:  testbed.StartEtcdForTest(t, bed, hosts, testbed.EtcdOptions{UnixSockets: true}),
+		procs: map[string]*testbed.Process{}, workload: map[string]*testbed.Host{}, addr: map[string]netip.Addr{}}
+	c.admin = c.writeFile("admin.toml", c.etcd.UnixEndpoints(), "node-a")
+	return c
+}
+
+// writeFile writes a cluster file that holds the datastore section and one
+// node's own entry, nothing else.
+func (c *etcdCluster) writeFile(name string, endpoints []string, node string) string {
+	c.t.Helper()
+	quoted := make([]string, len(endpoints))
+	for i, e := range endpoints {
+		quoted[i] = fmt.Sprintf("%q", e)
+	}
+	src := fmt.Sprintf("[datastore]\ntype = \"etcd\"\nendpoints = [%s]\nstateDir = %q\n\n[[nodes]]\nname = %q\naddress = %q\n",
+		strings.Join(quoted, ", "), filepath.Join(c.dir, "state-"+strings.TrimSuffix(name, ".toml")), node, c.bed.Host(node).Addr)
+	path := filepath.Join(c.dir, name)
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	return path
+}
+
+// command runs an overlayd command (apply, get, delete) in-process against
+// the cluster's etcd.
+func (c *etcdCluster) command(args ...string) string {
+	c.t.Helper()
+	code, out, errOut := run(c.t, append(args, "--config", c.admin)...)
+	if code != 0 {
+		c.t.Fatalf("overlayd %s: exit %d: %s%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// applyPool applies the VXLAN pool with the given mode.
+func (c *etcdCluster) applyPool(mode string) string {
+	c.t.Helper()
+	path := filepath.Join(c.dir, "pool-"+mode+".yaml")
+	if err := os.WriteFile(path, []byte(fmt.Sprintf(etcdPoolsYAML, mode)), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	return c.command("apply", "-f", path)
+}
+
+// start runs overlayd on a node with a file of its own entry only, waits
+// until it runs, and adds a workload in the block it claimed.
+func (c *etcdCluster) start(node string) {
+	c.t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	file := c.writeFile(node+".toml", c.etcd.Endpoints(), node)
+	proc, err := c.bed.Host(node).Start("env", childEnv+"=1", self, "run", "--config", file, "--node", node, "--log-level", "debug")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.procs[node] = proc
+	waitRunning(c.t, proc)
+	if c.workload[node] != nil {
+		return // a restart: the workload keeps its address
+	}
+	p := c.plan(node)
+	if len(p.LocalBlocks) == 0 {
+		c.t.Fatalf("%s claimed no block:\n%s", node, proc.Output())
+	}
+	addr := testbed.WorkloadAddr(p.LocalBlocks[0].Block)
+	w, err := c.bed.AddWorkload(node, "w"+node[len(node)-1:], addr)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.workload[node], c.addr[node] = w, addr
+}
+
+// adminGet asks a node's admin API, inside its namespace.
+func (c *etcdCluster) adminGet(node, path string, v any) error {
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return c.bed.Host(node).DialContext(ctx, network, addr)
+		},
+	}}
+	resp, err := client.Get("http://127.0.0.1:9469" + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s on %s: %s", path, node, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+func (c *etcdCluster) plan(node string) *plan.Plan {
+	c.t.Helper()
+	var p plan.Plan
+	if err := c.adminGet(node, daemon.APIPlan, &p); err != nil {
+		c.t.Fatalf("the plan of %s: %v", node, err)
+	}
+	return &p
+}
+
+func (c *etcdCluster) status(node string) daemon.StatusReply {
+	c.t.Helper()
+	var s daemon.StatusReply
+	if err := c.adminGet(node, daemon.APIStatus, &s); err != nil {
+		c.t.Fatalf("the status of %s: %v", node, err)
+	}
+	return s
+}
+
+// routesTo lists, as "node:encap", the routes a node's plan has to the
+// others' blocks.
+func (c *etcdCluster) routesTo(node string) []string {
+	var out []string
+	for _, r := range c.plan(node).Routes {
+		out = append(out, r.Node+":"+r.Encap.String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+// waitFor polls cond until it holds or 30 s pass.
+func (c *etcdCluster) waitFor(what string, cond func() bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("waited 30 s for %s", what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (c *etcdCluster) ping(from, to string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.workload[from].Ping(ctx, c.addr[to], 3); err != nil {
+		c.t.Errorf("ping %s (%s) -> %s (%s): %v", from, c.addr[from], to, c.addr[to], err)
+	}
+}
+
+func (c *etcdCluster) transfer(client, server string, port uint16) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := testbed.TCPTransfer(ctx, c.workload[client], c.workload[server], netip.AddrPortFrom(c.addr[server], port), 4<<20); err != nil {
+		c.t.Errorf("TCP transfer %s -> %s: %v", client, server, err)
+	}
+}
+
+// TestE2EEtcdCluster grows and shrinks a cluster through a real
+// three-member etcd: the nodes' files hold only their own entry.
+func TestE2EEtcdCluster(t *testing.T) {
+	c := startEtcdCluster(t)
+	if out := c.applyPool("CrossSubnet"); !strings.Contains(out, "created") {
+		t.Fatalf("apply: %s", out)
+	}
+
+	t.Run("nodes join and reach each other's workloads", func(t *testing.T) {
+		c.start("node-a")
+		c.start("node-b")
+		c.waitFor("node-a to route node-b's block", func() bool { return slices.Equal(c.routesTo("node-a"), []string{"node-b:none"}) })
+		c.waitFor("node-b to route node-a's block", func() bool { return slices.Equal(c.routesTo("node-b"), []string{"node-a:none"}) })
+		c.ping("node-a", "node-b")
+		c.transfer("node-a", "node-b", 7001)
+	})
+
+	t.Run("a node joins live and is reachable with nobody touching the others' files", func(t *testing.T) {
+		c.start("node-c")
+		for _, n := range []string{"node-a", "node-b"} {
+			c.waitFor(n+" to route node-c's block over VXLAN", func() bool { return slices.Contains(c.routesTo(n), "node-c:vxlan") })
+		}
+		c.ping("node-a", "node-c")
+		c.ping("node-b", "node-c")
+		c.transfer("node-c", "node-a", 7002)
+	})
+
+	t.Run("a pool's mode changes with apply while a TCP stream runs", func(t *testing.T) {
+		st := startStream(t, c.workload["node-a"], c.workload["node-b"], netip.AddrPortFrom(c.addr["node-b"], 7003))
+		flowing := func(when string) {
+			t.Helper()
+			before := st.got.Load()
+			time.Sleep(time.Second)
+			if st.got.Load() <= before {
+				t.Fatalf("%s: the stream stalled at %d bytes", when, before)
+			}
+		}
+		flowing("before the switch")
+		if out := c.applyPool("Always"); !strings.Contains(out, "configured") {
+			t.Errorf("apply: %s", out)
+		}
+		c.waitFor("node-a to send to node-b over VXLAN", func() bool { return slices.Equal(c.routesTo("node-a"), []string{"node-b:vxlan", "node-c:vxlan"}) })
+		c.waitFor("node-b to send to node-a over VXLAN", func() bool { return slices.Contains(c.routesTo("node-b"), "node-a:vxlan") })
+		flowing("after the switch")
+		close(st.stop)
+		sent := <-st.sent
+		if sent < 0 {
+			t.Fatalf("the sender failed after %d bytes", -sent)
+		}
+		select {
+		case err := <-st.received:
+			if err != nil {
+				t.Fatalf("the stream broke across the switch: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the receiver never saw the end of the stream")
+		}
+		if got := st.got.Load(); got != sent {
+			t.Errorf("received %d bytes of %d", got, sent)
+		}
+		if m := scrape(t, c.bed.Host("node-a")); m[`overlayd_tx_packets_total{encap="vxlan"}`] == 0 {
+			t.Error("node-a sent nothing over VXLAN after the switch")
+		}
+	})
+
+	t.Run("one etcd member killed: nothing changes", func(t *testing.T) {
+		if err := c.etcd.Member("node-c").Kill(); err != nil {
+			t.Fatal(err)
+		}
+		c.ping("node-a", "node-c")
+		c.ping("node-c", "node-b")
+		for _, n := range nodeNames {
+			if s := c.status(n); !s.Datastore.Up {
+				t.Errorf("%s says the datastore is down with two of three members: %+v", n, s.Datastore)
+			}
+		}
+		if err := c.etcd.Member("node-c").Restart(); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("all members killed: traffic flows, the datastore is down, and the nodes catch up when it returns", func(t *testing.T) {
+		for _, m := range c.etcd.Members() {
+			if err := m.Kill(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.waitFor("node-a to notice etcd is gone", func() bool { return !c.status("node-a").Datastore.Up })
+		if m := scrape(t, c.bed.Host("node-a")); m[`overlayd_datastore_up{type="etcd"}`] != 0 {
+			t.Errorf("overlayd_datastore_up = %v with etcd down, want 0", m[`overlayd_datastore_up{type="etcd"}`])
+		}
+		c.ping("node-a", "node-c")
+		c.ping("node-b", "node-a")
+		for _, m := range c.etcd.Members() {
+			if err := m.Restart(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := c.etcd.WaitHealthy(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c.waitFor("node-a to see etcd again", func() bool { return c.status("node-a").Datastore.Up })
+		c.applyPool("CrossSubnet")
+		for _, n := range nodeNames {
+			c.waitFor(n+" to catch up with the pool's change", func() bool {
+				return slices.Contains(c.routesTo(n), map[string]string{"node-a": "node-b:none", "node-b": "node-a:none", "node-c": "node-a:vxlan"}[n])
+			})
+		}
+		c.ping("node-a", "node-b")
+	})
+
+	t.Run("a node deleted: its routes are gone on every peer", func(t *testing.T) {
+		if err := c.procs["node-c"].Stop(); err != nil {
+			t.Logf("stopping node-c: %v", err)
+		}
+		if out := c.command("delete", "node", "node-c"); !strings.Contains(out, "192.168.") {
+			t.Errorf("delete node: %s, want the released block named", out)
+		}
+		for _, n := range []string{"node-a", "node-b"} {
+			c.waitFor(n+" to forget node-c", func() bool {
+				return !slices.ContainsFunc(c.routesTo(n), func(r string) bool { return strings.HasPrefix(r, "node-c:") })
+			})
+		}
+	})
+}
