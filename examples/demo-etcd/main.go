@@ -521,7 +521,7 @@ func (d *demo) printRoutes(ctx context.Context, nodes []string, to string) error
 		}
 		for _, r := range p.Routes {
 			if to == "" || r.Node == to || n == to {
-				fmt.Printf("    %s -> %-7s %-17s %-5s (%s)\n", n, r.Node, r.Block, r.Encap, r.Reason())
+				fmt.Printf("    %s -> %-7s %-18s %-5s (%s)\n", n, r.Node, r.Block, r.Encap, r.Reason())
 			}
 		}
 	}
