@@ -53,7 +53,7 @@ const etcdMembers = 3
 func main() {
 	var o options
 	flag.StringVar(&o.bin, "overlayd", "bin/overlayd", "the overlayd binary")
-	flag.StringVar(&o.pools, "pools", "examples/demo-etcd/pools.yaml", "the Calico IPPool manifest `overlayd apply` writes to etcd (the demo checks VXLAN CrossSubnet routes)")
+	flag.StringVar(&o.pools, "pools", "examples/demo-etcd/pools.yaml", "the Calico IPPool manifest that overlayd apply writes to etcd (the demo checks VXLAN CrossSubnet routes)")
 	flag.IntVar(&o.size, "bytes", 50<<20, "bytes each TCP transfer moves each way")
 	flag.DurationVar(&o.converge, "converge", 30*time.Second, "how long the nodes may take to learn a change from etcd")
 	flag.Parse()
