@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -42,11 +43,18 @@ const scaleMTU = 1500
 //     watchers and iterations (p50-ms, max-ms), the claim itself
 //     (claim-ms), and the snapshot each Source writes after it applies
 //     (snapshot-p50-ms, snapshot-max-ms: from the plan built to the file
-//     written). An iteration ends when every watcher has written its
+//     written; snapshot-MB its size), and the live heap per watcher
+//     (heap-MB/watcher: its Source, cluster and plan). An iteration ends when every watcher has written its
 //     snapshot, so iterations do not overlap. The latency includes the
 //     Source's batch delay (100 ms, its default). All watchers share this
 //     process's cores: with many watchers it measures the rebuilds queued
-//     behind each other, not one node's latency.
+//     behind each other, not one node's latency;
+//   - fanout/streams=N: etcd's part of the fan-out alone. N clients each
+//     watch the prefix as a Source does (from the next revision, with
+//     previous values); a new node joins. Reported: the time from the
+//     claim's start until a stream delivers the new Node, p50 and max
+//     across streams and iterations. A stream costs next to nothing here,
+//     unlike a Source (heap-MB/watcher), so N can be what one etcd serves.
 func BenchmarkScale(b *testing.B) {
 	size := scaleSizeFromEnv(b)
 	srv := etcdtest.Start(b)
@@ -64,6 +72,7 @@ func BenchmarkScale(b *testing.B) {
 	for _, n := range slices.Compact([]int{1, size.watchers}) {
 		b.Run(fmt.Sprintf("propagate/watchers=%d", n), func(b *testing.B) { benchScalePropagate(b, srv, joiner, n) })
 	}
+	b.Run(fmt.Sprintf("fanout/streams=%d", size.streams), func(b *testing.B) { benchScaleFanout(b, srv, joiner, size.streams) })
 }
 
 // openScaleSource opens the Source of scale node i (not loaded), with its
@@ -287,6 +296,7 @@ func benchScalePropagate(b *testing.B, srv *etcdtest.Server, j *scaleJoiner, wat
 	b.ReportMetric(ms(claim)/float64(b.N), "claim-ms")
 	b.ReportMetric(ms(snapshot[len(snapshot)/2]), "snapshot-p50-ms")
 	b.ReportMetric(ms(snapshot[len(snapshot)-1]), "snapshot-max-ms")
+	b.ReportMetric(float64(ws[0].snapshotFile(b).Size())/1e6, "snapshot-MB")
 	b.ReportMetric((float64(heapAfterGC())-float64(before))/1e6/float64(watchers), "heap-MB/watcher")
 }
 
@@ -314,4 +324,50 @@ func (w *scaleWatcher) waitSnapshot(b *testing.B, prev os.FileInfo, at time.Time
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+func benchScaleFanout(b *testing.B, srv *etcdtest.Server, j *scaleJoiner, streams int) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rev, err := j.cli.Get(ctx, j.keys.Node(scaleNodeName(0)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	type delivery struct {
+		key string
+		at  time.Time
+	}
+	got := make([]chan delivery, streams)
+	for i := range got {
+		cli := ipamClient(b, srv)
+		got[i] = make(chan delivery, 16)
+		ch := cli.Watch(ctx, config.DefaultDatastorePrefix+"/", clientv3.WithPrefix(), clientv3.WithRev(rev.Header.Revision+1), clientv3.WithPrevKV())
+		go func() {
+			for resp := range ch {
+				at := time.Now()
+				for _, ev := range resp.Events {
+					if k := string(ev.Kv.Key); strings.HasPrefix(k, j.keys.Nodes()) {
+						got[i] <- delivery{k, at}
+					}
+				}
+			}
+		}()
+	}
+	var latency []time.Duration
+	for b.Loop() {
+		start := time.Now()
+		key := j.keys.Node(j.join(b))
+		for _, ch := range got {
+			for d := range ch {
+				if d.key == key {
+					latency = append(latency, d.at.Sub(start))
+					break
+				}
+			}
+		}
+	}
+	slices.Sort(latency)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 }
+	b.ReportMetric(ms(latency[len(latency)/2]), "p50-ms")
+	b.ReportMetric(ms(latency[len(latency)-1]), "max-ms")
 }

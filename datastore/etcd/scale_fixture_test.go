@@ -26,8 +26,10 @@ import (
 //	OVERLAYD_SCALE_BLOCKS   blocks per node (default 20)
 //	OVERLAYD_SCALE_WATCHERS Sources watching at once, each its own node
 //	                        (default 4; at most the nodes)
+//	OVERLAYD_SCALE_STREAMS  plain etcd watches for the fan-out of etcd
+//	                        alone (default 16)
 type scaleSize struct {
-	nodes, blocks, watchers int
+	nodes, blocks, watchers, streams int
 }
 
 func scaleSizeFromEnv(b *testing.B) scaleSize {
@@ -35,6 +37,7 @@ func scaleSizeFromEnv(b *testing.B) scaleSize {
 		nodes:    benchEnvInt(b, "OVERLAYD_SCALE_NODES", 200),
 		blocks:   benchEnvInt(b, "OVERLAYD_SCALE_BLOCKS", 20),
 		watchers: benchEnvInt(b, "OVERLAYD_SCALE_WATCHERS", 4),
+		streams:  benchEnvInt(b, "OVERLAYD_SCALE_STREAMS", 16),
 	}
 	if s.watchers > s.nodes {
 		b.Fatalf("OVERLAYD_SCALE_WATCHERS=%d: the watchers are nodes of the datastore, of which there are %d", s.watchers, s.nodes)
