@@ -184,7 +184,7 @@ type scaleJoiner struct {
 
 // join registers the next node as Source.register does (blocks, then the
 // Node with the tunnel address) and returns its name.
-func (j *scaleJoiner) join(b *testing.B) string {
+func (j *scaleJoiner) join(b testing.TB) string {
 	b.Helper()
 	i := j.next
 	j.next++

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/datastore/calico"
+	"github.com/overlayd/overlayd/internal/etcdtest"
 	"github.com/overlayd/overlayd/pool"
 )
 
@@ -188,4 +190,75 @@ func seedScale(tb testing.TB, cli *clientv3.Client, keys calico.Keys, nodes, blo
 		tb.Fatalf("writing the scale datastore: %v", failed)
 	}
 	return p
+}
+
+// TestScaleDatastore is BenchmarkScale's short version: on a small seeded
+// datastore, what the benchmark relies on holds. A node's Source routes
+// every block to its node and skips nothing; its registration writes
+// nothing (the datastore is as calico-node leaves it, so watchers starting
+// one after another do not make each other rebuild); and a node that joins
+// reaches a watcher's cluster with its block.
+func TestScaleDatastore(t *testing.T) {
+	const nodes, blocks = 30, 3
+	srv := etcdtest.Start(t)
+	cli := ipamClient(t, srv)
+	keys := calico.Keys{Prefix: config.DefaultDatastorePrefix}
+	p := seedScale(t, cli, keys, nodes, blocks)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	seeded, err := cli.Get(ctx, keys.Nodes())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	local := scaleLocalFile(t, srv.Endpoint(), 0)
+	s, err := OpenWith(local.Datastore, local, scaleNodeName(0), nil, Options{StateDir: t.TempDir(), BatchDelay: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c, err := s.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Status(); st.Skipped != 0 {
+		t.Errorf("%d entries skipped (last: %s), want none", st.Skipped, st.LastError)
+	}
+	if len(c.Nodes) != nodes {
+		t.Fatalf("%d nodes, want %d", len(c.Nodes), nodes)
+	}
+	for _, n := range c.Nodes {
+		if len(n.Blocks) != blocks || !slices.ContainsFunc(n.Blocks, func(b pool.Block) bool { return b.Prefix.Contains(n.TunnelAddr) }) {
+			t.Errorf("node %s: blocks %v, tunnel address %s; want %d blocks, the tunnel address in one", n.Name, n.Blocks, n.TunnelAddr, blocks)
+		}
+	}
+	for _, prefix := range []string{keys.Nodes(), keys.Blocks(), keys.Affinities(), keys.Handles()} {
+		resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range resp.Kvs {
+			if kv.ModRevision > seeded.Header.Revision {
+				t.Errorf("%s was written by the registration of %s (revision %d, seeded by %d)", kv.Key, scaleNodeName(0), kv.ModRevision, seeded.Header.Revision)
+			}
+		}
+	}
+
+	applied := make(chan *config.Cluster, 10)
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Watch(wctx, func(c *config.Cluster) { applied <- c }) }()
+	defer func() { stop(); <-done }()
+	j := &scaleJoiner{ipam: NewIPAM(cli, keys, nil), cli: cli, keys: keys, pools: []*calico.IPPool{p}, next: nodes}
+	name := j.join(t)
+	for {
+		select {
+		case c := <-applied:
+			if n := c.Node(name); n != nil && len(n.Blocks) == 1 {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatalf("no cluster with %s applied", name)
+		}
+	}
 }
