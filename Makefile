@@ -6,7 +6,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 STATICCHECK := $(shell $(GO) env GOPATH)/bin/staticcheck
 
-.PHONY: all build test vet lint deps demo demo-etcd bench bench-micro clean
+.PHONY: all build test vet lint deps demo demo-etcd bench bench-micro bench-scale clean
 
 all: build
 
@@ -61,6 +61,31 @@ bench-micro:
 	@mkdir -p bench/results
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./encap/ ./dataplane/ ./nat/ ./conn/ | tee bench/results/micro.txt
 	$(BENCHSTAT) bench/results/micro.txt
+
+# The etcd datastore at the issue's scale (benchmarks, not tests): 5,000 nodes
+# × 20 blocks in an embedded etcd; one node's list, build and plan; a new
+# node's claim reaching 1 and SCALE_WATCHERS watching Sources (each its own
+# node) and 100 plain etcd watches; 5,000 nodes joining at once, in a pool
+# of four times the blocks they need and in one of exactly as many.
+# SCALE_NODES, SCALE_BLOCKS, SCALE_WATCHERS, SCALE_STREAMS and SCALE_RUNS
+# (iterations of each) change the figures. At 5,000 × 20 a Source keeps
+# about 350 MB, so 25 watchers is what one process fits in 24 GB, with
+# GOMEMLIMIT keeping the collector ahead; 100 would need about 35 GB.
+# Takes about ten minutes.
+SCALE_NODES    ?= 5000
+SCALE_BLOCKS   ?= 20
+SCALE_WATCHERS ?= 25
+SCALE_STREAMS  ?= 100
+SCALE_RUNS     ?= 3
+SCALE_MEMLIMIT ?= 18GiB
+bench-scale:
+	GOMEMLIMIT=$(SCALE_MEMLIMIT) OVERLAYD_SCALE_NODES=$(SCALE_NODES) OVERLAYD_SCALE_BLOCKS=$(SCALE_BLOCKS) \
+	OVERLAYD_SCALE_WATCHERS=$(SCALE_WATCHERS) OVERLAYD_SCALE_STREAMS=$(SCALE_STREAMS) \
+		$(GO) test -run '^$$' -bench '^BenchmarkScale$$' -benchtime $(SCALE_RUNS)x -benchmem -timeout 90m ./datastore/etcd/
+	for spare in 4 1; do \
+		OVERLAYD_IPAM_BENCH_NODES=$(SCALE_NODES) OVERLAYD_IPAM_BENCH_SPARE=$$spare \
+		$(GO) test -run '^$$' -bench '^BenchmarkEnsureBlocks$$' -benchtime $(SCALE_RUNS)x -timeout 30m ./datastore/etcd/ || exit 1; \
+	done
 
 clean:
 	rm -rf bin
