@@ -233,7 +233,7 @@ func completeUDPChecksum(pkt []byte) {
 		return
 	}
 	u[6], u[7] = 0, 0
-	s := uint32(refSum(pkt[12:20])) + uint32(unix.IPPROTO_UDP) + uint32(l) + uint32(refSum(u[:l]))
+	s := uint32(encap.RefSum(pkt[12:20])) + uint32(unix.IPPROTO_UDP) + uint32(l) + uint32(encap.RefSum(u[:l]))
 	for s > 0xffff {
 		s = s&0xffff + s>>16
 	}
@@ -415,8 +415,8 @@ func (k *kernelBed) testFromKernel(t *testing.T) {
 				if marked {
 					wantInner = dscpAF11 | ecnCE
 				}
-				if inner[1] != wantInner || refSum(inner[:20]) != 0xffff {
-					t.Errorf("inner TOS %#02x (header sum %#04x), want %#02x with a valid checksum", inner[1], refSum(inner[:20]), wantInner)
+				if inner[1] != wantInner || encap.RefSum(inner[:20]) != 0xffff {
+					t.Errorf("inner TOS %#02x (header sum %#04x), want %#02x with a valid checksum", inner[1], encap.RefSum(inner[:20]), wantInner)
 				}
 				if encap.IPv4Source(inner) != podB || encap.IPv4Destination(inner) != podA || string(inner[28:]) != string(data) {
 					t.Errorf("inner packet %x is not the kernel's datagram from %v to %v", inner, podB, podA)
@@ -454,23 +454,8 @@ func (k *kernelBed) readOne(t *testing.T) conn.Message {
 // with.
 func fixOuterChecksum(pkt []byte) {
 	pkt[10], pkt[11] = 0, 0
-	s := ^refSum(pkt[:int(pkt[0]&0x0f)*4])
+	s := ^encap.RefSum(pkt[:int(pkt[0]&0x0f)*4])
 	pkt[10], pkt[11] = byte(s>>8), byte(s)
-}
-
-// refSum is the one's-complement sum of RFC 1071, done the plain way.
-func refSum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s > 0xffff {
-		s = s&0xffff + s>>16
-	}
-	return uint16(s)
 }
 
 // udpInner is a UDP packet from podA to podB's innerPort with DF set, the
