@@ -27,8 +27,9 @@ type Datastore struct {
 	Prefix    string   // the key prefix, "/calico" as in Calico
 	// CAFile verifies the servers; CertFile and KeyFile are this client's.
 	CAFile, CertFile, KeyFile string
-	// StateDir keeps the last snapshot of the datastore, so a node starts
-	// on it when etcd cannot be reached.
+	// StateDir keeps overlayd's state on disk: with etcd the last snapshot
+	// of the datastore, so a node starts on it when etcd cannot be reached;
+	// with the file the workloads' IPAM blocks (package ipam).
 	StateDir string
 	// MaxBlocksPerNode limits the blocks one node may claim; 0: no limit.
 	MaxBlocksPerNode int
@@ -58,7 +59,7 @@ func (p *parser) datastore(fd fileDatastore, c *Cluster) error {
 		if fd.MaxBlocks != 0 {
 			return fail("maxBlocksPerNode", "is for type = %q; in this file a node's blocks are listed or allocated here (type = %q)", DatastoreEtcd, DatastoreFile)
 		}
-		for _, k := range []struct{ key, v string }{{"prefix", fd.Prefix}, {"caFile", fd.CAFile}, {"certFile", fd.CertFile}, {"keyFile", fd.KeyFile}, {"stateDir", fd.StateDir}} {
+		for _, k := range []struct{ key, v string }{{"prefix", fd.Prefix}, {"caFile", fd.CAFile}, {"certFile", fd.CertFile}, {"keyFile", fd.KeyFile}} {
 			if k.v != "" {
 				return fail(k.key, "is for type = %q; this file is the datastore (type = %q)", DatastoreEtcd, DatastoreFile)
 			}
@@ -66,6 +67,7 @@ func (p *parser) datastore(fd fileDatastore, c *Cluster) error {
 		if len(fd.Endpoints) > 0 {
 			return fail("endpoints", "is for type = %q; this file is the datastore (type = %q)", DatastoreEtcd, DatastoreFile)
 		}
+		d.StateDir = p.stateDir(fd.StateDir)
 		c.Datastore = d
 		return nil
 	}
@@ -99,11 +101,20 @@ func (p *parser) datastore(fd fileDatastore, c *Cluster) error {
 		return fail("maxBlocksPerNode", "%d is negative: a number of blocks, or 0 for no limit", fd.MaxBlocks)
 	}
 	d.MaxBlocksPerNode = fd.MaxBlocks
-	if d.StateDir == "" {
-		d.StateDir = DefaultStateDir
-	} else if !filepath.IsAbs(d.StateDir) {
-		d.StateDir = p.resolve(d.StateDir)
-	}
+	d.StateDir = p.stateDir(fd.StateDir)
 	c.Datastore = d
 	return nil
+}
+
+// stateDir is the state directory the file names, relative to the file, or
+// DefaultStateDir.
+func (p *parser) stateDir(dir string) string {
+	switch {
+	case dir == "":
+		return DefaultStateDir
+	case filepath.IsAbs(dir):
+		return dir
+	default:
+		return p.resolve(dir)
+	}
 }
