@@ -79,16 +79,16 @@ func (s *FileStore) Assign(ctx context.Context, req Request) (Allocation, error)
 	if req.Handle == "" {
 		return Allocation{}, errors.New("IPAM assign: no handle")
 	}
+	blocks, err := s.usable(req.Pools)
+	if err != nil {
+		return Allocation{}, err
+	}
 	held, err := s.lookup(req.Handle)
 	if err != nil {
 		return Allocation{}, err
 	}
 	if len(held) > 0 {
 		return held[0], nil
-	}
-	blocks, err := s.usable(req.Pools)
-	if err != nil {
-		return Allocation{}, err
 	}
 	inUse := 0
 	for _, b := range blocks {

@@ -264,7 +264,7 @@ func Build(c *config.Cluster, self string, underlayMTU int) (*Plan, error) {
 		p.Peers = append(p.Peers, peer)
 	}
 
-	p.TunnelMTU, p.MTUReason = tunnelMTU(c, underlayMTU)
+	p.TunnelMTU, p.MTUReason = TunnelMTU(c, underlayMTU)
 	p.Kernel = kernelOf(p, c.Tunnel.Device)
 	return p, nil
 }
@@ -301,9 +301,11 @@ func routeTo(me, n *config.Node, b pool.Block) Route {
 	return r
 }
 
-// tunnelMTU is the underlay MTU less the largest overhead any pool can put
-// on the wire, so a mode switch never needs a smaller MTU than configured.
-func tunnelMTU(c *config.Cluster, underlayMTU int) (int, string) {
+// TunnelMTU is the underlay MTU less the largest overhead any pool can put
+// on the wire, so a mode switch never needs a smaller MTU than configured;
+// and why. It is the TUN device's MTU and the workloads' (package cni),
+// which depends on the pools alone, not on the nodes.
+func TunnelMTU(c *config.Cluster, underlayMTU int) (int, string) {
 	if c.Tunnel.MTU != 0 {
 		return c.Tunnel.MTU, "set by [tunnel] mtu"
 	}

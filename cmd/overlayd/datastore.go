@@ -13,8 +13,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/overlayd/overlayd/cni"
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/datastore/etcd"
+	"github.com/overlayd/overlayd/ipam"
 	"github.com/overlayd/overlayd/pool"
 )
 
@@ -440,13 +442,23 @@ func joinPrefixes(ps []netip.Prefix) string {
 }
 
 func runIPAM(env *cliEnv, args []string) error {
-	fs := newFlagSet(env, "ipam", "show --config FILE [--show-blocks] [--show-handles] [--json]", `
-Shows the address use of the etcd datastore of the cluster file, like
-calicoctl ipam show: per IPPool the addresses in use and free; with
---show-blocks each block with its node and use, and the blocks in no pool;
-with --show-handles each handle and the addresses it holds.`)
+	fs := newFlagSet(env, "ipam", "show|release|gc --config FILE [--node NAME] [flags]", `
+show: the address use, like calicoctl ipam show. With etcd and no --node,
+per IPPool the addresses in use and free (--show-blocks: each block with its
+node and use; --show-handles: each handle and its addresses). With --node,
+or with the file datastore, each block of the node(s) and every allocation
+in it: address, handle, container.
+
+release HANDLE|ADDRESS --node NAME: free a workload's address by hand (the
+tunnel address stays reserved).
+
+gc --node NAME [--network NAME]: free the addresses of the node's
+attachments whose veth no longer exists on this host (run it on the node,
+where overlayd-cni made them).`)
 	var df datastoreFlags
 	df.register(fs)
+	node := fs.String("node", "", "the node whose workload addresses to show or mend")
+	network := fs.String("network", cni.NetworkName, "gc: the CNI network whose attachments to check")
 	showBlocks := fs.Bool("show-blocks", false, "list each block with its node and use")
 	showHandles := fs.Bool("show-handles", false, "list each handle with the addresses it holds")
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -454,30 +466,170 @@ with --show-handles each handle and the addresses it holds.`)
 	if err != nil {
 		return err
 	}
-	if len(positional) != 1 || positional[0] != "show" {
-		msg := "want the subcommand show"
-		if len(positional) > 0 {
-			msg = fmt.Sprintf("unknown subcommand %q", strings.Join(positional, " "))
-			if s := config.Closest(positional[0], []string{"show"}); s != "" {
+	sub := ""
+	if len(positional) > 0 {
+		sub = positional[0]
+	}
+	switch {
+	case sub == "show" && len(positional) == 1:
+	case sub == "release" && len(positional) == 2 && *node != "":
+	case sub == "gc" && len(positional) == 1 && *node != "":
+	default:
+		msg := "want a subcommand: show, release HANDLE|ADDRESS --node NAME, or gc --node NAME"
+		if sub != "" && sub != "show" && sub != "release" && sub != "gc" {
+			msg = fmt.Sprintf("unknown subcommand %q", sub)
+			if s := config.Closest(sub, []string{"show", "release", "gc"}); s != "" {
 				msg += fmt.Sprintf(" (did you mean %q?)", s)
 			}
-			msg += "; ipam has show"
+			msg += "; ipam has show, release and gc"
 		}
 		return badInput(errors.New(msg))
 	}
-	admin, ctx, done, err := df.open(hintEdit)
-	if err != nil {
-		return err
+	if df.config == "" {
+		return badInput(errors.New("--config FILE is required: the cluster file"))
 	}
-	defer done()
-	use, err := admin.IPAMUse(ctx)
+	c, err := config.Load(df.config)
 	if err != nil {
-		return err
+		return badInput(err)
+	}
+	if sub == "show" && *node == "" && c.Datastore.Type == config.DatastoreEtcd {
+		admin, ctx, done, err := df.open(hintEdit)
+		if err != nil {
+			return err
+		}
+		defer done()
+		use, err := admin.IPAMUse(ctx)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return writeJSON(env.stdout, use)
+		}
+		printIPAM(env.stdout, use, *showBlocks, *showHandles)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), df.timeout)
+	defer cancel()
+	nodes := []string{*node}
+	if *node == "" {
+		nodes = nodes[:0]
+		for _, n := range c.Nodes {
+			nodes = append(nodes, n.Name)
+		}
+	}
+	if *node != "" && c.Node(*node) == nil {
+		return badInput(fmt.Errorf("node %q is not in %s", *node, df.config))
+	}
+	switch sub {
+	case "release":
+		return ipamRelease(ctx, env, c, *node, positional[1])
+	case "gc":
+		return ipamGC(ctx, env, c, *node, *network)
+	}
+	var all []ipam.BlockUse
+	for _, n := range nodes {
+		s, err := cni.OpenStore(ctx, c, n)
+		if err != nil {
+			return err
+		}
+		use, err := s.Blocks(ctx)
+		s.Close()
+		if err != nil {
+			return err
+		}
+		all = append(all, use...)
 	}
 	if *asJSON {
-		return writeJSON(env.stdout, use)
+		return writeJSON(env.stdout, all)
 	}
-	printIPAM(env.stdout, use, *showBlocks, *showHandles)
+	printAllocations(env.stdout, all)
+	return nil
+}
+
+// printAllocations lists blocks and what is allocated in them.
+func printAllocations(w io.Writer, blocks []ipam.BlockUse) {
+	tw := tabwriter.NewWriter(w, 2, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "BLOCK\tNODE\tPOOL\tIN USE\tFREE")
+	for _, b := range blocks {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\n", b.CIDR, b.Node, orDash(b.Pool), len(b.Allocations), b.Free)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 2, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ADDRESS\tBLOCK\tHANDLE\tCONTAINER\tIFNAME")
+	for _, b := range blocks {
+		for _, a := range b.Allocations {
+			container, ifname := a.Attrs[ipam.AttrContainerID], a.Attrs[ipam.AttrIfName]
+			if a.Tunnel {
+				container = "(tunnel address)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Addr, a.Block, orDash(a.Handle), orDash(container), orDash(ifname))
+		}
+	}
+	tw.Flush()
+}
+
+// ipamRelease frees one handle's addresses, or the handle holding one
+// address.
+func ipamRelease(ctx context.Context, env *cliEnv, c *config.Cluster, node, what string) error {
+	s, err := cni.OpenStore(ctx, c, node)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	handle := what
+	if addr, err := netip.ParseAddr(what); err == nil {
+		handle = ""
+		blocks, err := s.Blocks(ctx)
+		if err != nil {
+			return err
+		}
+		for _, b := range blocks {
+			for _, a := range b.Allocations {
+				if a.Addr == addr {
+					if a.Tunnel {
+						return badInput(fmt.Errorf("%v is node %q's tunnel address: it stays reserved", addr, node))
+					}
+					handle = a.Handle
+				}
+			}
+		}
+		if handle == "" {
+			return badInput(fmt.Errorf("%v is not allocated in node %q's blocks", addr, node))
+		}
+	}
+	freed, err := s.Release(ctx, handle)
+	if err != nil {
+		return err
+	}
+	if len(freed) == 0 {
+		fmt.Fprintf(env.stdout, "handle %s held no address\n", handle)
+		return nil
+	}
+	fmt.Fprintf(env.stdout, "released %v (handle %s)\n", freed, handle)
+	return nil
+}
+
+// ipamGC frees the addresses of network's attachments on node whose host
+// veth is gone.
+func ipamGC(ctx context.Context, env *cliEnv, c *config.Cluster, node, network string) error {
+	s, err := cni.OpenStore(ctx, c, node)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	stale, err := cni.StaleAttachments(ctx, s, network)
+	if err != nil {
+		return err
+	}
+	for _, a := range stale {
+		freed, err := s.Release(ctx, a.Handle)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "released %v (handle %s: no veth %s on this host)\n", freed, a.Handle, cni.HostVeth(a.Attrs[ipam.AttrContainerID], a.Attrs[ipam.AttrIfName]))
+	}
+	fmt.Fprintf(env.stdout, "%d stale attachments released\n", len(stale))
 	return nil
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
+	"github.com/overlayd/overlayd/cni"
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/internal/testbed"
 	"github.com/overlayd/overlayd/plan"
@@ -34,7 +35,22 @@ import (
 // the node namespaces, so the router runs with the race detector too.
 const childEnv = "OVERLAYD_TEST_AS_OVERLAYD"
 
+// cniCrashEnv names the crash point (cni.Crash*) at which the test binary,
+// linked as a CNI plugin, kills itself.
+const cniCrashEnv = "OVERLAYD_TEST_CNI_CRASH_AT"
+
 func TestMain(m *testing.M) {
+	// Linked as overlayd-cni or overlayd-ipam, the test binary is that
+	// plugin (with the race detector), with crash points a test can arm.
+	if name := filepath.Base(os.Args[0]); name == cni.PluginName || name == cni.IPAMName {
+		crashAt := os.Getenv(cniCrashEnv)
+		os.Exit(cni.MainWithHooks(name, "overlayd test build", cni.Hooks{Crash: func(point string) {
+			if point == crashAt {
+				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {}
+			}
+		}}))
+	}
 	if os.Getenv(childEnv) == "1" {
 		os.Exit(mainWithArgs(&cliEnv{stdout: os.Stdout, stderr: os.Stderr}, os.Args[1:]))
 	}

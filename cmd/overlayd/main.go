@@ -10,8 +10,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/overlayd/overlayd/cni"
 )
 
 // version is set at link time (-ldflags "-X main.version=...").
@@ -57,11 +60,19 @@ func commands() map[string]command {
 		"apply":   {"create or update IPPools in etcd from a Calico manifest", "-f FILE.yaml --config FILE", runApply},
 		"get":     {"list the IPPools, nodes or blocks in etcd", "ippools|nodes|blocks --config FILE [-o wide|json]", runGet},
 		"delete":  {"delete an IPPool, or a node with its blocks, from etcd", "ippool|node NAME --config FILE", runDelete},
-		"ipam":    {"show the address use in etcd, like calicoctl ipam show", "show --config FILE [--show-blocks] [--show-handles] [--json]", runIPAM},
+		"ipam":    {"show or mend the workloads' address use, like calicoctl ipam", "show|release|gc --config FILE [--node NAME] [flags]", runIPAM},
+		"cni":     {"install the CNI plugins (overlayd-cni, overlayd-ipam) and their conflist", "install --bin-dir DIR --conf-dir DIR --config FILE --node NAME", runCNI},
 	}
 }
 
 func main() {
+	// One binary: linked as overlayd-cni or overlayd-ipam, it is that CNI
+	// plugin, driven by the CNI environment (`overlayd cni install` makes
+	// the links).
+	switch name := filepath.Base(os.Args[0]); name {
+	case cni.PluginName, cni.IPAMName:
+		os.Exit(cni.Main(name, fmt.Sprintf("CNI plugin %s %s (overlayd)", name, version)))
+	}
 	env := &cliEnv{stdout: os.Stdout, stderr: os.Stderr}
 	os.Exit(mainWithArgs(env, os.Args[1:]))
 }

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -406,4 +407,31 @@ func (b *Bed) AddWorkload(node, name string, addr netip.Addr) (*Host, error) {
 func WorkloadIface(workload string) string {
 	sum := sha1.Sum([]byte(workload))
 	return "cali" + hex.EncodeToString(sum[:])[:11]
+}
+
+// NetnsPath is the path of the host's network namespace, as a container
+// runtime hands it to a CNI plugin (CNI_NETNS).
+func (h *Host) NetnsPath() string { return "/run/netns/" + h.NS }
+
+// RemoveHost deletes a host's namespace before the bed ends, as a container
+// runtime does when a container goes: its veths go with it.
+func (b *Bed) RemoveHost(name string) error {
+	var h *Host
+	if err := b.register(func() {
+		h = b.hosts[name]
+		if h != nil {
+			delete(b.hosts, name)
+			b.order = slices.DeleteFunc(b.order, func(o *Host) bool { return o == h })
+		}
+	}); err != nil {
+		return fmt.Errorf("testbed: remove host %s: %w", name, err)
+	}
+	if h == nil {
+		return fmt.Errorf("testbed: remove host %s: the bed has none", name)
+	}
+	h.closeHandle()
+	if err := deleteNamespace(h.NS); err != nil {
+		return fmt.Errorf("testbed: remove host %s: %w", name, err)
+	}
+	return nil
 }
