@@ -166,7 +166,7 @@ ipipMod = "Always"
 		{
 			name:     "both encapsulations in one pool",
 			src:      "[[pools]]\nname = \"mixed\"\ncidr = \"192.168.0.0/16\"\nipipMode = \"Always\"\nvxlanMode = \"Always\"\n" + minimalNodes,
-			wantLine: 5, wantKey: `pools[0] "mixed" vxlanMode`, wantMsg: "Cannot enable both VXLAN and IPIP on the same IPPool (encapsulation types cannot be mixed within one pool",
+			wantLine: 5, wantKey: `pools[0] "mixed" vxlanMode`, wantMsg: "ipipMode and vxlanMode cannot both be enabled (encapsulation types cannot be mixed within one pool",
 		},
 		{
 			name:     "mode with the wrong case",
