@@ -68,6 +68,7 @@ package pool
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -214,6 +215,91 @@ func TestCalicoPoolSetRules(t *testing.T) {
 				t.Fatalf("want valid (%s), got %v", tc.calico, err)
 			case tc.wantMsg != "" && (err == nil || !strings.Contains(err.Error(), tc.wantMsg)):
 				t.Fatalf("error %v, want one containing %q (%s)", err, tc.wantMsg, tc.calico)
+			}
+		})
+	}
+}
+
+// TestCalicoBlockRules checks the blocks a node lists against the way
+// Calico's IPAM cuts pools into blocks.
+func TestCalicoBlockRules(t *testing.T) {
+	main := Spec{Name: "main", CIDR: "10.0.0.0/24"}
+	zoneA := Spec{Name: "zone-a", CIDR: "10.1.0.0/24", NodeSelector: "zone == 'a'"}
+	smallOld := Spec{Name: "small-old", CIDR: "10.2.0.0/27", BlockSize: 26, Disabled: true}
+	oldZoneA := Spec{Name: "old-zone-a", CIDR: "10.3.0.0/24", NodeSelector: "zone == 'a'", Disabled: true}
+	tests := []struct {
+		name    string
+		calico  string
+		pools   []Spec
+		block   string
+		wantMsg string // substring; empty: accepted
+	}{
+		{"a block of the pool", "ipam_block_reader_writer.go:584 blockGenerator",
+			[]Spec{main}, "10.0.0.64/26", ""},
+		{"the pool's last block", "ipam_block_reader_writer.go:584 blockGenerator",
+			[]Spec{main}, "10.0.0.192/26", ""},
+		{"a block not aligned to its size", "ipam_block.go:546 getBlockCIDRForAddress (masks to blockSize)",
+			[]Spec{main}, "10.0.0.65/26", "not strictly masked (did you mean 10.0.0.64/26?)"},
+		{"a block smaller than the pool's blocks", "clientv3/ippool.go:103 Create (blockSize conflict)",
+			[]Spec{main}, "10.0.0.64/27", `is not a block of pool "main" (10.0.0.0/24 is cut into /26 blocks)`},
+		{"a block larger than the pool's blocks", "clientv3/ippool.go:103 Create (blockSize conflict)",
+			[]Spec{main}, "10.0.0.0/25", "is not a block of pool"},
+		{"a block larger than the whole pool", "ipam_block_reader_writer.go:584 blockGenerator (blocks lie inside the pool)",
+			[]Spec{main}, "10.0.0.0/23", "is not a block of pool"},
+		{"a block of a disabled pool smaller than its block size", "ippool.go:99 CEL lets the pool be; blockGenerator gives it no block",
+			[]Spec{main, smallOld}, "10.2.0.0/26", `10.2.0.0/26 is not a block of pool "small-old": it does not lie wholly inside 10.2.0.0/27`},
+		{"a block outside every pool", "ipam_block_reader_writer.go:559 getPoolForIP finds no pool",
+			[]Spec{main}, "10.9.0.0/26", "lies in no pool"},
+		{"a block of a pool that does not select the node", "overlayd: differs from ipam.go:2347, which keeps non-empty blocks",
+			[]Spec{main, zoneA}, "10.1.0.0/26", `whose nodeSelector zone == "a" does not select this node`},
+		{"a block of a disabled pool that does not select the node", "ipam.go:263 determinePools: disabled stops new blocks only",
+			[]Spec{main, oldZoneA}, "10.3.0.0/26", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var pools []*IPPool
+			for _, s := range tc.pools {
+				pools = append(pools, mustPool(t, s))
+			}
+			_, err := Allocate(pools, []NodeRequest{{Name: "n", Blocks: []netip.Prefix{netip.MustParsePrefix(tc.block)}}})
+			if tc.wantMsg == "" {
+				if err != nil {
+					t.Fatalf("want accepted (%s), got %v", tc.calico, err)
+				}
+				return
+			}
+			var be *BlockError
+			if !errors.As(err, &be) || be.Index != 0 {
+				t.Fatalf("want a *BlockError for listed block 0 (%s), got %v", tc.calico, err)
+			}
+			if !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Errorf("error %q does not contain %q (%s)", err, tc.wantMsg, tc.calico)
+			}
+		})
+	}
+}
+
+// TestHasBlock is the containment rule on its own, since datastore code
+// asks it of blocks read from etcd too.
+func TestHasBlock(t *testing.T) {
+	p := &IPPool{CIDR: netip.MustParsePrefix("10.2.0.0/27"), BlockSize: 26}
+	q := &IPPool{CIDR: netip.MustParsePrefix("10.0.0.0/24"), BlockSize: 26}
+	tests := []struct {
+		name  string
+		pool  *IPPool
+		block string
+		want  bool
+	}{
+		{"a block inside", q, "10.0.0.128/26", true},
+		{"wrong size", q, "10.0.0.128/27", false},
+		{"outside", q, "10.0.1.0/26", false},
+		{"first address inside, block larger than the pool", p, "10.2.0.0/26", false},
+		{"not masked", q, "10.0.0.129/26", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.pool.HasBlock(netip.MustParsePrefix(tc.block)); got != tc.want {
+				t.Errorf("HasBlock(%s) of %s/%d = %v, want %v", tc.block, tc.pool.CIDR, tc.pool.BlockSize, got, tc.want)
 			}
 		})
 	}

@@ -66,6 +66,13 @@ func (p *IPPool) Equal(q *IPPool) bool {
 		p.NodeSelector.String() == q.NodeSelector.String()
 }
 
+// HasBlock reports whether b is one of the blocks the pool is cut into: of
+// the pool's block size, aligned to it, and wholly inside the pool. A
+// disabled pool may be smaller than its block size, and then has no blocks.
+func (p *IPPool) HasBlock(b netip.Prefix) bool {
+	return b.Bits() == p.BlockSize && b.Masked() == b && p.CIDR.Bits() <= b.Bits() && p.CIDR.Contains(b.Addr())
+}
+
 // Encapsulated reports whether the pool uses any encapsulation at all.
 func (p *IPPool) Encapsulated() bool {
 	return p.IPIPMode != ModeNever || p.VXLANMode != ModeNever
