@@ -269,14 +269,45 @@ ipipMod = "Always"
 			wantLine: 2, wantKey: "[metrics] listen", wantMsg: "not an address:port",
 		},
 		{
-			name:    "no pools",
-			src:     minimalNodes,
-			wantMsg: "no pools",
+			name:     "no pools points at the end of the file",
+			src:      minimalNodes,
+			wantLine: 8, wantMsg: "no pools",
 		},
 		{
-			name:    "no nodes",
-			src:     pools,
-			wantMsg: "no nodes",
+			name:     "no nodes points at the end of the file",
+			src:      pools,
+			wantLine: 4, wantMsg: "no nodes",
+		},
+		{
+			name:     "an empty file names line 1",
+			src:      "",
+			wantLine: 1, wantMsg: "no pools",
+		},
+		{
+			name:     "a table written inline points at its line",
+			src:      "tunnel = { mtu = 100 }\n" + pools + minimalNodes,
+			wantLine: 1, wantKey: "[tunnel] mtu", wantMsg: "out of range",
+		},
+		{
+			name:     "a dotted key points at its line",
+			src:      "# cluster\ntunnel.mtu = 100\n" + pools + minimalNodes,
+			wantLine: 2, wantKey: "[tunnel] mtu", wantMsg: "out of range",
+		},
+		{
+			name:     "nodes written as an inline array point at its line",
+			src:      "\nnodes = [{name = \"a\", address = \"198.18.1.1\"}]\n" + pools,
+			wantLine: 2, wantKey: `nodes[0] "a" address`, wantMsg: "has no prefix length",
+		},
+		{
+			name:     "a quoted table header",
+			src:      "[\"tunnel\"]\nmtu = 100\n" + pools + minimalNodes,
+			wantLine: 2, wantKey: "[tunnel] mtu", wantMsg: "out of range",
+		},
+		{
+			name: "a listed block larger than its disabled pool",
+			src: pools + "[[pools]]\nname = \"old\"\ncidr = \"10.2.0.0/27\"\nblockSize = 26\ndisabled = true\n" +
+				"[[nodes]]\nname = \"node-a\"\naddress = \"198.18.1.10/24\"\nblocks = [\"10.2.0.0/26\"]\n",
+			wantLine: 13, wantKey: `nodes[0] "node-a" blocks`, wantMsg: `10.2.0.0/26 is not a block of pool "old": it does not lie wholly inside 10.2.0.0/27`,
 		},
 		{
 			name:     "pools is neither tables nor a file name",
@@ -435,12 +466,17 @@ func TestParseIPPoolsForms(t *testing.T) {
 		{
 			name:     "YAML syntax error",
 			src:      "kind: IPPool\nspec: [\n",
-			wantLine: 0, wantErr: "YAML:",
+			wantLine: 2, wantErr: "YAML:",
 		},
 		{
-			name:    "empty file",
-			src:     "",
-			wantErr: "no IPPool found",
+			name:     "a control character, which YAML reports without a line",
+			src:      "kind: IPPool\nmetadata: {name: a}\x01\n",
+			wantLine: 2, wantErr: "YAML: control characters are not allowed",
+		},
+		{
+			name:     "empty file",
+			src:      "",
+			wantLine: 1, wantErr: "no IPPool found",
 		},
 	}
 	for _, tc := range tests {

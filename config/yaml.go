@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 
@@ -36,7 +37,7 @@ func ParseIPPools(file string, data []byte) ([]*pool.IPPool, error) {
 			break
 		}
 		if err != nil {
-			return nil, yamlSyntaxError(file, err)
+			return nil, yamlSyntaxError(file, data, err)
 		}
 		found, err := poolsOfDocument(file, &doc)
 		if err != nil {
@@ -45,7 +46,7 @@ func ParseIPPools(file string, data []byte) ([]*pool.IPPool, error) {
 		docs = append(docs, found...)
 	}
 	if len(docs) == 0 {
-		return nil, &Error{File: file, Msg: "no IPPool found (expected documents with kind: IPPool or IPPoolList)"}
+		return nil, &Error{File: file, Line: lastLine(data), Msg: "no IPPool found (expected documents with kind: IPPool or IPPoolList)"}
 	}
 	pools := make([]*pool.IPPool, 0, len(docs))
 	for _, d := range docs {
@@ -64,7 +65,7 @@ func ParseIPPools(file string, data []byte) ([]*pool.IPPool, error) {
 				}
 			}
 		}
-		return nil, &Error{File: file, Msg: err.Error(), Err: err}
+		return nil, &Error{File: file, Line: docs[len(docs)-1].line, Msg: err.Error(), Err: err}
 	}
 	return pools, nil
 }
@@ -99,7 +100,7 @@ func (d *yamlPool) errorFor(file string, err error) error {
 	return &Error{File: file, Line: line, Key: key, Msg: err.Error(), Err: err}
 }
 
-func yamlSyntaxError(file string, err error) error {
+func yamlSyntaxError(file string, data []byte, err error) error {
 	msg := err.Error()
 	msg = strings.TrimPrefix(msg, "yaml: ")
 	line := 0
@@ -110,7 +111,39 @@ func yamlSyntaxError(file string, err error) error {
 			}
 		}
 	}
+	if line <= 0 {
+		// The YAML reader reports bad encoding without a position.
+		line = badByteLine(data)
+	}
 	return &Error{File: file, Line: line, Msg: "YAML: " + msg, Err: err}
+}
+
+// badByteLine is the line of the first byte YAML does not allow (invalid
+// UTF-8, or a control character other than tab and line breaks), or the
+// last line when there is none.
+func badByteLine(data []byte) int {
+	line := 1
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		if r == utf8.RuneError && size <= 1 || r < 0x20 && r != '\t' && r != '\n' && r != '\r' || r == 0x7f {
+			return line
+		}
+		if r == '\n' {
+			line++
+		}
+		i += size
+	}
+	return lastLine(data)
+}
+
+// lastLine is the number of the file's last line, at least 1: where
+// something missing from the file would go.
+func lastLine(data []byte) int {
+	n := bytes.Count(data, []byte("\n"))
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		n++
+	}
+	return max(n, 1)
 }
 
 func poolsOfDocument(file string, doc *yaml.Node) ([]yamlPool, error) {
