@@ -464,6 +464,16 @@ func TestParseIPPoolsForms(t *testing.T) {
 			wantLine: 8, wantErr: "IPPool(b) CIDR overlaps with IPPool(a) CIDR 10.1.0.0/16",
 		},
 		{
+			name: "a trailing --- is an empty document, skipped",
+			src:  "kind: IPPool\nmetadata: {name: a}\nspec: {cidr: 10.1.0.0/16}\n---\n",
+			want: "a 10.1.0.0/16 Never Never false",
+		},
+		{
+			name: "empty documents between pools are skipped",
+			src:  "---\nkind: IPPool\nmetadata: {name: a}\nspec: {cidr: 10.1.0.0/16}\n---\n# nothing\n---\nkind: IPPool\nmetadata: {name: b}\nspec: {cidr: 10.2.0.0/16}\n",
+			want: "a 10.1.0.0/16 Never Never false;b 10.2.0.0/16 Never Never false",
+		},
+		{
 			name:     "YAML syntax error",
 			src:      "kind: IPPool\nspec: [\n",
 			wantLine: 2, wantErr: "YAML:",
@@ -477,6 +487,11 @@ func TestParseIPPoolsForms(t *testing.T) {
 			name:     "empty file",
 			src:      "",
 			wantLine: 1, wantErr: "no IPPool found",
+		},
+		{
+			name:     "only empty documents",
+			src:      "# pools\n---\n---\n",
+			wantLine: 3, wantErr: "no IPPool found",
 		},
 	}
 	for _, tc := range tests {

@@ -154,6 +154,11 @@ func poolsOfDocument(file string, doc *yaml.Node) ([]yamlPool, error) {
 	if root.Kind == yaml.DocumentNode {
 		root = root.Content[0]
 	}
+	if root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" {
+		// An empty document, as a trailing "---" makes: kubectl and
+		// calicoctl skip it.
+		return nil, nil
+	}
 	if root.Kind != yaml.MappingNode {
 		return nil, &Error{File: file, Line: root.Line, Msg: "expected a Calico resource (a mapping with apiVersion, kind, metadata and spec)"}
 	}
