@@ -464,6 +464,27 @@ func TestParseIPPoolsForms(t *testing.T) {
 			wantLine: 8, wantErr: "IPPool(b) CIDR overlaps with IPPool(a) CIDR 10.1.0.0/16",
 		},
 		{
+			name: "as calicoctl get -o yaml prints it, defaults written out",
+			src: "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: a\n  uid: 3f9a1c52\n  creationTimestamp: \"2026-12-02T16:00:00Z\"\n" +
+				"spec:\n  cidr: 10.1.0.0/16\n  allowedUses:\n  - Workload\n  - Tunnel\n  assignmentMode: Automatic\n  blockSize: 26\n  ipipMode: Never\n  natOutgoing: true\n  nodeSelector: all()\n  vxlanMode: Always\n",
+			want: "a 10.1.0.0/16 Never Always true",
+		},
+		{
+			name:     "a use overlayd cannot honour",
+			src:      "kind: IPPool\nmetadata: {name: a}\nspec:\n  cidr: 10.1.0.0/16\n  allowedUses: [LoadBalancer]\n",
+			wantLine: 5, wantErr: `IPPool "a" spec.allowedUses: [LoadBalancer] is not supported`,
+		},
+		{
+			name:     "manual assignment",
+			src:      "kind: IPPool\nmetadata: {name: a}\nspec:\n  cidr: 10.1.0.0/16\n  assignmentMode: Manual\n",
+			wantLine: 5, wantErr: `"Manual" is not supported`,
+		},
+		{
+			name:     "a namespaceSelector",
+			src:      "kind: IPPool\nmetadata: {name: a}\nspec:\n  cidr: 10.1.0.0/16\n  namespaceSelector: team == 'a'\n",
+			wantLine: 5, wantErr: `"team == 'a'" is not supported`,
+		},
+		{
 			name: "a trailing --- is an empty document, skipped",
 			src:  "kind: IPPool\nmetadata: {name: a}\nspec: {cidr: 10.1.0.0/16}\n---\n",
 			want: "a 10.1.0.0/16 Never Never false",

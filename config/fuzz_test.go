@@ -64,6 +64,7 @@ func FuzzParseIPPools(f *testing.F) {
 	f.Add([]byte("apiVersion: projectcalico.org/v3\nkind: IPPoolList\nitems:\n- metadata: {name: a}\n  spec: {cidr: 10.1.0.0/16, natOutgoing: true}\n"))
 	f.Add([]byte("apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata: {name: a}\nspec:\n  cidr: 10.1.0.0/16\n  ipip: {enabled: true, mode: cross-subnet}\n  nat-outgoing: true\n"))
 	f.Add([]byte("kind: IPPool\nmetadata: {name: a}\nspec: {cidr: 10.1.0.0/16}\n---\nkind: IPPool\nmetadata: {name: b}\nspec: {cidr: 10.2.0.0/16, vxlanMode: Always, blockSize: 28, disabled: true, nodeSelector: \"zone == 'a'\"}\n"))
+	f.Add([]byte("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: a\nspec:\n  cidr: 10.1.0.0/16\n  allowedUses:\n  - Workload\n  - Tunnel\n  assignmentMode: Automatic\n  namespaceSelector: all()\n---\n"))
 	const file = "ippools.yaml"
 	f.Fuzz(func(t *testing.T, data []byte) {
 		pools, err := ParseIPPools(file, data)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -266,17 +267,47 @@ func parseYAMLPool(file string, n *yaml.Node) (yamlPool, error) {
 				d.spec.IPIPMode, err = legacyIPIP(v)
 				d.mapped["ipipMode"] = "ipip"
 			}
+		case "allowedUses", "assignmentMode", "namespaceSelector":
+			err = calicoDefaultOnly(k.Value, v)
 		default:
 			if ignoredSpecFields[k.Value] {
 				continue
 			}
-			return d, fail(k, key(k.Value), "unknown or unsupported IPPool field %q; overlayd reads: %s (and the legacy ipip, nat-outgoing)", k.Value, strings.Join(specFields, ", "))
+			return d, fail(k, key(k.Value), "unknown or unsupported IPPool field %q; overlayd reads: %s (and the legacy ipip, nat-outgoing; allowedUses, assignmentMode and namespaceSelector at their defaults)", k.Value, strings.Join(specFields, ", "))
 		}
 		if err != nil {
 			return d, fail(v, key(k.Value), "%v", err)
 		}
 	}
 	return d, nil
+}
+
+// calicoDefaultOnly accepts the IPPool members calicoctl writes out with
+// their defaults (`calicoctl get ippool -o yaml` has them) and refuses any
+// other value: every overlayd pool gives blocks to workloads and tunnel
+// addresses, automatically, whatever the namespace, and a pool that says
+// otherwise would be given a meaning Calico does not give it.
+func calicoDefaultOnly(field string, v *yaml.Node) error {
+	switch field {
+	case "allowedUses":
+		var uses []string
+		if v.Kind != yaml.SequenceNode || v.Decode(&uses) != nil {
+			return errors.New("expected a list of uses, e.g. [Workload, Tunnel]")
+		}
+		slices.Sort(uses)
+		if len(uses) > 0 && !slices.Equal(uses, []string{"Tunnel", "Workload"}) {
+			return fmt.Errorf("%v is not supported: overlayd pools serve workloads and tunnel addresses both, as the default [Workload, Tunnel] says; remove allowedUses or write the default", uses)
+		}
+	case "assignmentMode":
+		if s, err := scalarString(v); err != nil || s != "" && s != "Automatic" {
+			return fmt.Errorf("%q is not supported: overlayd assigns blocks from every enabled pool automatically (\"Automatic\", the default)", v.Value)
+		}
+	case "namespaceSelector":
+		if s, err := scalarString(v); err != nil || strings.TrimSpace(s) != "" && strings.TrimSpace(s) != pool.DefaultNodeSelector {
+			return fmt.Errorf("%q is not supported: overlayd pools serve every namespace (all(), the default)", v.Value)
+		}
+	}
+	return nil
 }
 
 func hasKey(m *yaml.Node, key string) bool {
