@@ -355,7 +355,13 @@ func Parse(file string, data []byte) (*Cluster, error) {
 func (p *parser) decodeError(err error) error {
 	var pe toml.ParseError
 	if errors.As(err, &pe) {
-		return &Error{File: p.file, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message, Err: err}
+		line := pe.Position.Line
+		if line <= 0 {
+			// The decoder gives no position for some errors at the end
+			// of the input, such as an escape cut off there.
+			line = p.loc.end()
+		}
+		return &Error{File: p.file, Line: line, Key: pe.LastKey, Msg: pe.Message, Err: err}
 	}
 	if m := tomlLineRE.FindStringSubmatch(err.Error()); m != nil {
 		line, _ := strconv.Atoi(m[1])
