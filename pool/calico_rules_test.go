@@ -59,9 +59,9 @@ package pool
 //	                                                                                    file has no "non-empty");
 //	                                                                                    disabled pools' are kept
 //	not here: allowedUses, namespaceSelector, disableBGPExport, assignmentMode and the
-//	LoadBalancer rules (CEL :87,:88,:90,:91,:92,:94; validator.go:998) concern fields
+//	LoadBalancer rules (CEL :87,:88,:90,:91,:92,:94; validator.go:1003) concern fields
 //	the cluster file does not have; datastore/calico checks them on IPPools read from
-//	etcd. IPv6 rules (CEL :97, blockSize 116..128) do not apply. CIDR and blockSize
+//	etcd (ippool_rules_test.go), and the YAML import takes only their defaults. IPv6 rules (CEL :97, blockSize 116..128) do not apply. CIDR and blockSize
 //	"cannot be changed" (ippool.go:105,:130) are update rules of a datastore; cidr
 //	MaxLength 48 (:104) cannot be reached by an IPv4 CIDR. overlayd adds loopback and
 //	multicast ranges to link local: no workload could use them.
