@@ -317,7 +317,7 @@ func Parse(file string, data []byte) (*Cluster, error) {
 	if c.Datastore.Type == DatastoreEtcd {
 		if poolsFile != "" || len(poolSpecs) > 0 {
 			e := p.errAt("", 0, "", "pools", "with [datastore] type = %q the pools live in etcd: remove them here and write them with `overlayd apply -f ippools.yaml`", DatastoreEtcd)
-			if e.Line == 0 {
+			if p.loc.find("", 0, "pools") == 0 {
 				e.Line = p.loc.line("pools", 0, "") // [[pools]] tables: their first header
 			}
 			return nil, e
@@ -344,7 +344,7 @@ func Parse(file string, data []byte) (*Cluster, error) {
 		}
 	}
 	if len(c.Pools) == 0 {
-		return nil, &Error{File: file, Msg: "no pools: add at least one [[pools]] table (or pools = \"ippools.yaml\")"}
+		return nil, &Error{File: file, Line: p.loc.end(), Msg: "no pools: add at least one [[pools]] table (or pools = \"ippools.yaml\")"}
 	}
 	if err := p.nodes(root.Nodes, c); err != nil {
 		return nil, err
@@ -355,7 +355,13 @@ func Parse(file string, data []byte) (*Cluster, error) {
 func (p *parser) decodeError(err error) error {
 	var pe toml.ParseError
 	if errors.As(err, &pe) {
-		return &Error{File: p.file, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message, Err: err}
+		line := pe.Position.Line
+		if line <= 0 {
+			// The decoder gives no position for some errors at the end
+			// of the input, such as an escape cut off there.
+			line = p.loc.end()
+		}
+		return &Error{File: p.file, Line: line, Key: pe.LastKey, Msg: pe.Message, Err: err}
 	}
 	if m := tomlLineRE.FindStringSubmatch(err.Error()); m != nil {
 		line, _ := strconv.Atoi(m[1])
@@ -363,7 +369,8 @@ func (p *parser) decodeError(err error) error {
 		msg = strings.Replace(msg, "; destination has type", ", the key takes a", 1)
 		return &Error{File: p.file, Line: line, Key: m[2], Msg: msg, Err: err}
 	}
-	return &Error{File: p.file, Msg: err.Error(), Err: err}
+	// An error the TOML decoder gives no position: the file as a whole.
+	return &Error{File: p.file, Line: p.loc.end(), Msg: err.Error(), Err: err}
 }
 
 // unknownKeys reports the first key the file has that overlayd does not know,
@@ -404,7 +411,7 @@ func (p *parser) unknownKeys(md toml.MetaData) error {
 		}
 		e := p.errAt(table, i, "", key, "%s", msg)
 		e.Key = describeKey(table, i, "", "")
-		if len(k) == 1 && e.Line == 0 {
+		if len(k) == 1 && p.loc.find(table, i, key) == 0 {
 			// An unknown table: point at its header.
 			e.Line = p.loc.line(key, 0, "")
 		}
@@ -559,7 +566,7 @@ func (p *parser) poolSetError(pools []*pool.IPPool, err error) error {
 			}
 		}
 	}
-	return &Error{File: p.file, Msg: err.Error(), Err: err}
+	return &Error{File: p.file, Line: p.loc.line("pools", 0, ""), Msg: err.Error(), Err: err}
 }
 
 var nodeNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
@@ -594,7 +601,7 @@ func (p *parser) localNodes(fileNodes []fileNode, c *Cluster) error {
 // and returns each node's block request and index by name.
 func (p *parser) parseNodes(fileNodes []fileNode, c *Cluster) ([]pool.NodeRequest, map[string]int, error) {
 	if len(fileNodes) == 0 {
-		return nil, nil, &Error{File: p.file, Msg: "no nodes: add a [[nodes]] table for each node (name and address, e.g. address = \"198.18.1.10/24\")"}
+		return nil, nil, &Error{File: p.file, Line: p.loc.end(), Msg: "no nodes: add a [[nodes]] table for each node (name and address, e.g. address = \"198.18.1.10/24\")"}
 	}
 	names := map[string]int{}
 	addrs := map[netip.Addr]int{}
@@ -679,7 +686,7 @@ func (p *parser) allocate(reqs []pool.NodeRequest, names map[string]int, c *Clus
 			e.Err = err
 			return e
 		}
-		return &Error{File: p.file, Msg: err.Error(), Err: err}
+		return &Error{File: p.file, Line: p.loc.line("nodes", 0, ""), Msg: err.Error(), Err: err}
 	}
 	for i, nb := range alloc {
 		n := c.Nodes[i]

@@ -166,7 +166,7 @@ ipipMod = "Always"
 		{
 			name:     "both encapsulations in one pool",
 			src:      "[[pools]]\nname = \"mixed\"\ncidr = \"192.168.0.0/16\"\nipipMode = \"Always\"\nvxlanMode = \"Always\"\n" + minimalNodes,
-			wantLine: 5, wantKey: `pools[0] "mixed" vxlanMode`, wantMsg: "Cannot enable both VXLAN and IPIP on the same IPPool (encapsulation types cannot be mixed within one pool",
+			wantLine: 5, wantKey: `pools[0] "mixed" vxlanMode`, wantMsg: "ipipMode and vxlanMode cannot both be enabled (encapsulation types cannot be mixed within one pool",
 		},
 		{
 			name:     "mode with the wrong case",
@@ -269,14 +269,45 @@ ipipMod = "Always"
 			wantLine: 2, wantKey: "[metrics] listen", wantMsg: "not an address:port",
 		},
 		{
-			name:    "no pools",
-			src:     minimalNodes,
-			wantMsg: "no pools",
+			name:     "no pools points at the end of the file",
+			src:      minimalNodes,
+			wantLine: 8, wantMsg: "no pools",
 		},
 		{
-			name:    "no nodes",
-			src:     pools,
-			wantMsg: "no nodes",
+			name:     "no nodes points at the end of the file",
+			src:      pools,
+			wantLine: 4, wantMsg: "no nodes",
+		},
+		{
+			name:     "an empty file names line 1",
+			src:      "",
+			wantLine: 1, wantMsg: "no pools",
+		},
+		{
+			name:     "a table written inline points at its line",
+			src:      "tunnel = { mtu = 100 }\n" + pools + minimalNodes,
+			wantLine: 1, wantKey: "[tunnel] mtu", wantMsg: "out of range",
+		},
+		{
+			name:     "a dotted key points at its line",
+			src:      "# cluster\ntunnel.mtu = 100\n" + pools + minimalNodes,
+			wantLine: 2, wantKey: "[tunnel] mtu", wantMsg: "out of range",
+		},
+		{
+			name:     "nodes written as an inline array point at its line",
+			src:      "\nnodes = [{name = \"a\", address = \"198.18.1.1\"}]\n" + pools,
+			wantLine: 2, wantKey: `nodes[0] "a" address`, wantMsg: "has no prefix length",
+		},
+		{
+			name:     "a quoted table header",
+			src:      "[\"tunnel\"]\nmtu = 100\n" + pools + minimalNodes,
+			wantLine: 2, wantKey: "[tunnel] mtu", wantMsg: "out of range",
+		},
+		{
+			name: "a listed block larger than its disabled pool",
+			src: pools + "[[pools]]\nname = \"old\"\ncidr = \"10.2.0.0/27\"\nblockSize = 26\ndisabled = true\n" +
+				"[[nodes]]\nname = \"node-a\"\naddress = \"198.18.1.10/24\"\nblocks = [\"10.2.0.0/26\"]\n",
+			wantLine: 13, wantKey: `nodes[0] "node-a" blocks`, wantMsg: `10.2.0.0/26 is not a block of pool "old": it does not lie wholly inside 10.2.0.0/27`,
 		},
 		{
 			name:     "pools is neither tables nor a file name",
@@ -433,14 +464,55 @@ func TestParseIPPoolsForms(t *testing.T) {
 			wantLine: 8, wantErr: "IPPool(b) CIDR overlaps with IPPool(a) CIDR 10.1.0.0/16",
 		},
 		{
-			name:     "YAML syntax error",
-			src:      "kind: IPPool\nspec: [\n",
-			wantLine: 0, wantErr: "YAML:",
+			name: "as calicoctl get -o yaml prints it, defaults written out",
+			src: "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: a\n  uid: 3f9a1c52\n  creationTimestamp: \"2026-12-02T16:00:00Z\"\n" +
+				"spec:\n  cidr: 10.1.0.0/16\n  allowedUses:\n  - Workload\n  - Tunnel\n  assignmentMode: Automatic\n  blockSize: 26\n  ipipMode: Never\n  natOutgoing: true\n  nodeSelector: all()\n  vxlanMode: Always\n",
+			want: "a 10.1.0.0/16 Never Always true",
 		},
 		{
-			name:    "empty file",
-			src:     "",
-			wantErr: "no IPPool found",
+			name:     "a use overlayd cannot honour",
+			src:      "kind: IPPool\nmetadata: {name: a}\nspec:\n  cidr: 10.1.0.0/16\n  allowedUses: [LoadBalancer]\n",
+			wantLine: 5, wantErr: `IPPool "a" spec.allowedUses: [LoadBalancer] is not supported`,
+		},
+		{
+			name:     "manual assignment",
+			src:      "kind: IPPool\nmetadata: {name: a}\nspec:\n  cidr: 10.1.0.0/16\n  assignmentMode: Manual\n",
+			wantLine: 5, wantErr: `"Manual" is not supported`,
+		},
+		{
+			name:     "a namespaceSelector",
+			src:      "kind: IPPool\nmetadata: {name: a}\nspec:\n  cidr: 10.1.0.0/16\n  namespaceSelector: team == 'a'\n",
+			wantLine: 5, wantErr: `"team == 'a'" is not supported`,
+		},
+		{
+			name: "a trailing --- is an empty document, skipped",
+			src:  "kind: IPPool\nmetadata: {name: a}\nspec: {cidr: 10.1.0.0/16}\n---\n",
+			want: "a 10.1.0.0/16 Never Never false",
+		},
+		{
+			name: "empty documents between pools are skipped",
+			src:  "---\nkind: IPPool\nmetadata: {name: a}\nspec: {cidr: 10.1.0.0/16}\n---\n# nothing\n---\nkind: IPPool\nmetadata: {name: b}\nspec: {cidr: 10.2.0.0/16}\n",
+			want: "a 10.1.0.0/16 Never Never false;b 10.2.0.0/16 Never Never false",
+		},
+		{
+			name:     "YAML syntax error",
+			src:      "kind: IPPool\nspec: [\n",
+			wantLine: 2, wantErr: "YAML:",
+		},
+		{
+			name:     "a control character, which YAML reports without a line",
+			src:      "kind: IPPool\nmetadata: {name: a}\x01\n",
+			wantLine: 2, wantErr: "YAML: control characters are not allowed",
+		},
+		{
+			name:     "empty file",
+			src:      "",
+			wantLine: 1, wantErr: "no IPPool found",
+		},
+		{
+			name:     "only empty documents",
+			src:      "# pools\n---\n---\n",
+			wantLine: 3, wantErr: "no IPPool found",
 		},
 	}
 	for _, tc := range tests {

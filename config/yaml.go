@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 
@@ -36,7 +38,7 @@ func ParseIPPools(file string, data []byte) ([]*pool.IPPool, error) {
 			break
 		}
 		if err != nil {
-			return nil, yamlSyntaxError(file, err)
+			return nil, yamlSyntaxError(file, data, err)
 		}
 		found, err := poolsOfDocument(file, &doc)
 		if err != nil {
@@ -45,7 +47,7 @@ func ParseIPPools(file string, data []byte) ([]*pool.IPPool, error) {
 		docs = append(docs, found...)
 	}
 	if len(docs) == 0 {
-		return nil, &Error{File: file, Msg: "no IPPool found (expected documents with kind: IPPool or IPPoolList)"}
+		return nil, &Error{File: file, Line: lastLine(data), Msg: "no IPPool found (expected documents with kind: IPPool or IPPoolList)"}
 	}
 	pools := make([]*pool.IPPool, 0, len(docs))
 	for _, d := range docs {
@@ -64,7 +66,7 @@ func ParseIPPools(file string, data []byte) ([]*pool.IPPool, error) {
 				}
 			}
 		}
-		return nil, &Error{File: file, Msg: err.Error(), Err: err}
+		return nil, &Error{File: file, Line: docs[len(docs)-1].line, Msg: err.Error(), Err: err}
 	}
 	return pools, nil
 }
@@ -99,7 +101,7 @@ func (d *yamlPool) errorFor(file string, err error) error {
 	return &Error{File: file, Line: line, Key: key, Msg: err.Error(), Err: err}
 }
 
-func yamlSyntaxError(file string, err error) error {
+func yamlSyntaxError(file string, data []byte, err error) error {
 	msg := err.Error()
 	msg = strings.TrimPrefix(msg, "yaml: ")
 	line := 0
@@ -110,7 +112,39 @@ func yamlSyntaxError(file string, err error) error {
 			}
 		}
 	}
+	if line <= 0 {
+		// The YAML reader reports bad encoding without a position.
+		line = badByteLine(data)
+	}
 	return &Error{File: file, Line: line, Msg: "YAML: " + msg, Err: err}
+}
+
+// badByteLine is the line of the first byte YAML does not allow (invalid
+// UTF-8, or a control character other than tab and line breaks), or the
+// last line when there is none.
+func badByteLine(data []byte) int {
+	line := 1
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		if r == utf8.RuneError && size <= 1 || r < 0x20 && r != '\t' && r != '\n' && r != '\r' || r == 0x7f {
+			return line
+		}
+		if r == '\n' {
+			line++
+		}
+		i += size
+	}
+	return lastLine(data)
+}
+
+// lastLine is the number of the file's last line, at least 1: where
+// something missing from the file would go.
+func lastLine(data []byte) int {
+	n := bytes.Count(data, []byte("\n"))
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		n++
+	}
+	return max(n, 1)
 }
 
 func poolsOfDocument(file string, doc *yaml.Node) ([]yamlPool, error) {
@@ -120,6 +154,11 @@ func poolsOfDocument(file string, doc *yaml.Node) ([]yamlPool, error) {
 	root := doc
 	if root.Kind == yaml.DocumentNode {
 		root = root.Content[0]
+	}
+	if root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" {
+		// An empty document, as a trailing "---" makes: kubectl and
+		// calicoctl skip it.
+		return nil, nil
 	}
 	if root.Kind != yaml.MappingNode {
 		return nil, &Error{File: file, Line: root.Line, Msg: "expected a Calico resource (a mapping with apiVersion, kind, metadata and spec)"}
@@ -228,17 +267,47 @@ func parseYAMLPool(file string, n *yaml.Node) (yamlPool, error) {
 				d.spec.IPIPMode, err = legacyIPIP(v)
 				d.mapped["ipipMode"] = "ipip"
 			}
+		case "allowedUses", "assignmentMode", "namespaceSelector":
+			err = calicoDefaultOnly(k.Value, v)
 		default:
 			if ignoredSpecFields[k.Value] {
 				continue
 			}
-			return d, fail(k, key(k.Value), "unknown or unsupported IPPool field %q; overlayd reads: %s (and the legacy ipip, nat-outgoing)", k.Value, strings.Join(specFields, ", "))
+			return d, fail(k, key(k.Value), "unknown or unsupported IPPool field %q; overlayd reads: %s (and the legacy ipip, nat-outgoing; allowedUses, assignmentMode and namespaceSelector at their defaults)", k.Value, strings.Join(specFields, ", "))
 		}
 		if err != nil {
 			return d, fail(v, key(k.Value), "%v", err)
 		}
 	}
 	return d, nil
+}
+
+// calicoDefaultOnly accepts the IPPool members calicoctl writes out with
+// their defaults (`calicoctl get ippool -o yaml` has them) and refuses any
+// other value: every overlayd pool gives blocks to workloads and tunnel
+// addresses, automatically, whatever the namespace, and a pool that says
+// otherwise would be given a meaning Calico does not give it.
+func calicoDefaultOnly(field string, v *yaml.Node) error {
+	switch field {
+	case "allowedUses":
+		var uses []string
+		if v.Kind != yaml.SequenceNode || v.Decode(&uses) != nil {
+			return errors.New("expected a list of uses, e.g. [Workload, Tunnel]")
+		}
+		slices.Sort(uses)
+		if len(uses) > 0 && !slices.Equal(uses, []string{"Tunnel", "Workload"}) {
+			return fmt.Errorf("%v is not supported: overlayd pools serve workloads and tunnel addresses both, as the default [Workload, Tunnel] says; remove allowedUses or write the default", uses)
+		}
+	case "assignmentMode":
+		if s, err := scalarString(v); err != nil || s != "" && s != "Automatic" {
+			return fmt.Errorf("%q is not supported: overlayd assigns blocks from every enabled pool automatically (\"Automatic\", the default)", v.Value)
+		}
+	case "namespaceSelector":
+		if s, err := scalarString(v); err != nil || strings.TrimSpace(s) != "" && strings.TrimSpace(s) != pool.DefaultNodeSelector {
+			return fmt.Errorf("%q is not supported: overlayd pools serve every namespace (all(), the default)", v.Value)
+		}
+	}
+	return nil
 }
 
 func hasKey(m *yaml.Node, key string) bool {

@@ -45,7 +45,8 @@ func (e *BlockError) Error() string {
 // ValidateSet ensures.
 //
 // Listed blocks are taken as they are, once checked: each must be exactly a
-// block of some pool (aligned, of the pool's blockSize) and, if the pool is
+// block of some pool (IPPool.HasBlock: of the pool's blockSize, aligned, and
+// wholly inside the pool, as Calico's blockGenerator cuts them) and, if the pool is
 // enabled, the pool's nodeSelector must select the node. A disabled pool's
 // listed blocks are accepted whatever its selector says, because disabling
 // (like a selector change in Calico) stops new allocations only: existing
@@ -103,7 +104,11 @@ func listedBlock(pools []*IPPool, n NodeRequest, i int, b netip.Prefix) (Block, 
 		if !p.CIDR.Overlaps(b) {
 			continue
 		}
-		if b.Bits() != p.BlockSize || !p.CIDR.Contains(b.Addr()) {
+		if !p.HasBlock(b) {
+			// b overlaps the pool, so it lies outside only if it is larger.
+			if b.Bits() < p.CIDR.Bits() {
+				return Block{}, fail("%s is not a block of pool %q: it does not lie wholly inside %s", b, p.Name, p.CIDR)
+			}
 			return Block{}, fail("%s is not a block of pool %q (%s is cut into /%d blocks)", b, p.Name, p.CIDR, p.BlockSize)
 		}
 		if !p.Disabled && !p.NodeSelector.Matches(n.Labels) {

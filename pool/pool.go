@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/overlayd/overlayd/pool/selector"
 )
@@ -65,6 +66,13 @@ func (p *IPPool) Equal(q *IPPool) bool {
 		p.NodeSelector.String() == q.NodeSelector.String()
 }
 
+// HasBlock reports whether b is one of the blocks the pool is cut into: of
+// the pool's block size, aligned to it, and wholly inside the pool. A
+// disabled pool may be smaller than its block size, and then has no blocks.
+func (p *IPPool) HasBlock(b netip.Prefix) bool {
+	return b.Bits() == p.BlockSize && b.Masked() == b && p.CIDR.Bits() <= b.Bits() && p.CIDR.Contains(b.Addr())
+}
+
 // Encapsulated reports whether the pool uses any encapsulation at all.
 func (p *IPPool) Encapsulated() bool {
 	return p.IPIPMode != ModeNever || p.VXLANMode != ModeNever
@@ -86,8 +94,19 @@ func (e *FieldError) Error() string {
 	return fmt.Sprintf("pool %q: %s: %s", e.Pool, e.Field, e.Msg)
 }
 
-// Calico resource names are lowercase RFC 1123 subdomains.
-var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+// Calico resource names are lowercase RFC 1123 subdomains
+// (validator.go nameSubdomainFmt).
+const nameFmt = `[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*`
+
+var nameRE = regexp.MustCompile("^" + nameFmt + "$")
+
+// Limits of Calico's object metadata and IPPool schema: a resource name is at
+// most 253 bytes (validator.go validateObjectMeta), a nodeSelector at most
+// 1024 characters (ippool.go, +kubebuilder:validation:MaxLength).
+const (
+	maxNameLen     = 253
+	maxSelectorLen = 1024
+)
 
 // Special-purpose IPv4 ranges no pool may overlap: Calico rejects link-local;
 // loopback and multicast could never be workload addresses either.
@@ -95,7 +114,7 @@ var reservedV4 = []struct {
 	prefix netip.Prefix
 	msg    string
 }{
-	{netip.MustParsePrefix("169.254.0.0/16"), "IPPool CIDR overlaps with IPv4 Link Local range 169.254.0.0/16"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "IPPool CIDR overlaps with IPv4 link local range 169.254.0.0/16"},
 	{netip.MustParsePrefix("127.0.0.0/8"), "IPPool CIDR overlaps with IPv4 loopback range 127.0.0.0/8"},
 	{netip.MustParsePrefix("224.0.0.0/4"), "IPPool CIDR overlaps with IPv4 multicast range 224.0.0.0/4"},
 }
@@ -109,8 +128,11 @@ func New(spec Spec) (*IPPool, error) {
 	if spec.Name == "" {
 		return nil, fail("name", "missing: every pool needs a name (a lowercase RFC 1123 subdomain, e.g. \"ippool-1\")")
 	}
-	if len(spec.Name) > 253 || !nameRE.MatchString(spec.Name) {
-		return nil, fail("name", "%q is not a lowercase RFC 1123 subdomain (lowercase letters, digits, '-' and '.')", spec.Name)
+	if len(spec.Name) > maxNameLen {
+		return nil, fail("name", "name is too long by %d bytes", len(spec.Name)-maxNameLen)
+	}
+	if !nameRE.MatchString(spec.Name) {
+		return nil, fail("name", "name must consist of lower case alphanumeric characters, '-' or '.' (regex: %s); got %q", nameFmt, spec.Name)
 	}
 	p := &IPPool{Name: spec.Name, NATOutgoing: spec.NATOutgoing, Disabled: spec.Disabled}
 
@@ -122,23 +144,25 @@ func New(spec Spec) (*IPPool, error) {
 		return nil, fail("vxlanMode", "%v", err)
 	}
 	if p.IPIPMode != ModeNever && p.VXLANMode != ModeNever {
-		return nil, fail("vxlanMode", "Cannot enable both VXLAN and IPIP on the same IPPool "+
+		return nil, fail("vxlanMode", "ipipMode and vxlanMode cannot both be enabled "+
 			"(encapsulation types cannot be mixed within one pool: set ipipMode or vxlanMode to Never, "+
 			"or split the range into two pools)")
 	}
 
 	if spec.CIDR == "" {
-		return nil, fail("cidr", "missing: every pool needs a cidr, e.g. \"192.168.0.0/16\"")
+		return nil, fail("cidr", "IPPool CIDR must be specified (every pool needs a cidr, e.g. \"192.168.0.0/16\")")
 	}
 	cidr, err := netip.ParsePrefix(spec.CIDR)
 	if err != nil {
-		return nil, fail("cidr", "%q is not a CIDR (address/prefix length, e.g. \"192.168.0.0/16\")", spec.CIDR)
+		return nil, fail("cidr", "IPPool CIDR must be a valid subnet: %q is not an address/prefix length such as \"192.168.0.0/16\"", spec.CIDR)
 	}
 	if !cidr.Addr().Is4() {
-		if p.Encapsulated() {
-			return nil, fail("cidr", "IPIP and VXLAN are supported on IPv4 pools only; %s is IPv6", cidr)
+		if p.IPIPMode != ModeNever {
+			return nil, fail("ipipMode", "IPIP is not supported on IPv6 pools (%s is IPv6)", cidr)
 		}
-		return nil, fail("cidr", "IPv6 pools are not supported: overlayd's underlay and data path are IPv4")
+		// Calico allows VXLAN and plain routing on IPv6 pools; overlayd
+		// does not carry IPv6 at all.
+		return nil, fail("cidr", "IPv6 pools are not supported: overlayd's underlay and data path are IPv4 (%s is IPv6)", cidr)
 	}
 	if masked := cidr.Masked(); masked != cidr {
 		return nil, fail("cidr", "IPPool CIDR is not strictly masked: %s has host bits set (did you mean %s?)", cidr, masked)
@@ -155,14 +179,20 @@ func New(spec Spec) (*IPPool, error) {
 		p.BlockSize = DefaultBlockSize
 	}
 	if p.BlockSize < MinBlockSize || p.BlockSize > MaxBlockSize {
-		return nil, fail("blockSize", "IPv4 block size must be between %d and %d (got %d)", MinBlockSize, MaxBlockSize, p.BlockSize)
+		return nil, fail("blockSize", "blockSize must be between %d and %d for IPv4 pools, and between 116 and 128 for IPv6 pools (got %d)",
+			MinBlockSize, MaxBlockSize, p.BlockSize)
 	}
-	if p.BlockSize < cidr.Bits() {
+	// A disabled pool gives out no blocks, so Calico lets it be smaller
+	// than one: the rule guards allocation, not routing.
+	if !p.Disabled && p.BlockSize < cidr.Bits() {
 		return nil, fail("blockSize", "IP pool size is too small for use with Calico IPAM. It must be equal to or greater than the block size. "+
 			"(%s is a /%d, the blocks are /%d)", cidr, cidr.Bits(), p.BlockSize)
 	}
 
 	expr := spec.NodeSelector
+	if n := utf8.RuneCountInString(expr); n > maxSelectorLen {
+		return nil, fail("nodeSelector", "Too long: may not be more than %d bytes (got %d characters)", maxSelectorLen, n)
+	}
 	if strings.TrimSpace(expr) == "" {
 		expr = DefaultNodeSelector
 	}
@@ -170,8 +200,11 @@ func New(spec Spec) (*IPPool, error) {
 	if err != nil {
 		return nil, fail("nodeSelector", "%v", err)
 	}
-	if sel.UsesGlobal() {
-		return nil, fail("nodeSelector", "global() selector is not valid for IPPool nodeSelector - use all() instead")
+	// Calico's rule is textual, not grammatical: "global(" anywhere, even
+	// inside a quoted value, is refused, so a pool Calico refuses is
+	// refused here too.
+	if strings.Contains(expr, "global(") {
+		return nil, fail("nodeSelector", "global() selector is not valid for IPPool nodeSelector (use all() to select every node)")
 	}
 	p.NodeSelector = sel
 	return p, nil

@@ -116,7 +116,7 @@ func TestBadInputExitsTwo(t *testing.T) {
 		{"typo'd key names file, line and key", []string{"check", "--config", typo, "--node", "node-a"},
 			regexp.MustCompile(`typo\.toml:4: pools\[0\]: unknown key "ipipMod" \(did you mean "ipipMode"\?\)`)},
 		{"both encapsulations", []string{"check", "--config", mixed, "--node", "node-a"},
-			regexp.MustCompile(`mixed\.toml:5: .*vxlanMode: Cannot enable both VXLAN and IPIP on the same IPPool \(encapsulation types cannot be mixed within one pool`)},
+			regexp.MustCompile(`mixed\.toml:5: .*vxlanMode: ipipMode and vxlanMode cannot both be enabled \(encapsulation types cannot be mixed within one pool`)},
 		{"missing file", []string{"check", "--config", filepath.Join(dir, "nope.toml"), "--node", "node-a"},
 			regexp.MustCompile(`nope\.toml: no such file`)},
 		{"unknown node", []string{"check", "--config", "../../examples/ipip-always.toml", "--node", "node-z"},

@@ -15,10 +15,10 @@ func TestIPPoolValidatedWithCalicosRules(t *testing.T) {
 		spec string
 		msg  string
 	}{
-		{"both encapsulations", `"cidr":"10.0.0.0/16","ipipMode":"Always","vxlanMode":"Always"`, "Cannot enable both VXLAN and IPIP on the same IPPool"},
+		{"both encapsulations", `"cidr":"10.0.0.0/16","ipipMode":"Always","vxlanMode":"Always"`, "ipipMode and vxlanMode cannot both be enabled"},
 		{"not strictly masked", `"cidr":"10.0.0.1/16"`, "IPPool CIDR is not strictly masked"},
-		{"link local", `"cidr":"169.254.0.0/16"`, "IPPool CIDR overlaps with IPv4 Link Local range"},
-		{"block size", `"cidr":"10.0.0.0/16","blockSize":19`, "IPv4 block size must be between 20 and 32"},
+		{"link local", `"cidr":"169.254.0.0/16"`, "IPPool CIDR overlaps with IPv4 link local range"},
+		{"block size", `"cidr":"10.0.0.0/16","blockSize":19`, "blockSize must be between 20 and 32 for IPv4 pools"},
 		{"mode in the wrong case", `"cidr":"10.0.0.0/16","vxlanMode":"always"`, "case-sensitive"},
 		{"global() selector", `"cidr":"10.0.0.0/16","nodeSelector":"global()"`, "global() selector is not valid"},
 	}

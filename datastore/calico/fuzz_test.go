@@ -2,9 +2,12 @@ package calico
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/overlayd/overlayd/pool"
 )
 
 // FuzzDecode feeds any bytes to every decoder: none may panic, and a value
@@ -40,6 +43,47 @@ func FuzzDecode(f *testing.F) {
 			if err != nil || string(out2) != string(out) {
 				t.Fatalf("%s: encoding is not stable:\n%s\n%s", d.kind, out, out2)
 			}
+		}
+	})
+}
+
+// FuzzIPPool feeds any bytes to the IPPool read from etcd and its
+// validation: no panic; a refusal names the member (*pool.FieldError); and
+// a pool that passes is one calicoctl could have written: NewIPPool of its
+// spec passes too and validates to the same pool.
+func FuzzIPPool(f *testing.F) {
+	for _, dir := range []string{"calico", "overlayd"} {
+		files, _ := filepath.Glob(filepath.Join("testdata", dir, "ippool*.json"))
+		for _, file := range files {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				f.Fatal(err)
+			}
+			f.Add(data)
+		}
+	}
+	f.Add([]byte(`{"kind":"IPPool","metadata":{"name":"lb"},"spec":{"cidr":"10.3.0.0/16","allowedUses":["LoadBalancer"],"assignmentMode":"Manual"}}`))
+	f.Add([]byte(`{"kind":"IPPool","metadata":{"name":"old"},"spec":{"cidr":"10.2.0.0/27","blockSize":26,"disabled":true,"namespaceSelector":"team == 'a'","allowedUses":["Workload"]}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := DecodeIPPool(data)
+		if err != nil {
+			return
+		}
+		v, err := p.Pool()
+		if err != nil {
+			var fe *pool.FieldError
+			if !errors.As(err, &fe) || fe.Field == "" {
+				t.Fatalf("Pool() = %v, want a *pool.FieldError naming the member", err)
+			}
+			return
+		}
+		again, err := NewIPPool(p.PoolSpec(), testUID, testNow)
+		if err != nil {
+			t.Fatalf("Pool() accepted %s, NewIPPool refuses its spec: %v", data, err)
+		}
+		v2, err := again.Pool()
+		if err != nil || !v2.Equal(v) {
+			t.Fatalf("written out by NewIPPool, %+v validates to %+v, %v", v, v2, err)
 		}
 	})
 }

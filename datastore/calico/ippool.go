@@ -6,8 +6,10 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/overlayd/overlayd/pool"
+	"github.com/overlayd/overlayd/pool/selector"
 )
 
 // IPPool is a projectcalico.org/v3 IPPool as stored under
@@ -47,7 +49,10 @@ const (
 // The assignment mode calicoctl stores when none is given (clientv3/ippool.go
 // validateAndSetDefaults); "Manual" pools are not used for automatic
 // assignment.
-const defaultAssignmentMode = "Automatic"
+const (
+	defaultAssignmentMode = "Automatic"
+	manualAssignmentMode  = "Manual"
+)
 
 // UnmarshalJSON keeps the members IPPool does not model in Extra.
 func (p *IPPool) UnmarshalJSON(data []byte) error {
@@ -141,13 +146,82 @@ func (p *IPPool) PoolSpec() pool.Spec {
 	}
 }
 
-// Pool validates the pool with Calico's rules (pool.New).
+// Pool validates the pool with Calico's rules: pool.New for the members
+// overlayd uses, then Calico's rules on the members it carries but does not
+// use, so that a pool Calico would refuse is not routed here either.
 func (p *IPPool) Pool() (*pool.IPPool, error) {
 	v, err := pool.New(p.PoolSpec())
+	if err == nil {
+		err = p.checkUnusedMembers()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("IPPool in the datastore: %w", err)
 	}
 	return v, nil
+}
+
+// Limits of the IPPool schema (api/pkg/apis/projectcalico/v3/ippool.go).
+const (
+	maxAllowedUses          = 10   // allowedUses MaxItems
+	maxNamespaceSelectorLen = 1024 // namespaceSelector MaxLength
+)
+
+// checkUnusedMembers applies Calico's rules on allowedUses,
+// namespaceSelector, disableBGPExport and assignmentMode: the enum and
+// set checks of the schema, validator.go validateIPPoolSpec, and the CEL
+// rules above IPPoolSpec in ippool.go. As clientv3's validateAndSetDefaults
+// does, an empty allowedUses means Workload and Tunnel.
+func (p *IPPool) checkUnusedMembers() error {
+	s := p.Spec
+	fail := func(field, format string, args ...any) error {
+		return &pool.FieldError{Pool: p.Metadata.Name, Field: field, Msg: fmt.Sprintf(format, args...)}
+	}
+	if len(s.AllowedUses) > maxAllowedUses {
+		return fail("allowedUses", "Too many: %d: must have at most %d items", len(s.AllowedUses), maxAllowedUses)
+	}
+	for i, u := range s.AllowedUses {
+		switch u {
+		case AllowedUseWorkload, AllowedUseTunnel, AllowedUseLoadBalancer:
+		default:
+			return fail("allowedUses", "unknown use: %s (allowed: %s, %s, %s)", u, AllowedUseWorkload, AllowedUseTunnel, AllowedUseLoadBalancer)
+		}
+		if slices.Contains(s.AllowedUses[:i], u) {
+			return fail("allowedUses", "Duplicate value: %q", u)
+		}
+	}
+	if p.Allows(AllowedUseLoadBalancer) {
+		on := func(mode string) bool { return mode != "" && mode != string(pool.ModeNever) }
+		switch {
+		case on(s.IPIPMode) || on(s.VXLANMode):
+			return fail("allowedUses", "LoadBalancer IP pool cannot have IPIP or VXLAN enabled")
+		case p.Allows(AllowedUseWorkload) || p.Allows(AllowedUseTunnel):
+			return fail("allowedUses", "LoadBalancer cannot be combined with Workload or Tunnel allowed uses")
+		case s.DisableBGPExport:
+			return fail("disableBGPExport", "LoadBalancer IP pools cannot disable BGP export")
+		case s.NodeSelector != "" && s.NodeSelector != pool.DefaultNodeSelector:
+			return fail("nodeSelector", "IP Pool with AllowedUse LoadBalancer must have nodeSelector set to all()")
+		}
+	}
+	if ns := s.NamespaceSelector; ns != "" {
+		if p.Allows(AllowedUseTunnel) {
+			return fail("namespaceSelector", "IP Pool with AllowedUse Tunnel cannot have namespaceSelector")
+		}
+		if n := utf8.RuneCountInString(ns); n > maxNamespaceSelectorLen {
+			return fail("namespaceSelector", "Too long: may not be more than %d bytes (got %d characters)", maxNamespaceSelectorLen, n)
+		}
+		if _, err := selector.Parse(ns); err != nil {
+			return fail("namespaceSelector", "%v", err)
+		}
+		if strings.Contains(ns, "global(") {
+			return fail("namespaceSelector", "global() selector is not valid for IPPool namespaceSelector")
+		}
+	}
+	switch s.AssignmentMode {
+	case "", defaultAssignmentMode, manualAssignmentMode:
+	default:
+		return fail("assignmentMode", "Unsupported value: %q: supported values: %q, %q", s.AssignmentMode, defaultAssignmentMode, manualAssignmentMode)
+	}
+	return nil
 }
 
 // Allows reports whether the pool may be used for use (AllowedUseWorkload,

@@ -288,7 +288,7 @@ func TestIPPoolsListsMalformedEntries(t *testing.T) {
 	if bare.Error != "" || bare.Pool.Spec.BlockSize != 26 || bare.Pool.Spec.NodeSelector != "all()" || bare.Pool.Spec.IPIPMode != "Never" {
 		t.Errorf("bare pool without Calico's read defaults: %+v %+v", bare, bare.Pool.Spec)
 	}
-	if !strings.Contains(both.Error, "Cannot enable both VXLAN and IPIP") || both.Pool == nil {
+	if !strings.Contains(both.Error, "ipipMode and vxlanMode cannot both be enabled") || both.Pool == nil {
 		t.Errorf("an invalid pool: %+v", both)
 	}
 	if broken.Name != "broken" || broken.Pool != nil || broken.Error == "" {

@@ -371,7 +371,8 @@ func TestWhichPoolANodeClaimsFrom(t *testing.T) {
 	}
 	disabled := ipamPoolSpec(t, pool.Spec{Name: "disabled", CIDR: "10.1.0.0/16", VXLANMode: "Always", Disabled: true}, nil)
 	rackA := ipamPoolSpec(t, pool.Spec{Name: "rack-a", CIDR: "10.2.0.0/16", VXLANMode: "Always", NodeSelector: "rack == 'a'"}, nil)
-	lbOnly := ipamPoolSpec(t, spec("lb-only", "10.3.0.0/16"), func(p *calico.IPPool) { p.Spec.AllowedUses = []string{calico.AllowedUseLoadBalancer} })
+	// Calico refuses a LoadBalancer pool with encapsulation, so this one has none.
+	lbOnly := ipamPoolSpec(t, pool.Spec{Name: "lb-only", CIDR: "10.3.0.0/16"}, func(p *calico.IPPool) { p.Spec.AllowedUses = []string{calico.AllowedUseLoadBalancer} })
 	manual := ipamPoolSpec(t, spec("manual", "10.4.0.0/16"), func(p *calico.IPPool) { p.Spec.AssignmentMode = "Manual" })
 	workloadOnly := ipamPoolSpec(t, spec("workload-only", "10.5.0.0/16"), func(p *calico.IPPool) { p.Spec.AllowedUses = []string{calico.AllowedUseWorkload} })
 	tunnelOnly := ipamPoolSpec(t, spec("tunnel-only", "10.6.0.0/16"), func(p *calico.IPPool) { p.Spec.AllowedUses = []string{calico.AllowedUseTunnel} })
