@@ -116,16 +116,17 @@ func (e *entry) decodeNode(value []byte) error {
 	return nil
 }
 
+// decodeBlock keeps the block's head: a node routes whole blocks and never
+// reads their allocations, which are most of a block's value.
 func (e *entry) decodeBlock(value []byte) error {
-	b, err := calico.DecodeBlock(value)
+	b, err := calico.DecodeBlockHead(value)
 	if err != nil {
 		return err
 	}
 	if b.CIDR != e.key.CIDR {
 		return fmt.Errorf("block value's cidr %s is not its key's %s", b.CIDR, e.key.CIDR)
 	}
-	e.host, e.affine = b.Host()
-	e.deleted = b.Deleted
+	e.host, e.affine, e.deleted = b.Host, b.Affine, b.Deleted
 	return nil
 }
 
