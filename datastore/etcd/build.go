@@ -150,44 +150,259 @@ type built struct {
 }
 
 // build makes the cluster of node self from the datastore's entries and the
-// node-local sections of the file (local), whose entry for self is
-// authoritative for self's address, labels and VTEP MAC. It is pure: the
-// same entries give the same cluster.
+// node-local sections of the file (local), all at once: an index of them,
+// built. It is pure: the same entries give the same cluster.
+func build(keys calico.Keys, local *config.Cluster, self string, entries map[string]*entry) (built, error) {
+	ix := newIndex(keys, local, self)
+	for k, e := range entries {
+		ix.put(k, e)
+	}
+	return ix.build()
+}
+
+// index is the datastore as node self reads it, decoded, with the cluster
+// last built from it. A watch batch changes a few keys of some hundred
+// thousand; put and remove note what each change touches, and build
+// recomputes only that: a block and its affinities, the blocks of a node
+// that came or went, the node list when a Node changed. A pool or the file
+// changing recomputes everything (it is rare, and every block's pool and
+// every node's address check depend on it).
 //
-// It follows Felix (calc/l3_route_resolver.go, vxlan_resolver.go) and
-// Calico's IPAM: a block goes to the node its affinity names when the block
-// says so too and the affinity is confirmed (a pending one counts as
+// The cluster follows Felix (calc/l3_route_resolver.go, vxlan_resolver.go)
+// and Calico's IPAM: a block goes to the node its affinity names when the
+// block says so too and the affinity is confirmed (a pending one counts as
 // absent), and only inside a known pool. Nothing malformed or inconsistent
 // refuses the rest: the entry is skipped and its reason kept in skipped.
-func build(keys calico.Keys, local *config.Cluster, self string, entries map[string]*entry) (built, error) {
-	me := local.Node(self)
-	if me == nil {
-		return built{}, fmt.Errorf("node %q is not in %s (its nodes: %v): with [datastore] type = %q the file keeps this node's own [[nodes]] entry", self, local.Source, local.NodeNames(), config.DatastoreEtcd)
+//
+// Clusters handed out are never changed: a build makes new Node values for
+// the nodes whose blocks changed and shares the others with the last one.
+type index struct {
+	keys  calico.Keys
+	self  string
+	local *config.Cluster // the file: node-local sections, self's entry
+
+	entries  map[string]*entry
+	poolKeys map[string]bool
+	nodeKeys []string // sorted: the order of the nodes, and of the address rule
+	// affinityKeys are the affinity keys of each block CIDR;
+	// hostBlocks the decoded blocks by the host their affinity names;
+	// sizes counts the decoded blocks by prefix length (a block can only
+	// nest in another when two lengths are present).
+	affinityKeys map[netip.Prefix][]string
+	hostBlocks   map[string]map[netip.Prefix]bool
+	sizes        [33]int
+
+	// What the last build made. routed holds each node's blocks in
+	// address order; routedTo the node each routed block went to; fits the
+	// blocks that would route if no other block held them (of nested
+	// blocks, only the outermost that fits routes).
+	pools    []*pool.IPPool
+	claim    []*calico.IPPool
+	nodes    []*config.Node
+	pos      map[string]int // index in nodes, by name: the known nodes
+	routed   map[string][]pool.Block
+	routedTo map[netip.Prefix]string
+	fits     map[netip.Prefix]bool
+	skipped  map[string]string
+
+	// What changed since the last build.
+	allDirty, nodesDirty bool
+	dirty                map[netip.Prefix]bool
+}
+
+func newIndex(keys calico.Keys, local *config.Cluster, self string) *index {
+	return &index{
+		keys: keys, self: self, local: local,
+		entries: map[string]*entry{}, poolKeys: map[string]bool{},
+		affinityKeys: map[netip.Prefix][]string{}, hostBlocks: map[string]map[netip.Prefix]bool{},
+		skipped: map[string]string{}, dirty: map[netip.Prefix]bool{},
+		allDirty: true,
 	}
-	b := &builder{keys: keys, entries: entries, skipped: map[string]string{}}
-	for _, k := range slices.Sorted(maps.Keys(entries)) {
-		e := entries[k]
+}
+
+// setLocal takes the file read again: this node's address, labels and MAC
+// may have changed, and with its address which other node is refused.
+func (ix *index) setLocal(local *config.Cluster) {
+	ix.local = local
+	ix.nodesDirty = true
+}
+
+// put adds or replaces the entry of key.
+func (ix *index) put(key string, e *entry) {
+	if old := ix.entries[key]; old != nil {
+		ix.unindex(key, old)
+	}
+	ix.entries[key] = e
+	ix.indexEntry(key, e)
+}
+
+// remove deletes the entry of key, and says whether there was one.
+func (ix *index) remove(key string) bool {
+	old := ix.entries[key]
+	if old == nil {
+		return false
+	}
+	delete(ix.entries, key)
+	ix.unindex(key, old)
+	delete(ix.skipped, key)
+	return true
+}
+
+func (ix *index) indexEntry(key string, e *entry) {
+	switch e.key.Kind {
+	case calico.KindIPPool:
+		ix.poolKeys[key] = true
+		ix.allDirty = true
+	case calico.KindNode:
+		if i, found := slices.BinarySearch(ix.nodeKeys, key); !found {
+			ix.nodeKeys = slices.Insert(ix.nodeKeys, i, key)
+		}
+		ix.nodesDirty = true
+	case calico.KindBlock:
+		cidr := e.key.CIDR
+		ix.dirty[cidr] = true
+		if e.err == nil {
+			ix.sizes[cidr.Bits()]++
+			if e.affine {
+				hb := ix.hostBlocks[e.host]
+				if hb == nil {
+					hb = map[netip.Prefix]bool{}
+					ix.hostBlocks[e.host] = hb
+				}
+				hb[cidr] = true
+			}
+		}
+	case calico.KindAffinity:
+		cidr := e.key.CIDR
+		if !slices.Contains(ix.affinityKeys[cidr], key) {
+			ix.affinityKeys[cidr] = append(ix.affinityKeys[cidr], key)
+		}
+		ix.dirty[cidr] = true
+	default: // a key that does not parse: nothing depends on it
+		ix.skipped[key] = e.err.Error()
+	}
+}
+
+func (ix *index) unindex(key string, e *entry) {
+	switch e.key.Kind {
+	case calico.KindIPPool:
+		delete(ix.poolKeys, key)
+		ix.allDirty = true
+	case calico.KindNode:
+		if i, found := slices.BinarySearch(ix.nodeKeys, key); found {
+			ix.nodeKeys = slices.Delete(ix.nodeKeys, i, i+1)
+		}
+		ix.nodesDirty = true
+	case calico.KindBlock:
+		cidr := e.key.CIDR
+		ix.dirty[cidr] = true
+		if e.err == nil {
+			ix.sizes[cidr.Bits()]--
+			if e.affine {
+				delete(ix.hostBlocks[e.host], cidr)
+				if len(ix.hostBlocks[e.host]) == 0 {
+					delete(ix.hostBlocks, e.host)
+				}
+			}
+		}
+	case calico.KindAffinity:
+		cidr := e.key.CIDR
+		ks := slices.DeleteFunc(ix.affinityKeys[cidr], func(k string) bool { return k == key })
+		if len(ks) == 0 {
+			delete(ix.affinityKeys, cidr)
+		} else {
+			ix.affinityKeys[cidr] = ks
+		}
+		ix.dirty[cidr] = true
+	}
+}
+
+// skip records why key is left out; why "" means it is not.
+func (ix *index) skip(key, why string) {
+	if why == "" {
+		delete(ix.skipped, key)
+	} else {
+		ix.skipped[key] = why
+	}
+}
+
+// build brings the cluster up to date with the changes since the last
+// build and returns it.
+func (ix *index) build() (built, error) {
+	me := ix.local.Node(ix.self)
+	if me == nil {
+		return built{}, fmt.Errorf("node %q is not in %s (its nodes: %v): with [datastore] type = %q the file keeps this node's own [[nodes]] entry", ix.self, ix.local.Source, ix.local.NodeNames(), config.DatastoreEtcd)
+	}
+	if ix.allDirty {
+		ix.buildPools()
+		ix.routed, ix.routedTo, ix.fits = map[string][]pool.Block{}, map[netip.Prefix]string{}, map[netip.Prefix]bool{}
+		for _, e := range ix.entries {
+			if e.key.Kind == calico.KindBlock || e.key.Kind == calico.KindAffinity {
+				ix.dirty[e.key.CIDR] = true
+			}
+		}
+		ix.nodesDirty = true
+	}
+	nodesBuilt := ix.nodesDirty
+	if ix.nodesDirty {
+		ix.buildNodes(me)
+	}
+	changed := ix.routeDirty()
+	nodes := ix.nodes
+	if nodesBuilt {
+		for _, n := range nodes {
+			n.Blocks = ix.routed[n.Name] // new values, not handed out yet
+		}
+	} else if len(changed) > 0 {
+		nodes = slices.Clone(nodes)
+		for name := range changed {
+			if i, ok := ix.pos[name]; ok {
+				n := *nodes[i]
+				n.Blocks = ix.routed[name]
+				nodes[i] = &n
+			}
+		}
+	}
+	ix.nodes = nodes
+	ix.allDirty, ix.nodesDirty = false, false
+	c := *ix.local
+	c.Pools, c.Nodes = ix.pools, nodes
+	return built{cluster: &c, skipped: maps.Clone(ix.skipped), claimPools: ix.claim}, nil
+}
+
+// buildPools keeps the valid pools. Of two that overlap the one created
+// first stays (Calico refuses the second when it is created; one written
+// past Calico's checks is the intruder), then the one first by name. It
+// keeps the pools blocks may be claimed from, in that order.
+func (ix *index) buildPools() {
+	var valid []keyed
+	for k := range ix.poolKeys {
+		e := ix.entries[k]
 		if e.err != nil {
-			b.skipped[k] = e.err.Error()
+			ix.skip(k, e.err.Error())
 			continue
 		}
-		switch e.key.Kind {
-		case calico.KindIPPool:
-			b.pools = append(b.pools, keyed{k, e})
-		case calico.KindNode:
-			b.nodes = append(b.nodes, keyed{k, e})
-		case calico.KindBlock:
-			b.blocks = append(b.blocks, keyed{k, e})
-		case calico.KindAffinity:
-			b.affinities = append(b.affinities, keyed{k, e})
+		valid = append(valid, keyed{k, e})
+	}
+	slices.SortFunc(valid, func(x, y keyed) int {
+		tx, ty := x.ippool.Metadata.CreationTimestamp, y.ippool.Metadata.CreationTimestamp
+		if (tx == "") != (ty == "") {
+			return cmp.Compare(ty, tx) // one without a creation time goes after
+		}
+		return cmp.Or(cmp.Compare(tx, ty), cmp.Compare(x.key.Name, y.key.Name), cmp.Compare(x.id, y.id))
+	})
+	ix.pools, ix.claim = nil, nil
+	for _, p := range valid {
+		if err := pool.ValidateSet(append(slices.Clip(ix.pools), p.pool)); err != nil {
+			ix.skip(p.id, err.Error())
+			continue
+		}
+		ix.skip(p.id, "")
+		ix.pools = append(ix.pools, p.pool)
+		if !p.pool.Disabled && p.ippool.AutoAssign() && (p.ippool.Allows(calico.AllowedUseWorkload) || p.ippool.Allows(calico.AllowedUseTunnel)) {
+			ix.claim = append(ix.claim, p.ippool)
 		}
 	}
-	c := *local
-	c.Pools, c.Nodes = nil, nil
-	claim := b.buildPools(&c)
-	b.buildNodes(&c, me)
-	b.routeBlocks(&c)
-	return built{cluster: &c, skipped: b.skipped, claimPools: claim}, nil
 }
 
 // keyed is an entry with its key as etcd has it.
@@ -196,74 +411,67 @@ type keyed struct {
 	*entry
 }
 
-type builder struct {
-	keys                             calico.Keys
-	entries                          map[string]*entry
-	pools, nodes, blocks, affinities []keyed
-	skipped                          map[string]string
-	byName                           map[string]*config.Node
-}
-
-// buildPools keeps the valid pools. Of two that overlap the one created
-// first stays (Calico refuses the second when it is created; one written
-// past Calico's checks is the intruder), then the one first by name. It
-// returns the pools blocks may be claimed from, in that order.
-func (b *builder) buildPools(c *config.Cluster) []*calico.IPPool {
-	slices.SortStableFunc(b.pools, func(x, y keyed) int {
-		tx, ty := x.ippool.Metadata.CreationTimestamp, y.ippool.Metadata.CreationTimestamp
-		if (tx == "") != (ty == "") {
-			return cmp.Compare(ty, tx) // one without a creation time goes after
-		}
-		return cmp.Or(cmp.Compare(tx, ty), cmp.Compare(x.key.Name, y.key.Name))
-	})
-	var claim []*calico.IPPool
-	for _, p := range b.pools {
-		if err := pool.ValidateSet(append(slices.Clip(c.Pools), p.pool)); err != nil {
-			b.skipped[p.id] = err.Error()
-			continue
-		}
-		c.Pools = append(c.Pools, p.pool)
-		if !p.pool.Disabled && p.ippool.AutoAssign() && (p.ippool.Allows(calico.AllowedUseWorkload) || p.ippool.Allows(calico.AllowedUseTunnel)) {
-			claim = append(claim, p.ippool)
-		}
-	}
-	return claim
-}
-
 // buildNodes makes this node from the file, with its tunnel address from
-// its Node in the datastore, and every other node from its Node resource.
-// Felix cannot route to a node without spec.bgp.ipv4Address; an underlay
-// address inside a pool or another node's is refused as the file refuses it.
-func (b *builder) buildNodes(c *config.Cluster, me *config.Node) {
+// its Node in the datastore, and every other node from its Node resource,
+// all as new values without blocks. Felix cannot route to a node without
+// spec.bgp.ipv4Address; an underlay address inside a pool or another
+// node's is refused as the file refuses it. The blocks of a node that came
+// or went are routed again.
+func (ix *index) buildNodes(me *config.Node) {
 	self := &config.Node{Name: me.Name, Address: me.Address, Labels: me.Labels, VTEPMAC: me.VTEPMAC}
-	if e, ok := b.entries[b.keys.Node(me.Name)]; ok && e.err == nil {
+	if e, ok := ix.entries[ix.keys.Node(me.Name)]; ok && e.err == nil {
 		self.TunnelAddr = tunnelAddr(e.node)
 	}
-	c.Nodes = []*config.Node{self}
-	b.byName = map[string]*config.Node{self.Name: self}
+	nodes := []*config.Node{self}
+	pos := map[string]int{self.Name: 0}
 	addrs := map[netip.Addr]string{self.Address.Addr(): self.Name}
-	for _, n := range b.nodes {
-		info := n.node
+	for _, k := range ix.nodeKeys {
+		e := ix.entries[k]
+		if e.err != nil {
+			ix.skip(k, e.err.Error())
+			continue
+		}
+		info := e.node
 		if info.Name == self.Name {
+			ix.skip(k, "")
 			continue
 		}
-		if !info.Address.IsValid() {
-			b.skipped[n.id] = fmt.Sprintf("Node %q has no spec.bgp.ipv4Address: nothing can be routed to it", info.Name)
-			continue
+		why := ""
+		other, dup := addrs[info.Address.Addr()]
+		i := slices.IndexFunc(ix.pools, func(p *pool.IPPool) bool { return p.CIDR.Contains(info.Address.Addr()) })
+		switch {
+		case !info.Address.IsValid():
+			why = fmt.Sprintf("Node %q has no spec.bgp.ipv4Address: nothing can be routed to it", info.Name)
+		case dup:
+			why = fmt.Sprintf("Node %q: address %s is also node %q's", info.Name, info.Address.Addr(), other)
+		case i >= 0:
+			p := ix.pools[i]
+			why = fmt.Sprintf("Node %q: address %s lies in pool %q (%s): underlay addresses must be outside every pool", info.Name, info.Address.Addr(), p.Name, p.CIDR)
 		}
-		if other, dup := addrs[info.Address.Addr()]; dup {
-			b.skipped[n.id] = fmt.Sprintf("Node %q: address %s is also node %q's", info.Name, info.Address.Addr(), other)
-			continue
-		}
-		if i := slices.IndexFunc(c.Pools, func(p *pool.IPPool) bool { return p.CIDR.Contains(info.Address.Addr()) }); i >= 0 {
-			p := c.Pools[i]
-			b.skipped[n.id] = fmt.Sprintf("Node %q: address %s lies in pool %q (%s): underlay addresses must be outside every pool", info.Name, info.Address.Addr(), p.Name, p.CIDR)
+		ix.skip(k, why)
+		if why != "" {
 			continue
 		}
 		addrs[info.Address.Addr()] = info.Name
-		node := &config.Node{Name: info.Name, Address: info.Address, Labels: info.Labels, VTEPMAC: info.VTEPMAC, TunnelAddr: tunnelAddr(info)}
-		c.Nodes = append(c.Nodes, node)
-		b.byName[node.Name] = node
+		pos[info.Name] = len(nodes)
+		nodes = append(nodes, &config.Node{Name: info.Name, Address: info.Address, Labels: info.Labels, VTEPMAC: info.VTEPMAC, TunnelAddr: tunnelAddr(info)})
+	}
+	for name := range ix.pos {
+		if _, ok := pos[name]; !ok {
+			ix.dirtyHost(name)
+		}
+	}
+	for name := range pos {
+		if _, ok := ix.pos[name]; !ok {
+			ix.dirtyHost(name)
+		}
+	}
+	ix.nodes, ix.pos = nodes, pos
+}
+
+func (ix *index) dirtyHost(name string) {
+	for cidr := range ix.hostBlocks[name] {
+		ix.dirty[cidr] = true
 	}
 }
 
@@ -275,73 +483,232 @@ func tunnelAddr(info calico.NodeInfo) netip.Addr {
 	return info.IPIPTunnelAddr
 }
 
-// routeBlocks gives each block to its node, and says why each block or
-// affinity that routes nothing was skipped.
-func (b *builder) routeBlocks(c *config.Cluster) {
-	used := map[string]bool{} // affinity keys that gave a block its node
-	var last netip.Prefix     // the last block kept, to refuse overlaps
-	slices.SortFunc(b.blocks, func(x, y keyed) int {
-		return cmp.Or(x.key.CIDR.Addr().Compare(y.key.CIDR.Addr()), cmp.Compare(x.key.CIDR.Bits(), y.key.CIDR.Bits()))
-	})
-	for _, blk := range b.blocks {
-		cidr := blk.key.CIDR
-		why := func() string {
-			if !blk.affine {
-				return fmt.Sprintf("block %s has no host affinity: overlayd routes whole blocks to nodes", cidr)
-			}
-			if blk.deleted {
-				return fmt.Sprintf("block %s is marked deleted", cidr)
-			}
-			affKey := b.keys.Affinity(blk.host, cidr)
-			aff, ok := b.entries[affKey]
-			switch {
-			case !ok:
-				return fmt.Sprintf("block %s names host %q, which has no affinity for it", cidr, blk.host)
-			case aff.err != nil:
-				return fmt.Sprintf("block %s: host %q's affinity for it is malformed", cidr, blk.host)
-			case !aff.confirmed:
-				used[affKey] = true // the block's reason covers it
-				return fmt.Sprintf("block %s: host %q's affinity is %q, not confirmed", cidr, blk.host, aff.state)
-			}
-			used[affKey] = true
-			if b.byName[blk.host] == nil {
-				return fmt.Sprintf("block %s: its node %q is not a known node", cidr, blk.host)
-			}
-			if last.IsValid() && last.Overlaps(cidr) {
-				return fmt.Sprintf("block %s overlaps block %s", cidr, last)
-			}
-			return ""
-		}()
-		if why != "" {
-			b.skipped[blk.id] = why
-			continue
+// verdict is what a block's own checks say: the node it goes to, or why
+// not, and its pool (nil: in none). used is the affinity that gave the
+// block its node, or says why not (the block's reason covers it).
+type verdict struct {
+	host, why, used string
+	pool            *pool.IPPool
+}
+
+func (v verdict) fits() bool { return v.why == "" && v.pool != nil }
+
+// judge runs a block's own checks, those that do not depend on other
+// blocks.
+func (ix *index) judge(cidr netip.Prefix, blk *entry) verdict {
+	v := verdict{host: blk.host}
+	v.why = func() string {
+		if !blk.affine {
+			return fmt.Sprintf("block %s has no host affinity: overlayd routes whole blocks to nodes", cidr)
 		}
-		i := slices.IndexFunc(c.Pools, func(p *pool.IPPool) bool {
-			return p.CIDR.Bits() <= cidr.Bits() && p.CIDR.Contains(cidr.Addr())
-		})
-		if i < 0 {
-			b.skipped[blk.id] = fmt.Sprintf("block %s lies in no known IPPool", cidr)
-			continue
+		if blk.deleted {
+			return fmt.Sprintf("block %s is marked deleted", cidr)
 		}
-		n := b.byName[blk.host]
-		n.Blocks = append(n.Blocks, pool.Block{Prefix: cidr, Pool: c.Pools[i]})
-		last = cidr // kept blocks are disjoint and sorted: only the last can overlap the next
-	}
-	for _, a := range b.affinities {
-		if used[a.id] {
-			continue
-		}
-		blk, ok := b.entries[b.keys.Block(a.key.CIDR)]
+		affKey := ix.keys.Affinity(blk.host, cidr)
+		aff, ok := ix.entries[affKey]
 		switch {
-		case !a.confirmed:
-			b.skipped[a.id] = fmt.Sprintf("node %q's affinity for %s is %q, not confirmed", a.key.Name, a.key.CIDR, a.state)
 		case !ok:
-			b.skipped[a.id] = fmt.Sprintf("node %q's affinity for %s has no block", a.key.Name, a.key.CIDR)
-		case blk.err == nil:
-			b.skipped[a.id] = fmt.Sprintf("node %q's affinity for %s: the block is host %q's", a.key.Name, a.key.CIDR, blk.host)
+			return fmt.Sprintf("block %s names host %q, which has no affinity for it", cidr, blk.host)
+		case aff.err != nil:
+			return fmt.Sprintf("block %s: host %q's affinity for it is malformed", cidr, blk.host)
+		case !aff.confirmed:
+			v.used = affKey
+			return fmt.Sprintf("block %s: host %q's affinity is %q, not confirmed", cidr, blk.host, aff.state)
 		}
-		// A malformed block is skipped under its own key.
+		v.used = affKey
+		if _, known := ix.pos[blk.host]; !known {
+			return fmt.Sprintf("block %s: its node %q is not a known node", cidr, blk.host)
+		}
+		return ""
+	}()
+	if i := slices.IndexFunc(ix.pools, func(p *pool.IPPool) bool {
+		return p.CIDR.Bits() <= cidr.Bits() && p.CIDR.Contains(cidr.Addr())
+	}); i >= 0 {
+		v.pool = ix.pools[i]
 	}
+	return v
+}
+
+// routeDirty judges the blocks marked dirty, routes or skips each, says
+// why each of their affinities that routes nothing is skipped, and returns
+// the nodes whose blocks changed.
+//
+// Of nested blocks, the outermost that fits routes and the ones inside it
+// are skipped: what routing the blocks in address order, each unless it
+// overlaps the last routed, gives. So when whether a block fits changes,
+// the blocks inside it are judged again too.
+func (ix *index) routeDirty() map[string]bool {
+	verdicts := make(map[netip.Prefix]verdict, len(ix.dirty))
+	work := slices.Collect(maps.Keys(ix.dirty))
+	for len(work) > 0 {
+		cidr := work[len(work)-1]
+		work = work[:len(work)-1]
+		blk := ix.entries[ix.keys.Block(cidr)]
+		if blk == nil || blk.err != nil {
+			verdicts[cidr] = verdict{why: "-"}
+		} else {
+			verdicts[cidr] = ix.judge(cidr, blk)
+		}
+		if fits := verdicts[cidr].fits(); fits != ix.fits[cidr] {
+			if fits {
+				ix.fits[cidr] = true
+			} else {
+				delete(ix.fits, cidr)
+			}
+			for _, inner := range ix.inside(cidr) {
+				if !ix.dirty[inner] {
+					ix.dirty[inner] = true
+					work = append(work, inner)
+				}
+			}
+		}
+	}
+	changed := map[string]bool{}
+	owned := map[string]bool{} // nodes whose routed slice is new in this build
+	for cidr := range ix.dirty {
+		v := verdicts[cidr]
+		blockKey := ix.keys.Block(cidr)
+		routeTo := ""
+		if blk := ix.entries[blockKey]; blk != nil {
+			why := v.why
+			if blk.err != nil {
+				why = blk.err.Error()
+			}
+			if why == "" {
+				if outer, ok := ix.outermostFit(cidr); ok {
+					why = fmt.Sprintf("block %s overlaps block %s", cidr, outer)
+				} else if v.pool == nil {
+					why = fmt.Sprintf("block %s lies in no known IPPool", cidr)
+				} else {
+					routeTo = v.host
+				}
+			}
+			ix.skip(blockKey, why)
+		}
+		ix.reroute(cidr, routeTo, v.pool, changed, owned)
+		ix.judgeAffinities(cidr, v.used)
+	}
+	clear(ix.dirty)
+	return changed
+}
+
+// reroute moves cidr's block to node to ("": no node), keeping each
+// node's blocks in address order. A node's slice may be in a cluster
+// handed out: it is copied before its first change in a build (owned).
+func (ix *index) reroute(cidr netip.Prefix, to string, p *pool.IPPool, changed, owned map[string]bool) {
+	from, was := ix.routedTo[cidr]
+	if was && from == to && to != "" {
+		i, _ := slices.BinarySearchFunc(ix.routed[to], cidr, blockCompare)
+		if ix.routed[to][i].Pool == p {
+			return
+		}
+	}
+	edit := func(node string, f func([]pool.Block) []pool.Block) {
+		bs := ix.routed[node]
+		if !owned[node] {
+			bs = slices.Clone(bs)
+			owned[node] = true
+		}
+		if bs = f(bs); len(bs) == 0 {
+			delete(ix.routed, node)
+		} else {
+			ix.routed[node] = bs
+		}
+		changed[node] = true
+	}
+	if was {
+		edit(from, func(bs []pool.Block) []pool.Block {
+			i, _ := slices.BinarySearchFunc(bs, cidr, blockCompare)
+			return slices.Delete(bs, i, i+1)
+		})
+		delete(ix.routedTo, cidr)
+	}
+	if to != "" {
+		edit(to, func(bs []pool.Block) []pool.Block {
+			i, _ := slices.BinarySearchFunc(bs, cidr, blockCompare)
+			return slices.Insert(bs, i, pool.Block{Prefix: cidr, Pool: p})
+		})
+		ix.routedTo[cidr] = to
+	}
+}
+
+// blockCompare orders blocks by address, then size.
+func blockCompare(b pool.Block, cidr netip.Prefix) int {
+	return cmp.Or(b.Prefix.Addr().Compare(cidr.Addr()), cmp.Compare(b.Prefix.Bits(), cidr.Bits()))
+}
+
+// judgeAffinities says why each affinity of cidr that gave the block no
+// node is skipped; used is the one the block's verdict covers.
+func (ix *index) judgeAffinities(cidr netip.Prefix, used string) {
+	for _, k := range ix.affinityKeys[cidr] {
+		a := ix.entries[k]
+		if a.err != nil {
+			ix.skip(k, a.err.Error())
+			continue
+		}
+		why := ""
+		if k != used {
+			blk, ok := ix.entries[ix.keys.Block(cidr)]
+			switch {
+			case !a.confirmed:
+				why = fmt.Sprintf("node %q's affinity for %s is %q, not confirmed", a.key.Name, cidr, a.state)
+			case !ok:
+				why = fmt.Sprintf("node %q's affinity for %s has no block", a.key.Name, cidr)
+			case blk.err == nil:
+				why = fmt.Sprintf("node %q's affinity for %s: the block is host %q's", a.key.Name, cidr, blk.host)
+			}
+			// A malformed block is skipped under its own key.
+		}
+		ix.skip(k, why)
+	}
+}
+
+// outermostFit is the largest block that fits and holds cidr, if any.
+func (ix *index) outermostFit(cidr netip.Prefix) (netip.Prefix, bool) {
+	for bits := range cidr.Bits() {
+		if ix.sizes[bits] == 0 {
+			continue
+		}
+		if outer, _ := cidr.Addr().Prefix(bits); ix.fits[outer] {
+			return outer, true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+// inside lists the decoded blocks held by cidr. Blocks all of one size,
+// as a pool's are, nest in none.
+func (ix *index) inside(cidr netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for bits := cidr.Bits() + 1; bits <= 32; bits++ {
+		if ix.sizes[bits] == 0 {
+			continue
+		}
+		if n := 1 << (bits - cidr.Bits()); n > len(ix.entries) {
+			// Fewer keys than places to look: look at the keys.
+			for _, e := range ix.entries {
+				if e.key.Kind == calico.KindBlock && e.err == nil && e.key.CIDR.Bits() == bits && cidr.Contains(e.key.CIDR.Addr()) {
+					out = append(out, e.key.CIDR)
+				}
+			}
+			continue
+		}
+		step := netip.PrefixFrom(cidr.Addr(), bits)
+		for range 1 << (bits - cidr.Bits()) {
+			if e := ix.entries[ix.keys.Block(step)]; e != nil && e.err == nil {
+				out = append(out, step)
+			}
+			step = netip.PrefixFrom(addAddr(step.Addr(), 1<<(32-bits)), bits)
+		}
+	}
+	return out
+}
+
+// addAddr is a plus n, wrapping.
+func addAddr(a netip.Addr, n uint32) netip.Addr {
+	b := a.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) + n
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
 // sameRouting reports whether two clusters route alike: the same pools and
@@ -355,6 +722,9 @@ func sameRouting(a, b *config.Cluster) bool {
 }
 
 func sameNode(a, b *config.Node) bool {
+	if a == b {
+		return true // a build shares the nodes whose blocks did not change
+	}
 	return a.Name == b.Name && a.Address == b.Address && maps.Equal(a.Labels, b.Labels) &&
 		bytes.Equal(a.VTEPMAC, b.VTEPMAC) && a.TunnelAddr == b.TunnelAddr &&
 		slices.EqualFunc(a.Blocks, b.Blocks, func(x, y pool.Block) bool { return x.Prefix == y.Prefix && x.Pool.Equal(y.Pool) })

@@ -111,9 +111,10 @@ type Source struct {
 	mu sync.Mutex // guards what follows
 	// local is the file: node-local sections and this node's entry.
 	local *config.Cluster
-	// entries are the keys the node reads, decoded, at revision rev.
-	entries map[string]*entry
-	rev     int64
+	// ix holds the keys the node reads, decoded, at revision rev, and
+	// the cluster built from them.
+	ix  *index
+	rev int64
 	// fresh says entries come from etcd, not from the snapshot.
 	fresh bool
 	// registered: this node's Node is written; deleted: someone deleted it
@@ -153,7 +154,7 @@ func OpenWith(d config.Datastore, local *config.Cluster, node string, log *slog.
 	keys := calico.Keys{Prefix: d.Prefix}
 	s := &Source{
 		cli: cli, keys: keys, endpoints: d.Endpoints, node: node, log: log.With("datastore", "etcd"), o: o,
-		ipam: o.IPAM, started: time.Now(), local: local, entries: map[string]*entry{},
+		ipam: o.IPAM, started: time.Now(), local: local, ix: newIndex(keys, local, node),
 		status: datastore.Status{Type: config.DatastoreEtcd, Since: time.Now()},
 	}
 	if s.ipam == nil {
@@ -291,6 +292,7 @@ func (s *Source) rereadFile(ctx context.Context) error {
 	old := s.local.Node(s.node)
 	changed := old.Address != me.Address || !maps.Equal(old.Labels, me.Labels) || old.VTEPMAC.String() != me.VTEPMAC.String()
 	s.local = c
+	s.ix.setLocal(c)
 	reg := changed && s.registered && s.fresh
 	s.mu.Unlock()
 	if reg {
@@ -310,7 +312,7 @@ func (s *Source) resync(ctx context.Context) (c *config.Cluster, changed bool, e
 		return nil, false, err
 	}
 	s.mu.Lock()
-	s.entries, s.rev, s.fresh = entries, rev, true
+	s.ix, s.rev, s.fresh = s.indexOf(entries), rev, true
 	b, err := s.buildLocked()
 	registered := s.registered
 	s.mu.Unlock()
@@ -325,7 +327,7 @@ func (s *Source) resync(ctx context.Context) (c *config.Cluster, changed bool, e
 			return nil, false, err
 		}
 		s.mu.Lock()
-		s.entries, s.rev = entries, rev
+		s.ix, s.rev = s.indexOf(entries), rev
 		b, err = s.buildLocked()
 		s.mu.Unlock()
 		if err != nil {
@@ -363,10 +365,20 @@ func (s *Source) list(ctx context.Context) (map[string]*entry, int64, error) {
 	return entries, rev, nil
 }
 
-// buildLocked builds the cluster from the entries, reports entries skipped
-// since the last build, and keeps the pools to claim from. s.mu is held.
+// indexOf indexes a listing's entries. s.mu is held.
+func (s *Source) indexOf(entries map[string]*entry) *index {
+	ix := newIndex(s.keys, s.local, s.node)
+	for k, e := range entries {
+		ix.put(k, e)
+	}
+	return ix
+}
+
+// buildLocked brings the cluster up to date with the entries, reports
+// entries skipped since the last build, and keeps the pools to claim from.
+// s.mu is held.
 func (s *Source) buildLocked() (built, error) {
-	b, err := build(s.keys, s.local, s.node, s.entries)
+	b, err := s.ix.build()
 	if err != nil {
 		return built{}, err
 	}
@@ -419,8 +431,8 @@ func (s *Source) markDown(err error) {
 // logged, not fatal.
 func (s *Source) saveSnapshot() {
 	s.mu.Lock()
-	snap := &snapshot{Prefix: s.keys.Prefix, Revision: s.rev, Saved: time.Now().UTC(), Entries: make(map[string]snapshotEntry, len(s.entries))}
-	for k, e := range s.entries {
+	snap := &snapshot{Prefix: s.keys.Prefix, Revision: s.rev, Saved: time.Now().UTC(), Entries: make(map[string]snapshotEntry, len(s.ix.entries))}
+	for k, e := range s.ix.entries {
 		snap.Entries[k] = snapshotEntry{Value: string(e.value), ModRevision: e.modRev}
 	}
 	s.mu.Unlock()
@@ -446,7 +458,7 @@ func (s *Source) fromSnapshot() (*config.Cluster, bool, error) {
 		}
 	}
 	s.mu.Lock()
-	s.entries, s.rev, s.fresh = entries, snap.Revision, false
+	s.ix, s.rev, s.fresh = s.indexOf(entries), snap.Revision, false
 	b, err := s.buildLocked()
 	s.mu.Unlock()
 	if err != nil {
@@ -469,7 +481,7 @@ func (s *Source) register(ctx context.Context) error {
 	defer cancel()
 	s.mu.Lock()
 	me := *s.local.Node(s.node)
-	pools, sig := s.claimPools, poolSignature(s.claimPools, s.entries, s.keys)
+	pools, sig := s.claimPools, poolSignature(s.claimPools, s.ix.entries, s.keys)
 	first, deleted := !s.registered, s.deleted
 	s.mu.Unlock()
 	if deleted {
