@@ -15,11 +15,11 @@ import (
 	"github.com/overlayd/overlayd/pool"
 )
 
-// entry is one key of the layout as read from etcd: its value, and what the
-// value decodes to or why it cannot be used. Values are decoded once, when
-// they arrive, so a rebuild reads decoded entries only.
+// entry is one key of the layout as read from etcd: what its value decodes
+// to, or why it cannot be used. Values are decoded once, when they arrive,
+// and only what routing needs is kept: not the value itself.
 type entry struct {
-	value  []byte
+	id     string // its key
 	modRev int64
 	key    calico.Key
 	err    error // malformed: why; the other members are unset
@@ -52,7 +52,7 @@ func decodeEntry(keys calico.Keys, key string, value []byte, modRev int64) *entr
 	if !slices.ContainsFunc(readPrefixes(keys), func(p string) bool { return strings.HasPrefix(key, p) }) {
 		return nil
 	}
-	e := &entry{value: value, modRev: modRev}
+	e := &entry{modRev: modRev}
 	k, err := keys.Parse(key)
 	if errors.Is(err, calico.ErrUnsupported) {
 		return nil
@@ -181,40 +181,49 @@ type index struct {
 	self  string
 	local *config.Cluster // the file: node-local sections, self's entry
 
+	// entries are the pools, the Nodes and the keys that do not parse;
+	// blocks and affinities are in blocks, by CIDR.
 	entries  map[string]*entry
 	poolKeys map[string]bool
 	nodeKeys []string // sorted: the order of the nodes, and of the address rule
-	// affinityKeys are the affinity keys of each block CIDR;
-	// hostBlocks the decoded blocks by the host their affinity names;
+	blocks   map[netip.Prefix]*blockState
+	// hostBlocks are the decoded blocks by the host their affinity names;
 	// sizes counts the decoded blocks by prefix length (a block can only
 	// nest in another when two lengths are present).
-	affinityKeys map[netip.Prefix][]string
-	hostBlocks   map[string]map[netip.Prefix]bool
-	sizes        [33]int
+	hostBlocks map[string][]netip.Prefix
+	sizes      [33]int
 
-	// What the last build made. routed holds each node's blocks in
-	// address order; routedTo the node each routed block went to; fits the
-	// blocks that would route if no other block held them (of nested
-	// blocks, only the outermost that fits routes).
-	pools    []*pool.IPPool
-	claim    []*calico.IPPool
-	nodes    []*config.Node
-	pos      map[string]int // index in nodes, by name: the known nodes
-	routed   map[string][]pool.Block
-	routedTo map[netip.Prefix]string
-	fits     map[netip.Prefix]bool
-	skipped  map[string]string
+	// What the last build made: the pools, the nodes, and each node's
+	// blocks in address order.
+	pools   []*pool.IPPool
+	claim   []*calico.IPPool
+	nodes   []*config.Node
+	pos     map[string]int // index in nodes, by name: the known nodes
+	routed  map[string][]pool.Block
+	skipped map[string]string
 
 	// What changed since the last build.
 	allDirty, nodesDirty bool
 	dirty                map[netip.Prefix]bool
 }
 
+// blockState is one block CIDR: its block and affinity keys, and what the
+// last build made of them.
+type blockState struct {
+	block      *entry   // nil: only affinities name the CIDR
+	affinities []*entry // one per node that has one
+	// fits says the block would route if no other block held it (of
+	// nested blocks, only the outermost that fits routes); routedTo is the
+	// node it went to.
+	fits     bool
+	routedTo string
+}
+
 func newIndex(keys calico.Keys, local *config.Cluster, self string) *index {
 	return &index{
 		keys: keys, self: self, local: local,
 		entries: map[string]*entry{}, poolKeys: map[string]bool{},
-		affinityKeys: map[netip.Prefix][]string{}, hostBlocks: map[string]map[netip.Prefix]bool{},
+		blocks: map[netip.Prefix]*blockState{}, hostBlocks: map[string][]netip.Prefix{},
 		skipped: map[string]string{}, dirty: map[netip.Prefix]bool{},
 		allDirty: true,
 	}
@@ -227,102 +236,155 @@ func (ix *index) setLocal(local *config.Cluster) {
 	ix.nodesDirty = true
 }
 
+// get is the entry of key, nil when there is none.
+func (ix *index) get(key string) *entry {
+	k, err := ix.keys.Parse(key)
+	if err != nil {
+		return ix.entries[key]
+	}
+	return ix.find(key, k)
+}
+
+// find is the entry of key, parsed as k.
+func (ix *index) find(key string, k calico.Key) *entry {
+	if k.Kind != calico.KindBlock && k.Kind != calico.KindAffinity {
+		return ix.entries[key]
+	}
+	bs := ix.blocks[k.CIDR]
+	switch {
+	case bs == nil:
+		return nil
+	case k.Kind == calico.KindBlock:
+		return bs.block
+	}
+	return bs.affinity(k.Name)
+}
+
+// affinity is node's affinity entry for the block, nil when it has none.
+func (bs *blockState) affinity(node string) *entry {
+	for _, a := range bs.affinities {
+		if a.key.Name == node {
+			return a
+		}
+	}
+	return nil
+}
+
+// all lists every entry by key.
+func (ix *index) all() map[string]*entry {
+	out := maps.Clone(ix.entries)
+	for _, bs := range ix.blocks {
+		if bs.block != nil {
+			out[bs.block.id] = bs.block
+		}
+		for _, a := range bs.affinities {
+			out[a.id] = a
+		}
+	}
+	return out
+}
+
 // put adds or replaces the entry of key.
 func (ix *index) put(key string, e *entry) {
-	if old := ix.entries[key]; old != nil {
-		ix.unindex(key, old)
+	e.id = key
+	if old := ix.find(key, e.key); old != nil { // e.key is the zero Key when key does not parse
+		ix.unindex(old)
 	}
-	ix.entries[key] = e
-	ix.indexEntry(key, e)
-}
-
-// remove deletes the entry of key, and says whether there was one.
-func (ix *index) remove(key string) bool {
-	old := ix.entries[key]
-	if old == nil {
-		return false
-	}
-	delete(ix.entries, key)
-	ix.unindex(key, old)
-	delete(ix.skipped, key)
-	return true
-}
-
-func (ix *index) indexEntry(key string, e *entry) {
 	switch e.key.Kind {
 	case calico.KindIPPool:
+		ix.entries[key] = e
 		ix.poolKeys[key] = true
 		ix.allDirty = true
 	case calico.KindNode:
+		ix.entries[key] = e
 		if i, found := slices.BinarySearch(ix.nodeKeys, key); !found {
 			ix.nodeKeys = slices.Insert(ix.nodeKeys, i, key)
 		}
 		ix.nodesDirty = true
 	case calico.KindBlock:
 		cidr := e.key.CIDR
+		ix.state(cidr).block = e
 		ix.dirty[cidr] = true
 		if e.err == nil {
 			ix.sizes[cidr.Bits()]++
 			if e.affine {
-				hb := ix.hostBlocks[e.host]
-				if hb == nil {
-					hb = map[netip.Prefix]bool{}
-					ix.hostBlocks[e.host] = hb
-				}
-				hb[cidr] = true
+				ix.hostBlocks[e.host] = append(ix.hostBlocks[e.host], cidr)
 			}
 		}
 	case calico.KindAffinity:
-		cidr := e.key.CIDR
-		if !slices.Contains(ix.affinityKeys[cidr], key) {
-			ix.affinityKeys[cidr] = append(ix.affinityKeys[cidr], key)
-		}
-		ix.dirty[cidr] = true
+		bs := ix.state(e.key.CIDR)
+		bs.affinities = append(bs.affinities, e)
+		ix.dirty[e.key.CIDR] = true
 	default: // a key that does not parse: nothing depends on it
+		ix.entries[key] = e
 		ix.skipped[key] = e.err.Error()
 	}
 }
 
-func (ix *index) unindex(key string, e *entry) {
+// remove deletes the entry of key, and says whether there was one.
+func (ix *index) remove(key string) bool {
+	old := ix.get(key)
+	if old == nil {
+		return false
+	}
+	ix.unindex(old)
+	delete(ix.skipped, key)
+	return true
+}
+
+func (ix *index) state(cidr netip.Prefix) *blockState {
+	bs := ix.blocks[cidr]
+	if bs == nil {
+		bs = &blockState{}
+		ix.blocks[cidr] = bs
+	}
+	return bs
+}
+
+// unindex takes e out, as the entry of its key.
+func (ix *index) unindex(e *entry) {
 	switch e.key.Kind {
 	case calico.KindIPPool:
-		delete(ix.poolKeys, key)
+		delete(ix.entries, e.id)
+		delete(ix.poolKeys, e.id)
 		ix.allDirty = true
 	case calico.KindNode:
-		if i, found := slices.BinarySearch(ix.nodeKeys, key); found {
+		delete(ix.entries, e.id)
+		if i, found := slices.BinarySearch(ix.nodeKeys, e.id); found {
 			ix.nodeKeys = slices.Delete(ix.nodeKeys, i, i+1)
 		}
 		ix.nodesDirty = true
 	case calico.KindBlock:
 		cidr := e.key.CIDR
+		ix.blocks[cidr].block = nil
 		ix.dirty[cidr] = true
 		if e.err == nil {
 			ix.sizes[cidr.Bits()]--
 			if e.affine {
-				delete(ix.hostBlocks[e.host], cidr)
-				if len(ix.hostBlocks[e.host]) == 0 {
+				hb := slices.DeleteFunc(ix.hostBlocks[e.host], func(c netip.Prefix) bool { return c == cidr })
+				if len(hb) == 0 {
 					delete(ix.hostBlocks, e.host)
+				} else {
+					ix.hostBlocks[e.host] = hb
 				}
 			}
 		}
 	case calico.KindAffinity:
-		cidr := e.key.CIDR
-		ks := slices.DeleteFunc(ix.affinityKeys[cidr], func(k string) bool { return k == key })
-		if len(ks) == 0 {
-			delete(ix.affinityKeys, cidr)
-		} else {
-			ix.affinityKeys[cidr] = ks
-		}
-		ix.dirty[cidr] = true
+		bs := ix.blocks[e.key.CIDR]
+		bs.affinities = slices.DeleteFunc(bs.affinities, func(a *entry) bool { return a == e })
+		ix.dirty[e.key.CIDR] = true
+	default:
+		delete(ix.entries, e.id)
 	}
 }
 
 // skip records why key is left out; why "" means it is not.
 func (ix *index) skip(key, why string) {
-	if why == "" {
-		delete(ix.skipped, key)
-	} else {
+	switch {
+	case why != "":
 		ix.skipped[key] = why
+	case len(ix.skipped) > 0:
+		delete(ix.skipped, key)
 	}
 }
 
@@ -335,11 +397,10 @@ func (ix *index) build() (built, error) {
 	}
 	if ix.allDirty {
 		ix.buildPools()
-		ix.routed, ix.routedTo, ix.fits = map[string][]pool.Block{}, map[netip.Prefix]string{}, map[netip.Prefix]bool{}
-		for _, e := range ix.entries {
-			if e.key.Kind == calico.KindBlock || e.key.Kind == calico.KindAffinity {
-				ix.dirty[e.key.CIDR] = true
-			}
+		ix.routed = map[string][]pool.Block{}
+		for cidr, bs := range ix.blocks {
+			bs.fits, bs.routedTo = false, ""
+			ix.dirty[cidr] = true
 		}
 		ix.nodesDirty = true
 	}
@@ -470,7 +531,7 @@ func (ix *index) buildNodes(me *config.Node) {
 }
 
 func (ix *index) dirtyHost(name string) {
-	for cidr := range ix.hostBlocks[name] {
+	for _, cidr := range ix.hostBlocks[name] {
 		ix.dirty[cidr] = true
 	}
 }
@@ -487,15 +548,17 @@ func tunnelAddr(info calico.NodeInfo) netip.Addr {
 // not, and its pool (nil: in none). used is the affinity that gave the
 // block its node, or says why not (the block's reason covers it).
 type verdict struct {
-	host, why, used string
-	pool            *pool.IPPool
+	host, why string
+	used      *entry
+	pool      *pool.IPPool
 }
 
 func (v verdict) fits() bool { return v.why == "" && v.pool != nil }
 
-// judge runs a block's own checks, those that do not depend on other
+// judge runs the checks of a decoded block that do not depend on other
 // blocks.
-func (ix *index) judge(cidr netip.Prefix, blk *entry) verdict {
+func (ix *index) judge(cidr netip.Prefix, bs *blockState) verdict {
+	blk := bs.block
 	v := verdict{host: blk.host}
 	v.why = func() string {
 		if !blk.affine {
@@ -504,18 +567,17 @@ func (ix *index) judge(cidr netip.Prefix, blk *entry) verdict {
 		if blk.deleted {
 			return fmt.Sprintf("block %s is marked deleted", cidr)
 		}
-		affKey := ix.keys.Affinity(blk.host, cidr)
-		aff, ok := ix.entries[affKey]
+		aff := bs.affinity(blk.host)
 		switch {
-		case !ok:
+		case aff == nil:
 			return fmt.Sprintf("block %s names host %q, which has no affinity for it", cidr, blk.host)
 		case aff.err != nil:
 			return fmt.Sprintf("block %s: host %q's affinity for it is malformed", cidr, blk.host)
 		case !aff.confirmed:
-			v.used = affKey
+			v.used = aff
 			return fmt.Sprintf("block %s: host %q's affinity is %q, not confirmed", cidr, blk.host, aff.state)
 		}
-		v.used = affKey
+		v.used = aff
 		if _, known := ix.pos[blk.host]; !known {
 			return fmt.Sprintf("block %s: its node %q is not a known node", cidr, blk.host)
 		}
@@ -543,18 +605,17 @@ func (ix *index) routeDirty() map[string]bool {
 	for len(work) > 0 {
 		cidr := work[len(work)-1]
 		work = work[:len(work)-1]
-		blk := ix.entries[ix.keys.Block(cidr)]
-		if blk == nil || blk.err != nil {
-			verdicts[cidr] = verdict{why: "-"}
-		} else {
-			verdicts[cidr] = ix.judge(cidr, blk)
+		bs := ix.blocks[cidr]
+		if bs == nil {
+			continue // its last key was removed
 		}
-		if fits := verdicts[cidr].fits(); fits != ix.fits[cidr] {
-			if fits {
-				ix.fits[cidr] = true
-			} else {
-				delete(ix.fits, cidr)
-			}
+		v := verdict{why: "no block"}
+		if bs.block != nil && bs.block.err == nil {
+			v = ix.judge(cidr, bs)
+		}
+		verdicts[cidr] = v
+		if v.fits() != bs.fits {
+			bs.fits = v.fits()
 			for _, inner := range ix.inside(cidr) {
 				if !ix.dirty[inner] {
 					ix.dirty[inner] = true
@@ -566,10 +627,13 @@ func (ix *index) routeDirty() map[string]bool {
 	changed := map[string]bool{}
 	owned := map[string]bool{} // nodes whose routed slice is new in this build
 	for cidr := range ix.dirty {
+		bs := ix.blocks[cidr]
+		if bs == nil {
+			continue
+		}
 		v := verdicts[cidr]
-		blockKey := ix.keys.Block(cidr)
 		routeTo := ""
-		if blk := ix.entries[blockKey]; blk != nil {
+		if blk := bs.block; blk != nil {
 			why := v.why
 			if blk.err != nil {
 				why = blk.err.Error()
@@ -583,10 +647,13 @@ func (ix *index) routeDirty() map[string]bool {
 					routeTo = v.host
 				}
 			}
-			ix.skip(blockKey, why)
+			ix.skip(blk.id, why)
 		}
-		ix.reroute(cidr, routeTo, v.pool, changed, owned)
-		ix.judgeAffinities(cidr, v.used)
+		ix.reroute(cidr, bs, routeTo, v.pool, changed, owned)
+		ix.judgeAffinities(cidr, bs, v.used)
+		if bs.block == nil && len(bs.affinities) == 0 {
+			delete(ix.blocks, cidr)
+		}
 	}
 	clear(ix.dirty)
 	return changed
@@ -595,9 +662,9 @@ func (ix *index) routeDirty() map[string]bool {
 // reroute moves cidr's block to node to ("": no node), keeping each
 // node's blocks in address order. A node's slice may be in a cluster
 // handed out: it is copied before its first change in a build (owned).
-func (ix *index) reroute(cidr netip.Prefix, to string, p *pool.IPPool, changed, owned map[string]bool) {
-	from, was := ix.routedTo[cidr]
-	if was && from == to && to != "" {
+func (ix *index) reroute(cidr netip.Prefix, bs *blockState, to string, p *pool.IPPool, changed, owned map[string]bool) {
+	from := bs.routedTo
+	if from == to && to != "" {
 		i, _ := slices.BinarySearchFunc(ix.routed[to], cidr, blockCompare)
 		if ix.routed[to][i].Pool == p {
 			return
@@ -616,20 +683,19 @@ func (ix *index) reroute(cidr netip.Prefix, to string, p *pool.IPPool, changed, 
 		}
 		changed[node] = true
 	}
-	if was {
+	if from != "" {
 		edit(from, func(bs []pool.Block) []pool.Block {
 			i, _ := slices.BinarySearchFunc(bs, cidr, blockCompare)
 			return slices.Delete(bs, i, i+1)
 		})
-		delete(ix.routedTo, cidr)
 	}
 	if to != "" {
 		edit(to, func(bs []pool.Block) []pool.Block {
 			i, _ := slices.BinarySearchFunc(bs, cidr, blockCompare)
 			return slices.Insert(bs, i, pool.Block{Prefix: cidr, Pool: p})
 		})
-		ix.routedTo[cidr] = to
 	}
+	bs.routedTo = to
 }
 
 // blockCompare orders blocks by address, then size.
@@ -639,27 +705,25 @@ func blockCompare(b pool.Block, cidr netip.Prefix) int {
 
 // judgeAffinities says why each affinity of cidr that gave the block no
 // node is skipped; used is the one the block's verdict covers.
-func (ix *index) judgeAffinities(cidr netip.Prefix, used string) {
-	for _, k := range ix.affinityKeys[cidr] {
-		a := ix.entries[k]
+func (ix *index) judgeAffinities(cidr netip.Prefix, bs *blockState, used *entry) {
+	for _, a := range bs.affinities {
 		if a.err != nil {
-			ix.skip(k, a.err.Error())
+			ix.skip(a.id, a.err.Error())
 			continue
 		}
 		why := ""
-		if k != used {
-			blk, ok := ix.entries[ix.keys.Block(cidr)]
-			switch {
+		if a != used {
+			switch blk := bs.block; {
 			case !a.confirmed:
 				why = fmt.Sprintf("node %q's affinity for %s is %q, not confirmed", a.key.Name, cidr, a.state)
-			case !ok:
+			case blk == nil:
 				why = fmt.Sprintf("node %q's affinity for %s has no block", a.key.Name, cidr)
 			case blk.err == nil:
 				why = fmt.Sprintf("node %q's affinity for %s: the block is host %q's", a.key.Name, cidr, blk.host)
 			}
 			// A malformed block is skipped under its own key.
 		}
-		ix.skip(k, why)
+		ix.skip(a.id, why)
 	}
 }
 
@@ -669,7 +733,8 @@ func (ix *index) outermostFit(cidr netip.Prefix) (netip.Prefix, bool) {
 		if ix.sizes[bits] == 0 {
 			continue
 		}
-		if outer, _ := cidr.Addr().Prefix(bits); ix.fits[outer] {
+		outer, _ := cidr.Addr().Prefix(bits)
+		if bs := ix.blocks[outer]; bs != nil && bs.fits {
 			return outer, true
 		}
 	}
@@ -680,22 +745,26 @@ func (ix *index) outermostFit(cidr netip.Prefix) (netip.Prefix, bool) {
 // as a pool's are, nest in none.
 func (ix *index) inside(cidr netip.Prefix) []netip.Prefix {
 	var out []netip.Prefix
+	decoded := func(c netip.Prefix) bool {
+		bs := ix.blocks[c]
+		return bs != nil && bs.block != nil && bs.block.err == nil
+	}
 	for bits := cidr.Bits() + 1; bits <= 32; bits++ {
 		if ix.sizes[bits] == 0 {
 			continue
 		}
-		if n := 1 << (bits - cidr.Bits()); n > len(ix.entries) {
-			// Fewer keys than places to look: look at the keys.
-			for _, e := range ix.entries {
-				if e.key.Kind == calico.KindBlock && e.err == nil && e.key.CIDR.Bits() == bits && cidr.Contains(e.key.CIDR.Addr()) {
-					out = append(out, e.key.CIDR)
+		if 1<<(bits-cidr.Bits()) > len(ix.blocks) {
+			// Fewer blocks than places to look: look at the blocks.
+			for c := range ix.blocks {
+				if c.Bits() == bits && cidr.Contains(c.Addr()) && decoded(c) {
+					out = append(out, c)
 				}
 			}
 			continue
 		}
 		step := netip.PrefixFrom(cidr.Addr(), bits)
 		for range 1 << (bits - cidr.Bits()) {
-			if e := ix.entries[ix.keys.Block(step)]; e != nil && e.err == nil {
+			if decoded(step) {
 				out = append(out, step)
 			}
 			step = netip.PrefixFrom(addAddr(step.Addr(), 1<<(32-bits)), bits)

@@ -133,14 +133,14 @@ func TestIndexBuildsAsFromScratch(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				want, err := build(keys, ix.local, "node-a", maps.Clone(ix.entries))
+				want, err := build(keys, ix.local, "node-a", ix.all())
 				if err != nil {
 					t.Fatal(err)
 				}
 				if g, w := describe(got), describe(want); g != w {
 					t.Fatalf("step %d, after\n  %s\nthe index builds\n%s\nfrom scratch\n%s", step, strings.Join(did, "\n  "), g, w)
 				}
-				ref, err := referenceBuild(keys, ix.local, "node-a", ix.entries)
+				ref, err := referenceBuild(keys, ix.local, "node-a", ix.all())
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -48,6 +48,11 @@ type Options struct {
 	// RetryMin and RetryMax bound the backoff between attempts to reach
 	// etcd (defaults 250 ms and 10 s).
 	RetryMin, RetryMax time.Duration
+	// SnapshotInterval is the least time between two writes of the
+	// snapshot (default 30 s): at 100,000 blocks it is megabytes, and a
+	// busy cluster changes every batch. A change waits at most this long
+	// to be written, and Close writes what is left.
+	SnapshotInterval time.Duration
 	// LeaseTTL is the liveness key's lease (default 90 s, as Felix);
 	// LivenessInterval how often the report is rewritten (default 30 s).
 	LeaseTTL, LivenessInterval time.Duration
@@ -67,6 +72,7 @@ func (o Options) withDefaults(d config.Datastore) Options {
 	def(&o.ProbeInterval, 5*time.Second)
 	def(&o.RetryMin, 250*time.Millisecond)
 	def(&o.RetryMax, 10*time.Second)
+	def(&o.SnapshotInterval, 30*time.Second)
 	def(&o.LeaseTTL, 90*time.Second)
 	def(&o.LivenessInterval, 30*time.Second)
 	if o.StateDir == "" {
@@ -127,6 +133,13 @@ type Source struct {
 	skipped    map[string]string // the last build's skipped entries, by key
 	last       *config.Cluster   // the cluster last handed out
 	status     datastore.Status
+	// The snapshot: snapDue says the cluster changed since it was last
+	// written, at snapAt; snapTimer, when set, writes it later.
+	snapDue   bool
+	snapAt    time.Time
+	snapTimer *time.Timer
+
+	snapMu sync.Mutex // one snapshot write at a time
 }
 
 var _ datastore.Source = (*Source)(nil)
@@ -167,11 +180,17 @@ func OpenWith(d config.Datastore, local *config.Cluster, node string, log *slog.
 	return s, nil
 }
 
-// Close ends the liveness lease (revoking it: the node is no longer live)
-// and the connection to etcd.
+// Close writes the snapshot if it is behind, ends the liveness lease
+// (revoking it: the node is no longer live) and the connection to etcd.
 func (s *Source) Close() error {
 	s.closeOnce.Do(func() {
 		s.stop()
+		s.mu.Lock()
+		if s.snapTimer != nil {
+			s.snapTimer.Stop()
+		}
+		s.mu.Unlock()
+		s.writeSnapshot()
 		s.liveness.Wait()
 		if err := s.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
 			s.closeErr = fmt.Errorf("closing the etcd client: %w", err)
@@ -336,7 +355,7 @@ func (s *Source) resync(ctx context.Context) (c *config.Cluster, changed bool, e
 	}
 	s.markUp()
 	changed = s.handOut(b)
-	s.saveSnapshot()
+	s.snapshotChanged()
 	return b.cluster, changed, nil
 }
 
@@ -427,16 +446,43 @@ func (s *Source) markDown(err error) {
 	s.status.LastError = err.Error()
 }
 
-// saveSnapshot keeps the entries for a start without etcd; failing to is
-// logged, not fatal.
-func (s *Source) saveSnapshot() {
+// snapshotChanged notes that the cluster changed: the snapshot is written
+// now when the last write is SnapshotInterval old (or there was none),
+// else when it will be.
+func (s *Source) snapshotChanged() {
 	s.mu.Lock()
-	snap := &snapshot{Prefix: s.keys.Prefix, Revision: s.rev, Saved: time.Now().UTC(), Entries: make(map[string]snapshotEntry, len(s.ix.entries))}
-	for k, e := range s.ix.entries {
-		snap.Entries[k] = snapshotEntry{Value: string(e.value), ModRevision: e.modRev}
+	s.snapDue = true
+	if s.snapTimer != nil {
+		s.mu.Unlock()
+		return // a write is on its way
+	}
+	if wait := time.Until(s.snapAt.Add(s.o.SnapshotInterval)); wait > 0 && s.life.Err() == nil {
+		s.snapTimer = time.AfterFunc(wait, s.writeSnapshot)
+		s.mu.Unlock()
+		return
 	}
 	s.mu.Unlock()
-	if err := saveSnapshot(s.o.StateDir, snap); err != nil {
+	s.writeSnapshot()
+}
+
+// writeSnapshot keeps the entries, decoded, for a start without etcd, if
+// they changed since it last did; failing to is logged, not fatal.
+func (s *Source) writeSnapshot() {
+	s.snapMu.Lock()
+	defer s.snapMu.Unlock()
+	s.mu.Lock()
+	s.snapTimer = nil
+	if !s.snapDue {
+		s.mu.Unlock()
+		return
+	}
+	snap, err := snapshotOf(s.ix, s.rev)
+	s.snapDue, s.snapAt = false, time.Now()
+	s.mu.Unlock()
+	if err == nil {
+		err = saveSnapshot(s.o.StateDir, snap)
+	}
+	if err != nil {
 		s.log.Warn("the datastore snapshot is not saved: a start without etcd will use an older one or none", "err", err)
 	}
 }
@@ -451,11 +497,9 @@ func (s *Source) fromSnapshot() (*config.Cluster, bool, error) {
 	if snap.Prefix != s.keys.Prefix {
 		return nil, false, fmt.Errorf("the snapshot in %s is of prefix %q, not %q", s.o.StateDir, snap.Prefix, s.keys.Prefix)
 	}
-	entries := make(map[string]*entry, len(snap.Entries))
-	for k, v := range snap.Entries {
-		if e := decodeEntry(s.keys, k, []byte(v.Value), v.ModRevision); e != nil {
-			entries[k] = e
-		}
+	entries, err := snap.entries(s.keys)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %w", s.o.StateDir, err)
 	}
 	s.mu.Lock()
 	s.ix, s.rev, s.fresh = s.indexOf(entries), snap.Revision, false

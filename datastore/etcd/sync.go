@@ -211,7 +211,7 @@ func (s *Source) ingest(events []*clientv3.Event) (changed bool) {
 }
 
 // rebuild builds the cluster from the entries, applies it when it routes
-// differently, keeps it in the snapshot, and claims blocks when the pools
+// differently, notes it for the snapshot, and claims blocks when the pools
 // changed.
 func (s *Source) rebuild(ctx context.Context, apply func(*config.Cluster)) {
 	s.mu.Lock()
@@ -223,7 +223,7 @@ func (s *Source) rebuild(ctx context.Context, apply func(*config.Cluster)) {
 	}
 	if s.handOut(b) {
 		apply(b.cluster)
-		s.saveSnapshot()
+		s.snapshotChanged()
 	}
 	s.claimIfPoolsChanged(ctx)
 }
