@@ -395,12 +395,12 @@ func (ix *index) build() (built, error) {
 	if me == nil {
 		return built{}, fmt.Errorf("node %q is not in %s (its nodes: %v): with [datastore] type = %q the file keeps this node's own [[nodes]] entry", ix.self, ix.local.Source, ix.local.NodeNames(), config.DatastoreEtcd)
 	}
-	if ix.allDirty {
+	all := ix.allDirty
+	if all {
 		ix.buildPools()
 		ix.routed = map[string][]pool.Block{}
-		for cidr, bs := range ix.blocks {
+		for _, bs := range ix.blocks {
 			bs.fits, bs.routedTo = false, ""
-			ix.dirty[cidr] = true
 		}
 		ix.nodesDirty = true
 	}
@@ -408,7 +408,7 @@ func (ix *index) build() (built, error) {
 	if ix.nodesDirty {
 		ix.buildNodes(me)
 	}
-	changed := ix.routeDirty()
+	changed := ix.route(all)
 	nodes := ix.nodes
 	if nodesBuilt {
 		for _, n := range nodes {
@@ -591,47 +591,63 @@ func (ix *index) judge(cidr netip.Prefix, bs *blockState) verdict {
 	return v
 }
 
-// routeDirty judges the blocks marked dirty, routes or skips each, says
-// why each of their affinities that routes nothing is skipped, and returns
-// the nodes whose blocks changed.
+// judged is a block CIDR and its verdict, for the length of a build.
+type judged struct {
+	cidr netip.Prefix
+	bs   *blockState
+	v    verdict
+}
+
+// route judges the blocks marked dirty (all: every block), routes or
+// skips each, says why each of their affinities that routes nothing is
+// skipped, and returns the nodes whose blocks changed.
 //
 // Of nested blocks, the outermost that fits routes and the ones inside it
 // are skipped: what routing the blocks in address order, each unless it
 // overlaps the last routed, gives. So when whether a block fits changes,
-// the blocks inside it are judged again too.
-func (ix *index) routeDirty() map[string]bool {
-	verdicts := make(map[netip.Prefix]verdict, len(ix.dirty))
-	work := slices.Collect(maps.Keys(ix.dirty))
-	for len(work) > 0 {
-		cidr := work[len(work)-1]
-		work = work[:len(work)-1]
-		bs := ix.blocks[cidr]
-		if bs == nil {
-			continue // its last key was removed
-		}
+// the blocks inside it are judged again too (all judges them anyway).
+func (ix *index) route(all bool) map[string]bool {
+	var items []judged
+	judgeOne := func(cidr netip.Prefix, bs *blockState) {
 		v := verdict{why: "no block"}
 		if bs.block != nil && bs.block.err == nil {
 			v = ix.judge(cidr, bs)
 		}
-		verdicts[cidr] = v
-		if v.fits() != bs.fits {
-			bs.fits = v.fits()
-			for _, inner := range ix.inside(cidr) {
-				if !ix.dirty[inner] {
-					ix.dirty[inner] = true
-					work = append(work, inner)
+		items = append(items, judged{cidr, bs, v})
+		if v.fits() == bs.fits {
+			return
+		}
+		bs.fits = v.fits()
+		if all {
+			return
+		}
+		for _, inner := range ix.inside(cidr) {
+			ix.dirty[inner] = true // judged below, after the ones marked before
+		}
+	}
+	if all {
+		items = make([]judged, 0, len(ix.blocks))
+		for cidr, bs := range ix.blocks {
+			judgeOne(cidr, bs)
+		}
+	} else {
+		done := make(map[netip.Prefix]bool, len(ix.dirty))
+		for len(done) < len(ix.dirty) {
+			for cidr := range ix.dirty {
+				if done[cidr] {
+					continue
+				}
+				done[cidr] = true
+				if bs := ix.blocks[cidr]; bs != nil {
+					judgeOne(cidr, bs)
 				}
 			}
 		}
 	}
 	changed := map[string]bool{}
 	owned := map[string]bool{} // nodes whose routed slice is new in this build
-	for cidr := range ix.dirty {
-		bs := ix.blocks[cidr]
-		if bs == nil {
-			continue
-		}
-		v := verdicts[cidr]
+	for _, it := range items {
+		cidr, bs, v := it.cidr, it.bs, it.v
 		routeTo := ""
 		if blk := bs.block; blk != nil {
 			why := v.why
