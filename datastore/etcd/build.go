@@ -304,7 +304,7 @@ func (ix *index) put(key string, e *entry) {
 	case calico.KindBlock:
 		cidr := e.key.CIDR
 		ix.state(cidr).block = e
-		ix.dirty[cidr] = true
+		ix.markDirty(cidr)
 		if e.err == nil {
 			ix.sizes[cidr.Bits()]++
 			if e.affine {
@@ -314,7 +314,7 @@ func (ix *index) put(key string, e *entry) {
 	case calico.KindAffinity:
 		bs := ix.state(e.key.CIDR)
 		bs.affinities = append(bs.affinities, e)
-		ix.dirty[e.key.CIDR] = true
+		ix.markDirty(e.key.CIDR)
 	default: // a key that does not parse: nothing depends on it
 		ix.entries[key] = e
 		ix.skipped[key] = e.err.Error()
@@ -330,6 +330,14 @@ func (ix *index) remove(key string) bool {
 	ix.unindex(old)
 	delete(ix.skipped, key)
 	return true
+}
+
+// markDirty has the block judged again by the next build, which judges
+// every block anyway when allDirty.
+func (ix *index) markDirty(cidr netip.Prefix) {
+	if !ix.allDirty {
+		ix.dirty[cidr] = true
+	}
 }
 
 func (ix *index) state(cidr netip.Prefix) *blockState {
@@ -357,7 +365,7 @@ func (ix *index) unindex(e *entry) {
 	case calico.KindBlock:
 		cidr := e.key.CIDR
 		ix.blocks[cidr].block = nil
-		ix.dirty[cidr] = true
+		ix.markDirty(cidr)
 		if e.err == nil {
 			ix.sizes[cidr.Bits()]--
 			if e.affine {
@@ -372,7 +380,7 @@ func (ix *index) unindex(e *entry) {
 	case calico.KindAffinity:
 		bs := ix.blocks[e.key.CIDR]
 		bs.affinities = slices.DeleteFunc(bs.affinities, func(a *entry) bool { return a == e })
-		ix.dirty[e.key.CIDR] = true
+		ix.markDirty(e.key.CIDR)
 	default:
 		delete(ix.entries, e.id)
 	}
@@ -532,7 +540,7 @@ func (ix *index) buildNodes(me *config.Node) {
 
 func (ix *index) dirtyHost(name string) {
 	for _, cidr := range ix.hostBlocks[name] {
-		ix.dirty[cidr] = true
+		ix.markDirty(cidr)
 	}
 }
 
@@ -665,10 +673,23 @@ func (ix *index) route(all bool) map[string]bool {
 			}
 			ix.skip(blk.id, why)
 		}
-		ix.reroute(cidr, bs, routeTo, v.pool, changed, owned)
+		if all {
+			// Every node's list is new: sorted once below.
+			if routeTo != "" {
+				ix.routed[routeTo] = append(ix.routed[routeTo], pool.Block{Prefix: cidr, Pool: v.pool})
+			}
+			bs.routedTo = routeTo
+		} else {
+			ix.reroute(cidr, bs, routeTo, v.pool, changed, owned)
+		}
 		ix.judgeAffinities(cidr, bs, v.used)
 		if bs.block == nil && len(bs.affinities) == 0 {
 			delete(ix.blocks, cidr)
+		}
+	}
+	if all {
+		for _, bs := range ix.routed {
+			slices.SortFunc(bs, func(a, b pool.Block) int { return blockCompare(a, b.Prefix) })
 		}
 	}
 	clear(ix.dirty)
