@@ -27,8 +27,9 @@ type entry struct {
 	// KindIPPool
 	ippool *calico.IPPool
 	pool   *pool.IPPool
-	// KindNode
-	node calico.NodeInfo
+	// KindNode, behind a pointer: a node has one entry, a block two, and
+	// every entry would carry its size.
+	node *calico.NodeInfo
 	// KindBlock: the block's affinity, "host:<node>" read as host.
 	host    string
 	affine  bool
@@ -110,9 +111,11 @@ func (e *entry) decodeNode(value []byte) error {
 		return err
 	}
 	n.Metadata.Name = e.key.Name
-	if e.node, err = n.Info(); err != nil {
+	info, err := n.Info()
+	if err != nil {
 		return err
 	}
+	e.node = &info
 	return nil
 }
 
@@ -489,7 +492,7 @@ type keyed struct {
 func (ix *index) buildNodes(me *config.Node) {
 	self := &config.Node{Name: me.Name, Address: me.Address, Labels: me.Labels, VTEPMAC: me.VTEPMAC}
 	if e, ok := ix.entries[ix.keys.Node(me.Name)]; ok && e.err == nil {
-		self.TunnelAddr = tunnelAddr(e.node)
+		self.TunnelAddr = tunnelAddr(*e.node)
 	}
 	nodes := []*config.Node{self}
 	pos := map[string]int{self.Name: 0}
@@ -500,7 +503,7 @@ func (ix *index) buildNodes(me *config.Node) {
 			ix.skip(k, e.err.Error())
 			continue
 		}
-		info := e.node
+		info := *e.node
 		if info.Name == self.Name {
 			ix.skip(k, "")
 			continue

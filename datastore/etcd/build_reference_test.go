@@ -105,13 +105,13 @@ func (b *refBuilder) buildPools(c *config.Cluster) []*calico.IPPool {
 func (b *refBuilder) buildNodes(c *config.Cluster, me *config.Node) {
 	self := &config.Node{Name: me.Name, Address: me.Address, Labels: me.Labels, VTEPMAC: me.VTEPMAC}
 	if e, ok := b.entries[b.keys.Node(me.Name)]; ok && e.err == nil {
-		self.TunnelAddr = tunnelAddr(e.node)
+		self.TunnelAddr = tunnelAddr(*e.node)
 	}
 	c.Nodes = []*config.Node{self}
 	b.byName = map[string]*config.Node{self.Name: self}
 	addrs := map[netip.Addr]string{self.Address.Addr(): self.Name}
 	for _, n := range b.nodes {
-		info := n.node
+		info := *n.node
 		if info.Name == self.Name {
 			continue
 		}

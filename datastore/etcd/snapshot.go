@@ -168,7 +168,7 @@ func (snap *snapshot) entries(keys calico.Keys) (map[string]*entry, error) {
 			}
 			info.VTEPMAC = mac
 		}
-		out[keys.Node(n.Name)] = &entry{key: calico.Key{Kind: calico.KindNode, Name: n.Name}, node: info}
+		out[keys.Node(n.Name)] = &entry{key: calico.Key{Kind: calico.KindNode, Name: n.Name}, node: &info}
 	}
 	for _, b := range snap.Blocks {
 		out[keys.Block(b.CIDR)] = &entry{key: calico.Key{Kind: calico.KindBlock, CIDR: b.CIDR}, host: b.Host, affine: b.Affine, deleted: b.Deleted}
