@@ -835,6 +835,14 @@ func sameNode(a, b *config.Node) bool {
 		return true // a build shares the nodes whose blocks did not change
 	}
 	return a.Name == b.Name && a.Address == b.Address && maps.Equal(a.Labels, b.Labels) &&
-		bytes.Equal(a.VTEPMAC, b.VTEPMAC) && a.TunnelAddr == b.TunnelAddr &&
-		slices.EqualFunc(a.Blocks, b.Blocks, func(x, y pool.Block) bool { return x.Prefix == y.Prefix && x.Pool.Equal(y.Pool) })
+		bytes.Equal(a.VTEPMAC, b.VTEPMAC) && a.TunnelAddr == b.TunnelAddr && sameBlocks(a.Blocks, b.Blocks)
+}
+
+// sameBlocks compares two nodes' blocks; a node list built again shares
+// each node's unchanged blocks with the last, which need no comparing.
+func sameBlocks(a, b []pool.Block) bool {
+	if len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0]) {
+		return true
+	}
+	return slices.EqualFunc(a, b, func(x, y pool.Block) bool { return x.Prefix == y.Prefix && x.Pool.Equal(y.Pool) })
 }
