@@ -68,10 +68,11 @@ bench-micro:
 # node) and 100 plain etcd watches; 5,000 nodes joining at once, in a pool
 # of four times the blocks they need and in one of exactly as many.
 # SCALE_NODES, SCALE_BLOCKS, SCALE_WATCHERS, SCALE_STREAMS and SCALE_RUNS
-# (iterations of each) change the figures. At 5,000 × 20 a Source keeps
-# about 350 MB, so 25 watchers is what one process fits in 24 GB, with
-# GOMEMLIMIT keeping the collector ahead; 100 would need about 35 GB.
-# Takes about ten minutes.
+# (iterations of each) change the figures. At 5,000 × 20 a watcher (its
+# Source, cluster and plan) keeps about 130 MB (it was 350 MB before the
+# Source kept block heads only): 100 watchers would need about 13 GB (not
+# measured); 25 keep the run short, whose longest part is their first Loads
+# (4 minutes on 2 cores).
 SCALE_NODES    ?= 5000
 SCALE_BLOCKS   ?= 20
 SCALE_WATCHERS ?= 25

@@ -404,6 +404,13 @@ Deletes from the etcd datastore of the cluster file, like calicoctl delete:
 			return err
 		}
 		fmt.Fprintf(env.stdout, "ippool.projectcalico.org/%s deleted\n", name)
+		if len(d.Released.Blocks) > 0 {
+			fmt.Fprintf(env.stdout, "released %s (%s) and %s", count(len(d.Released.Blocks), "block"), joinPrefixes(d.Released.Blocks), count(len(d.Released.Handles), "handle"))
+			if len(d.Released.Handles) > 0 {
+				fmt.Fprintf(env.stdout, " (%s)", strings.Join(d.Released.Handles, ", "))
+			}
+			fmt.Fprintln(env.stdout)
+		}
 		if len(d.Blocks) > 0 {
 			fmt.Fprintf(env.stdout, "blocks left in %s: %d (%s); as in Calico, their addresses stay allocated until released (`overlayd get blocks`)\n",
 				d.CIDR, len(d.Blocks), joinPrefixes(d.Blocks))

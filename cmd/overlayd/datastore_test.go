@@ -197,10 +197,11 @@ func TestIPAMShowCommand(t *testing.T) {
 func TestDeleteCommands(t *testing.T) {
 	file, cli := etcdClusterFile(t)
 	runOK(t, "apply", "-f", writeManifest(t, cliPools), "--config", file)
-	etcdtest.SeedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
+	etcdtest.SeedNode(t, cli, "node-a", "198.18.1.10/24", "10.1.0.0/26", true)
+	etcdtest.SeedNode(t, cli, "node-b", "198.18.1.11/24", "192.168.0.0/26", true)
 
 	out := runOK(t, "delete", "ippool", "pool-a", "--config", file)
-	if !strings.Contains(out, "ippool.projectcalico.org/pool-a deleted") || !strings.Contains(out, "blocks left in 192.168.0.0/16: 1 (192.168.0.0/26)") {
+	if !strings.Contains(out, "ippool.projectcalico.org/pool-a deleted") || !strings.Contains(out, "released 1 block (192.168.0.0/26) and 1 handle (vxlan-tunnel-addr-node-b)") {
 		t.Errorf("delete ippool:\n%s", out)
 	}
 	code, _, errOut := run(t, "delete", "ippool", "pool-a", "--config", file)
@@ -215,7 +216,7 @@ func TestDeleteCommands(t *testing.T) {
 	}
 	code, out, errOut = run(t, "delete", "node", "node-a", "--config", file)
 	if code != 0 || !strings.Contains(out, "node.projectcalico.org/node-a deleted") ||
-		!strings.Contains(out, "released 1 block (192.168.0.0/26) and 1 handle (vxlan-tunnel-addr-node-a)") {
+		!strings.Contains(out, "released 1 block (10.1.0.0/26) and 1 handle (vxlan-tunnel-addr-node-a)") {
 		t.Errorf("delete node: exit %d:\n%s%s", code, out, errOut)
 	}
 	if out := runOK(t, "get", "nodes", "--config", file); rowOf(out, "node-a") != nil {

@@ -113,29 +113,35 @@ func DecodeBlock(data []byte) (*Block, error) {
 }
 
 func (b *Block) check() error {
-	if !b.CIDR.IsValid() || !b.CIDR.Addr().Is4() {
+	return checkAllocations(b.CIDR, b.Allocations, b.Unallocated, len(b.Attributes))
+}
+
+// checkAllocations is Block.check on a block's members, shared with
+// DecodeBlockHead.
+func checkAllocations(cidr netip.Prefix, allocations []*int, unallocated []int, attributes int) error {
+	if !cidr.IsValid() || !cidr.Addr().Is4() {
 		return errors.New("cidr: not an IPv4 CIDR")
 	}
-	if b.CIDR.Masked() != b.CIDR {
-		return fmt.Errorf("cidr: not a network address (did you mean %s?)", b.CIDR.Masked())
+	if cidr.Masked() != cidr {
+		return fmt.Errorf("cidr: not a network address (did you mean %s?)", cidr.Masked())
 	}
-	n := b.Size()
-	if len(b.Allocations) != n {
-		return fmt.Errorf("allocations: %d entries for a block of %d addresses", len(b.Allocations), n)
+	n := 1 << (32 - cidr.Bits())
+	if len(allocations) != n {
+		return fmt.Errorf("allocations: %d entries for a block of %d addresses", len(allocations), n)
 	}
-	for ord, idx := range b.Allocations {
-		if idx != nil && (*idx < 0 || *idx >= len(b.Attributes)) {
-			return fmt.Errorf("allocations[%d]: attribute index %d out of range (%d attributes)", ord, *idx, len(b.Attributes))
+	for ord, idx := range allocations {
+		if idx != nil && (*idx < 0 || *idx >= attributes) {
+			return fmt.Errorf("allocations[%d]: attribute index %d out of range (%d attributes)", ord, *idx, attributes)
 		}
 	}
 	seen := make([]bool, n)
-	for i, ord := range b.Unallocated {
+	for i, ord := range unallocated {
 		switch {
 		case ord < 0 || ord >= n:
 			return fmt.Errorf("unallocated[%d]: ordinal %d out of range 0..%d", i, ord, n-1)
 		case seen[ord]:
 			return fmt.Errorf("unallocated[%d]: ordinal %d listed twice", i, ord)
-		case b.Allocations[ord] != nil:
+		case allocations[ord] != nil:
 			return fmt.Errorf("unallocated[%d]: ordinal %d is also allocated", i, ord)
 		}
 		seen[ord] = true

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/overlayd/overlayd/config"
@@ -416,15 +418,58 @@ type PoolDeleted struct {
 	Name string `json:"name"`
 	// CIDR is the deleted pool's; invalid when its value could not be read.
 	CIDR netip.Prefix `json:"cidr"`
-	// Blocks are the blocks left in the pool's range: as in Calico, their
-	// addresses stay allocated until their owners release them.
+	// Released are the pool's blocks deleted with their affinities, and
+	// the handles (tunnel addresses) that lost addresses in them.
+	Released Released `json:"released"`
+	// Blocks are the blocks left in the pool's range: those no affinity
+	// names, which Calico leaves too (their addresses stay allocated until
+	// their owners release them).
 	Blocks []netip.Prefix `json:"blocks"`
 }
 
-// DeleteIPPool deletes the IPPool name, if it was not changed since it was
-// read, and lists the blocks left in its range. A pool whose value cannot
-// be read is deleted too: that is how a malformed entry is removed. A pool
-// that does not exist is ErrNotFound.
+// ErrPoolInUse is wrapped by DeleteIPPool when blocks of the pool hold
+// workload addresses.
+var ErrPoolInUse = errors.New("blocks of the pool hold workload addresses")
+
+// attrTypeWireGuard is the allocation type of calico-node's WireGuard
+// tunnel address (node/pkg/allocateip), which overlayd never allocates but
+// which is a tunnel address all the same.
+const attrTypeWireGuard = "wireguardTunnelAddress"
+
+// workloadAddrs counts the block's addresses allocated to workloads: not
+// a node's tunnel address, nor one its owner released (in Calico's release
+// cooldown).
+func workloadAddrs(b *calico.Block) int {
+	n := 0
+	for _, idx := range b.Allocations {
+		if idx == nil {
+			continue
+		}
+		attr := b.Attributes[*idx]
+		switch attr.ActiveOwnerAttrs[calico.AttrType] {
+		case calico.AttrTypeVXLAN, calico.AttrTypeIPIP, attrTypeWireGuard:
+			continue
+		}
+		if attr.ReleasedAt == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// DeleteIPPool deletes the IPPool name as `calicoctl delete ippool` does
+// (clientv3/ippool.go Delete): the pool is disabled, so that no node
+// claims or assigns from it meanwhile; each of its blocks that an affinity
+// names is released (ipam.go ReleasePoolAffinities), here with its tunnel
+// addresses and their handles, as IPAM.ReleaseNode releases a node's; then
+// the pool is deleted, if it was not changed since it was disabled.
+//
+// Unlike Calico, which strips the affinity from a block with workloads and
+// leaves the workloads' routes to chance, it refuses while blocks of the
+// pool hold workload addresses, naming them, and changes nothing
+// (ErrPoolInUse). A pool whose value cannot be read is deleted alone: that
+// is how a malformed entry is removed. A pool that does not exist is
+// ErrNotFound.
 func (a *Admin) DeleteIPPool(ctx context.Context, name string) (PoolDeleted, error) {
 	key := a.keys.IPPool(name)
 	resp, err := a.cli.Get(ctx, key)
@@ -436,17 +481,42 @@ func (a *Admin) DeleteIPPool(ctx context.Context, name string) (PoolDeleted, err
 	}
 	e := resp.Kvs[0]
 	out := PoolDeleted{Name: name}
-	if obj, err := calico.DecodeIPPool(e.Value); err == nil {
+	obj, err := calico.DecodeIPPool(e.Value)
+	if err == nil {
 		if cidr, err := netip.ParsePrefix(obj.Spec.CIDR); err == nil {
 			out.CIDR = cidr.Masked()
 		}
 	}
-	txn, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", e.ModRevision)).Then(clientv3.OpDelete(key)).Commit()
+	modRev := e.ModRevision
+	if out.CIDR.IsValid() {
+		if err := a.refuseInUse(ctx, name, out.CIDR); err != nil {
+			return out, err
+		}
+		if !obj.Spec.Disabled {
+			obj.Spec.Disabled = true
+			value, err := obj.MarshalJSON()
+			if err != nil {
+				return out, fmt.Errorf("IPPool %q: encoding it disabled: %w", name, err)
+			}
+			txn, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).Then(clientv3.OpPut(key, string(value))).Commit()
+			if err != nil {
+				return out, a.etcdErr(err)
+			}
+			if !txn.Succeeded {
+				return out, fmt.Errorf("IPPool %q changed while it was being deleted: %w", name, ErrConflict)
+			}
+			modRev = txn.Header.Revision
+		}
+		if out.Released, err = a.releasePool(ctx, name, out.CIDR); err != nil {
+			return out, err
+		}
+	}
+	txn, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).Then(clientv3.OpDelete(key)).Commit()
 	if err != nil {
-		return PoolDeleted{}, a.etcdErr(err)
+		return out, a.etcdErr(err)
 	}
 	if !txn.Succeeded {
-		return PoolDeleted{}, fmt.Errorf("IPPool %q changed while it was being deleted: %w", name, ErrConflict)
+		return out, fmt.Errorf("IPPool %q changed while it was being deleted (it is disabled, its free blocks released): %w", name, ErrConflict)
 	}
 	if !out.CIDR.IsValid() {
 		return out, nil
@@ -461,6 +531,108 @@ func (a *Admin) DeleteIPPool(ctx context.Context, name string) (PoolDeleted, err
 		}
 	}
 	return out, nil
+}
+
+// refuseInUse returns an error wrapping ErrPoolInUse, naming the blocks in
+// cidr that hold workload addresses, if any.
+func (a *Admin) refuseInUse(ctx context.Context, name string, cidr netip.Prefix) error {
+	kvs, _, err := a.list(ctx, a.keys.Blocks(), 0)
+	if err != nil {
+		return err
+	}
+	var inUse []string
+	for _, e := range kvs {
+		k, err := a.keys.Parse(e.key)
+		if err != nil || k.Kind != calico.KindBlock || !cidr.Overlaps(k.CIDR) {
+			continue
+		}
+		b, err := calico.DecodeBlock(e.value)
+		if err != nil {
+			continue // a malformed block is left as it is; `overlayd get blocks` shows it
+		}
+		if n := workloadAddrs(b); n > 0 {
+			host, _ := b.Host()
+			inUse = append(inUse, fmt.Sprintf("%s (node %q, %d)", k.CIDR, host, n))
+		}
+	}
+	if len(inUse) == 0 {
+		return nil
+	}
+	const named = 10
+	list := strings.Join(inUse[:min(len(inUse), named)], ", ")
+	if len(inUse) > named {
+		list += fmt.Sprintf(" and %d more", len(inUse)-named)
+	}
+	return fmt.Errorf("IPPool %q: %d of its blocks hold workload addresses: %s; release them first (delete those workloads, or their nodes with `overlayd delete node`), then delete the pool; nothing was changed: %w",
+		name, len(inUse), list, ErrPoolInUse)
+}
+
+// releasePool releases every block of cidr that an affinity names, with
+// its affinity and its addresses (tunnel addresses: blocks with workload
+// addresses were refused before), as ReleaseNode does for a node's.
+func (a *Admin) releasePool(ctx context.Context, name string, cidr netip.Prefix) (Released, error) {
+	kvs, _, err := a.list(ctx, a.keys.Affinities(), 0)
+	if err != nil {
+		return Released{}, err
+	}
+	var r Released
+	handles := map[string]bool{}
+	for _, e := range kvs {
+		k, err := a.keys.Parse(e.key)
+		if err != nil || k.Kind != calico.KindAffinity || !cidr.Overlaps(k.CIDR) {
+			continue
+		}
+		// A workload may have been given an address since the check, by an
+		// assigner that does not look at the pool: look again.
+		if err := a.refuseInUseBlock(ctx, name, k.CIDR); err != nil {
+			return r, err
+		}
+		aff := affinityKV{cidr: k.CIDR, kv: &mvccpb.KeyValue{Key: []byte(e.key), Value: e.value, ModRevision: e.modRevision}}
+		var released bool
+		var hs []string
+		err = errChanged
+		for i := 0; i < releaseRetries && errors.Is(err, errChanged); i++ {
+			if i > 0 {
+				if aff.kv, err = a.ipam.get(ctx, e.key); err != nil {
+					return r, err
+				}
+				if aff.kv == nil {
+					break // someone else released it
+				}
+			}
+			released, hs, err = a.ipam.releaseBlock(ctx, k.Name, aff)
+		}
+		if err != nil {
+			return r, fmt.Errorf("IPPool %q (disabled, not deleted): releasing block %s of node %q: %w", name, k.CIDR, k.Name, err)
+		}
+		if released {
+			r.Blocks = append(r.Blocks, k.CIDR)
+		}
+		for _, h := range hs {
+			handles[h] = true
+		}
+	}
+	slices.SortFunc(r.Blocks, blockOrder)
+	r.Handles = slices.Sorted(maps.Keys(handles))
+	return r, nil
+}
+
+// refuseInUseBlock is refuseInUse for one block, read now.
+func (a *Admin) refuseInUseBlock(ctx context.Context, name string, cidr netip.Prefix) error {
+	kv, err := a.ipam.get(ctx, a.keys.Block(cidr))
+	if err != nil || kv == nil {
+		return err
+	}
+	b, err := calico.DecodeBlock(kv.Value)
+	if err != nil {
+		return nil // releaseBlock says why it cannot release it
+	}
+	if n := workloadAddrs(b); n > 0 {
+		host, _ := b.Host()
+		return fmt.Errorf("IPPool %q: block %s (node %q) was given %d workload addresses while the pool was being deleted; the pool is disabled, not deleted: release them, then delete it again: %w",
+			name, cidr, host, n, ErrPoolInUse)
+	}
+	return nil
 }
 
 // ---- Nodes ---------------------------------------------------------------

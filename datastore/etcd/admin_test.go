@@ -379,34 +379,130 @@ func TestBlocksAndIPAMUse(t *testing.T) {
 	}
 }
 
-func TestDeleteIPPool(t *testing.T) {
-	a, cli := testAdmin(t)
-	ctx := testCtx(t)
-	if _, err := a.ApplyIPPools(ctx, manifest(t, poolA+poolB)); err != nil {
-		t.Fatal(err)
+// giveWorkload allocates n addresses of block to a workload, as Calico's
+// CNI plugin does.
+func giveWorkload(t *testing.T, cli *clientv3.Client, block string, n int) {
+	t.Helper()
+	key := calico.Keys{}.Block(netip.MustParsePrefix(block))
+	resp := mustGet(t, cli, key)
+	if len(resp.Kvs) != 1 {
+		t.Fatalf("no block %s", block)
 	}
-	etcdtest.SeedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
-	d, err := a.DeleteIPPool(ctx, "pool-a")
+	b, err := calico.DecodeBlock(resp.Kvs[0].Value)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.CIDR.String() != "192.168.0.0/16" || len(d.Blocks) != 1 || d.Blocks[0].String() != "192.168.0.0/26" {
-		t.Errorf("deleted %+v", d)
+	host, _ := b.Host()
+	if _, err := b.Assign(n, "k8s-pod-network.c0ffee.eth0", map[string]string{"namespace": "default", "pod": "web", calico.AttrNode: host}); err != nil {
+		t.Fatal(err)
 	}
-	if resp := mustGet(t, cli, calico.Keys{}.IPPool("pool-a")); len(resp.Kvs) != 0 {
-		t.Error("pool-a is still in etcd")
+	b.SequenceNumber++
+	data, err := json.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if resp := mustGet(t, cli, calico.Keys{}.IPPool("pool-b")); len(resp.Kvs) != 1 {
-		t.Error("pool-b was deleted too")
+	mustPut(t, cli, key, string(data))
+}
+
+func TestDeleteIPPool(t *testing.T) {
+	keys := calico.Keys{}
+	blockA := netip.MustParsePrefix("192.168.0.0/26")
+	tests := []struct {
+		name  string
+		seed  func(t *testing.T, cli *clientv3.Client)
+		err   error  // nil: deleted
+		msg   string // what the error names
+		want  string // the PoolDeleted, when deleted
+		gone  []string
+		stays []string
+	}{
+		{
+			name: "its blocks hold tunnel addresses only: released with their handles",
+			seed: func(t *testing.T, cli *clientv3.Client) {
+				etcdtest.SeedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
+				etcdtest.SeedNode(t, cli, "node-b", "198.18.1.11/24", "10.1.0.0/26", true)
+			},
+			want:  "cidr 192.168.0.0/16 released [192.168.0.0/26] handles [vxlan-tunnel-addr-node-a] left []",
+			gone:  []string{keys.IPPool("pool-a"), keys.Block(blockA), keys.Affinity("node-a", blockA), keys.Handle("vxlan-tunnel-addr-node-a")},
+			stays: []string{keys.IPPool("pool-b"), keys.Node("node-a"), keys.Block(netip.MustParsePrefix("10.1.0.0/26")), keys.Handle("vxlan-tunnel-addr-node-b")},
+		},
+		{
+			name: "a block holds a workload address: refused, naming it, nothing changed",
+			seed: func(t *testing.T, cli *clientv3.Client) {
+				etcdtest.SeedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
+				etcdtest.SeedNode(t, cli, "node-b", "198.18.1.11/24", "192.168.0.64/26", true)
+				giveWorkload(t, cli, "192.168.0.64/26", 2)
+			},
+			err:   ErrPoolInUse,
+			msg:   `1 of its blocks hold workload addresses: 192.168.0.64/26 (node "node-b", 2)`,
+			stays: []string{keys.IPPool("pool-a"), keys.Block(blockA), keys.Affinity("node-a", blockA), keys.Handle("vxlan-tunnel-addr-node-a")},
+		},
+		{
+			name: "a block no affinity names is left, as Calico leaves it",
+			seed: func(t *testing.T, cli *clientv3.Client) {
+				etcdtest.SeedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
+				if _, err := cli.Delete(context.Background(), keys.Affinity("node-a", blockA)); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want:  "cidr 192.168.0.0/16 released [] handles [] left [192.168.0.0/26]",
+			gone:  []string{keys.IPPool("pool-a")},
+			stays: []string{keys.Block(blockA), keys.Handle("vxlan-tunnel-addr-node-a")},
+		},
+		{
+			name: "a malformed pool is deleted alone: that is how it is fixed",
+			seed: func(t *testing.T, cli *clientv3.Client) {
+				etcdtest.SeedNode(t, cli, "node-a", "198.18.1.10/24", "192.168.0.0/26", true)
+				mustPut(t, cli, keys.IPPool("pool-a"), "{")
+			},
+			want:  "cidr invalid Prefix released [] handles [] left []",
+			gone:  []string{keys.IPPool("pool-a")},
+			stays: []string{keys.Block(blockA), keys.Affinity("node-a", blockA)},
+		},
 	}
-	if _, err := a.DeleteIPPool(ctx, "pool-a"); !errors.Is(err, ErrNotFound) {
-		t.Errorf("deleting it again: %v, want ErrNotFound", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, cli := testAdmin(t)
+			ctx := testCtx(t)
+			if _, err := a.ApplyIPPools(ctx, manifest(t, poolA+poolB)); err != nil {
+				t.Fatal(err)
+			}
+			tt.seed(t, cli)
+			before := mustGet(t, cli, keys.IPPool("pool-a"))
+			d, err := a.DeleteIPPool(ctx, "pool-a")
+			if tt.err != nil {
+				if !errors.Is(err, tt.err) || !strings.Contains(err.Error(), tt.msg) {
+					t.Fatalf("DeleteIPPool: %v; want %v saying %q", err, tt.err, tt.msg)
+				}
+				if after := mustGet(t, cli, keys.IPPool("pool-a")); after.Kvs[0].ModRevision != before.Kvs[0].ModRevision {
+					t.Errorf("pool-a was written (%s), want it as it was: a refusal changes nothing", after.Kvs[0].Value)
+				}
+			} else {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := fmt.Sprintf("cidr %s released %v handles %v left %v", d.CIDR, d.Released.Blocks, d.Released.Handles, d.Blocks); got != tt.want {
+					t.Errorf("deleted %s\nwant    %s", got, tt.want)
+				}
+			}
+			for _, k := range tt.gone {
+				if resp := mustGet(t, cli, k); len(resp.Kvs) != 0 {
+					t.Errorf("%s is still in etcd", k)
+				}
+			}
+			for _, k := range tt.stays {
+				if resp := mustGet(t, cli, k); len(resp.Kvs) != 1 {
+					t.Errorf("%s is gone", k)
+				}
+			}
+		})
 	}
-	// A malformed entry can be deleted: that is how it is fixed.
-	mustPut(t, cli, calico.Keys{}.IPPool("broken"), "{")
-	if _, err := a.DeleteIPPool(ctx, "broken"); err != nil {
-		t.Errorf("deleting a malformed pool: %v", err)
-	}
+	t.Run("a pool that is not there", func(t *testing.T) {
+		a, _ := testAdmin(t)
+		if _, err := a.DeleteIPPool(testCtx(t), "pool-a"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("DeleteIPPool: %v, want ErrNotFound", err)
+		}
+	})
 }
 
 func TestDeleteNode(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -30,7 +31,16 @@ const scaleMTU = 1500
 // bench-scale`), written as calico-node would have (seedScale):
 //
 //   - list: one node's list of the datastore (list-ms) and the cluster
-//     built from it (build-ms), and the heap both keep (MB-kept);
+//     built from it (build-ms), and the heap both keep (MB-kept: the
+//     Source's index and its cluster);
+//   - snapshot: one Source's snapshot of the listed datastore, taken and
+//     written (ns/op; a Source writes it at most every SnapshotInterval,
+//     30 s by default, and on Close), and its size (snapshot-MB);
+//   - rebuild: what a watch batch of one new block (its block and affinity
+//     keys, for a node that has blocks) costs a node that has listed the
+//     datastore: the index's build and the comparison with the last
+//     cluster (rebuild-ms, the mean of adding the block and removing it
+//     again), against the build of everything (full-build-ms);
 //   - load: a node's first Load (list, register, list again, build,
 //     snapshot), what a restart pays;
 //   - plan: plan.Build of that cluster for one node (ns/op) and the heap
@@ -41,11 +51,9 @@ const scaleMTU = 1500
 //     cluster to an apply that builds its plan. Reported: the time from the
 //     claim's start until a watcher's plan is built, p50 and max across
 //     watchers and iterations (p50-ms, max-ms), the claim itself
-//     (claim-ms), and the snapshot each Source writes after it applies
-//     (snapshot-p50-ms, snapshot-max-ms: from the plan built to the file
-//     written; snapshot-MB its size), and the live heap per watcher
-//     (heap-MB/watcher: its Source, cluster and plan). An iteration ends when every watcher has written its
-//     snapshot, so iterations do not overlap. The latency includes the
+//     (claim-ms), and the live heap per watcher (heap-MB/watcher: its
+//     Source, cluster and plan). An iteration ends when every watcher has
+//     applied, so iterations do not overlap. The latency includes the
 //     Source's batch delay (100 ms, its default). All watchers share this
 //     process's cores: with many watchers it measures the rebuilds queued
 //     behind each other, not one node's latency;
@@ -66,6 +74,8 @@ func BenchmarkScale(b *testing.B) {
 	pools := []*calico.IPPool{p}
 
 	b.Run("list", func(b *testing.B) { benchScaleList(b, srv) })
+	b.Run("snapshot", func(b *testing.B) { benchScaleSnapshot(b, srv) })
+	b.Run("rebuild", func(b *testing.B) { benchScaleRebuild(b, srv) })
 	b.Run("load", func(b *testing.B) { benchScaleLoad(b, srv) })
 	b.Run("plan", func(b *testing.B) { benchScalePlan(b, srv) })
 	joiner := &scaleJoiner{ipam: NewIPAM(cli, keys, nil), cli: cli, keys: keys, pools: pools, next: size.nodes}
@@ -99,25 +109,26 @@ func heapAfterGC() uint64 {
 func benchScaleList(b *testing.B, srv *etcdtest.Server) {
 	s := openScaleSource(b, srv, 0)
 	ctx := context.Background()
-	listBuild := func() (map[string]*entry, built, time.Duration, time.Duration) {
+	listBuild := func() (*index, built, time.Duration, time.Duration) {
 		t0 := time.Now()
 		entries, _, err := s.list(ctx)
 		if err != nil {
 			b.Fatal(err)
 		}
 		t1 := time.Now()
-		bl, err := build(s.keys, s.local, s.node, entries)
+		ix := s.indexOf(entries)
+		bl, err := ix.build()
 		if err != nil {
 			b.Fatal(err)
 		}
-		return entries, bl, t1.Sub(t0), time.Since(t1)
+		return ix, bl, t1.Sub(t0), time.Since(t1)
 	}
 	before := heapAfterGC()
-	entries, bl, _, _ := listBuild()
+	ix, bl, _, _ := listBuild()
 	kept := float64(heapAfterGC()) - float64(before)
-	b.ReportMetric(float64(len(entries)), "keys")
+	b.ReportMetric(float64(len(ix.all())), "keys")
 	b.ReportMetric(float64(len(bl.skipped)), "skipped")
-	runtime.KeepAlive(entries)
+	runtime.KeepAlive(ix)
 	runtime.KeepAlive(bl)
 	var listT, buildT time.Duration
 	for b.Loop() {
@@ -128,6 +139,95 @@ func benchScaleList(b *testing.B, srv *etcdtest.Server) {
 	b.ReportMetric(float64(listT.Microseconds())/1e3/float64(b.N), "list-ms/op")
 	b.ReportMetric(float64(buildT.Microseconds())/1e3/float64(b.N), "build-ms/op")
 	b.ReportMetric(kept/1e6, "MB-kept")
+}
+
+func benchScaleSnapshot(b *testing.B, srv *etcdtest.Server) {
+	s := openScaleSource(b, srv, 0)
+	entries, rev, err := s.list(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ix := s.indexOf(entries)
+	if _, err := ix.build(); err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	for b.Loop() {
+		snap, err := snapshotOf(ix, rev)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := saveSnapshot(dir, snap); err != nil {
+			b.Fatal(err)
+		}
+	}
+	fi, err := os.Stat(filepath.Join(dir, SnapshotFile))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(fi.Size())/1e6, "snapshot-MB")
+}
+
+func benchScaleRebuild(b *testing.B, srv *etcdtest.Server) {
+	s := openScaleSource(b, srv, 0)
+	entries, _, err := s.list(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	t0 := time.Now()
+	ix := newIndex(s.keys, s.local, s.node)
+	for k, e := range entries {
+		ix.put(k, e)
+	}
+	last, err := ix.build()
+	if err != nil {
+		b.Fatal(err)
+	}
+	full := time.Since(t0)
+	// A free block of the pool, for node 1.
+	host := scaleNodeName(1)
+	var cidr netip.Prefix
+	for c := range candidates(netip.MustParsePrefix(scalePoolCIDR), scaleBlockSize, "rebuild") {
+		if ix.get(s.keys.Block(c)) == nil {
+			cidr = c
+			break
+		}
+	}
+	blk, err := calico.NewBlock(cidr, host, time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	blockKey, affKey := s.keys.Block(cidr), s.keys.Affinity(host, cidr)
+	blockVal, err := json.Marshal(blk)
+	if err != nil {
+		b.Fatal(err)
+	}
+	affVal := []byte(`{"state":"confirmed","deleted":false}`)
+	rebuild := func() {
+		next, err := ix.build()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if sameRouting(last.cluster, next.cluster) {
+			b.Fatal("a batch that adds or removes a block routes as the last")
+		}
+		last = next
+	}
+	var took time.Duration
+	for b.Loop() {
+		ix.put(blockKey, decodeEntry(s.keys, blockKey, blockVal, 1))
+		ix.put(affKey, decodeEntry(s.keys, affKey, affVal, 1))
+		t := time.Now()
+		rebuild()
+		took += time.Since(t)
+		ix.remove(blockKey)
+		ix.remove(affKey)
+		t = time.Now()
+		rebuild()
+		took += time.Since(t)
+	}
+	b.ReportMetric(float64(took.Microseconds())/1e3/float64(2*b.N), "rebuild-ms")
+	b.ReportMetric(float64(full.Microseconds())/1e3, "full-build-ms")
 }
 
 func benchScaleLoad(b *testing.B, srv *etcdtest.Server) {
@@ -208,8 +308,7 @@ func (j *scaleJoiner) join(b testing.TB) string {
 
 // scaleWatcher is one watching node: its Source, and what its apply saw.
 type scaleWatcher struct {
-	src      *Source
-	snapshot string // its snapshot file
+	src *Source
 	// awaited is the node whose arrival is timed; seen gets the time the
 	// plan of the first cluster routing that node's blocks was built.
 	awaited *atomic.Pointer[string]
@@ -248,7 +347,7 @@ func benchScalePropagate(b *testing.B, srv *etcdtest.Server, j *scaleJoiner, wat
 	for i := range ws {
 		// One at a time: each first Load lists the whole datastore twice.
 		s := openScaleSource(b, srv, i)
-		w := &scaleWatcher{src: s, snapshot: filepath.Join(s.o.StateDir, SnapshotFile), awaited: &awaited, seen: make(chan time.Time, 1)}
+		w := &scaleWatcher{src: s, awaited: &awaited, seen: make(chan time.Time, 1)}
 		lctx, lcancel := context.WithTimeout(ctx, 10*time.Minute)
 		if _, err := s.Load(lctx); err != nil {
 			b.Fatal(err)
@@ -259,13 +358,9 @@ func benchScalePropagate(b *testing.B, srv *etcdtest.Server, j *scaleJoiner, wat
 	}
 	b.Logf("%d watchers loaded in %s", watchers, time.Since(t0).Round(time.Millisecond))
 
-	var latency, snapshot []time.Duration
+	var latency []time.Duration
 	var claim time.Duration
-	prev := make([]os.FileInfo, len(ws))
 	for b.Loop() {
-		for i, w := range ws {
-			prev[i] = w.snapshotFile(b)
-		}
 		name := scaleNodeName(j.next)
 		awaited.Store(&name)
 		start := time.Now()
@@ -273,11 +368,10 @@ func benchScalePropagate(b *testing.B, srv *etcdtest.Server, j *scaleJoiner, wat
 			b.Fatalf("joined %s, awaited %s", got, name)
 		}
 		claim += time.Since(start)
-		for i, w := range ws {
+		for _, w := range ws {
 			select {
 			case at := <-w.seen:
 				latency = append(latency, at.Sub(start))
-				snapshot = append(snapshot, w.waitSnapshot(b, prev[i], at))
 			case <-time.After(10 * time.Minute):
 				b.Fatalf("watcher %s never applied a cluster with %s", w.src.node, name)
 			}
@@ -290,40 +384,10 @@ func benchScalePropagate(b *testing.B, srv *etcdtest.Server, j *scaleJoiner, wat
 	}
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 }
 	slices.Sort(latency)
-	slices.Sort(snapshot)
 	b.ReportMetric(ms(latency[len(latency)/2]), "p50-ms")
 	b.ReportMetric(ms(latency[len(latency)-1]), "max-ms")
 	b.ReportMetric(ms(claim)/float64(b.N), "claim-ms")
-	b.ReportMetric(ms(snapshot[len(snapshot)/2]), "snapshot-p50-ms")
-	b.ReportMetric(ms(snapshot[len(snapshot)-1]), "snapshot-max-ms")
-	b.ReportMetric(float64(ws[0].snapshotFile(b).Size())/1e6, "snapshot-MB")
 	b.ReportMetric((float64(heapAfterGC())-float64(before))/1e6/float64(watchers), "heap-MB/watcher")
-}
-
-func (w *scaleWatcher) snapshotFile(b *testing.B) os.FileInfo {
-	b.Helper()
-	fi, err := os.Stat(w.snapshot)
-	if err != nil {
-		b.Fatalf("watcher %s: its snapshot: %v", w.src.node, err)
-	}
-	return fi
-}
-
-// waitSnapshot waits until the watcher's snapshot file is no longer prev
-// (Source.rebuild writes it anew, renamed over the old, once apply
-// returns) and returns how long after at it saw that.
-func (w *scaleWatcher) waitSnapshot(b *testing.B, prev os.FileInfo, at time.Time) time.Duration {
-	b.Helper()
-	deadline := time.Now().Add(10 * time.Minute)
-	for {
-		if fi := w.snapshotFile(b); !os.SameFile(fi, prev) {
-			return time.Since(at)
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("watcher %s wrote no snapshot after it applied", w.src.node)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func benchScaleFanout(b *testing.B, srv *etcdtest.Server, j *scaleJoiner, streams int) {

@@ -48,6 +48,11 @@ type Options struct {
 	// RetryMin and RetryMax bound the backoff between attempts to reach
 	// etcd (defaults 250 ms and 10 s).
 	RetryMin, RetryMax time.Duration
+	// SnapshotInterval is the least time between two writes of the
+	// snapshot (default 30 s): at 100,000 blocks it is megabytes, and a
+	// busy cluster changes every batch. A change waits at most this long
+	// to be written, and Close writes what is left.
+	SnapshotInterval time.Duration
 	// LeaseTTL is the liveness key's lease (default 90 s, as Felix);
 	// LivenessInterval how often the report is rewritten (default 30 s).
 	LeaseTTL, LivenessInterval time.Duration
@@ -67,6 +72,7 @@ func (o Options) withDefaults(d config.Datastore) Options {
 	def(&o.ProbeInterval, 5*time.Second)
 	def(&o.RetryMin, 250*time.Millisecond)
 	def(&o.RetryMax, 10*time.Second)
+	def(&o.SnapshotInterval, 30*time.Second)
 	def(&o.LeaseTTL, 90*time.Second)
 	def(&o.LivenessInterval, 30*time.Second)
 	if o.StateDir == "" {
@@ -111,9 +117,10 @@ type Source struct {
 	mu sync.Mutex // guards what follows
 	// local is the file: node-local sections and this node's entry.
 	local *config.Cluster
-	// entries are the keys the node reads, decoded, at revision rev.
-	entries map[string]*entry
-	rev     int64
+	// ix holds the keys the node reads, decoded, at revision rev, and
+	// the cluster built from them.
+	ix  *index
+	rev int64
 	// fresh says entries come from etcd, not from the snapshot.
 	fresh bool
 	// registered: this node's Node is written; deleted: someone deleted it
@@ -126,6 +133,13 @@ type Source struct {
 	skipped    map[string]string // the last build's skipped entries, by key
 	last       *config.Cluster   // the cluster last handed out
 	status     datastore.Status
+	// The snapshot: snapDue says the cluster changed since it was last
+	// written, at snapAt; snapTimer, when set, writes it later.
+	snapDue   bool
+	snapAt    time.Time
+	snapTimer *time.Timer
+
+	snapMu sync.Mutex // one snapshot write at a time
 }
 
 var _ datastore.Source = (*Source)(nil)
@@ -153,7 +167,7 @@ func OpenWith(d config.Datastore, local *config.Cluster, node string, log *slog.
 	keys := calico.Keys{Prefix: d.Prefix}
 	s := &Source{
 		cli: cli, keys: keys, endpoints: d.Endpoints, node: node, log: log.With("datastore", "etcd"), o: o,
-		ipam: o.IPAM, started: time.Now(), local: local, entries: map[string]*entry{},
+		ipam: o.IPAM, started: time.Now(), local: local, ix: newIndex(keys, local, node),
 		status: datastore.Status{Type: config.DatastoreEtcd, Since: time.Now()},
 	}
 	if s.ipam == nil {
@@ -166,11 +180,17 @@ func OpenWith(d config.Datastore, local *config.Cluster, node string, log *slog.
 	return s, nil
 }
 
-// Close ends the liveness lease (revoking it: the node is no longer live)
-// and the connection to etcd.
+// Close writes the snapshot if it is behind, ends the liveness lease
+// (revoking it: the node is no longer live) and the connection to etcd.
 func (s *Source) Close() error {
 	s.closeOnce.Do(func() {
 		s.stop()
+		s.mu.Lock()
+		if s.snapTimer != nil {
+			s.snapTimer.Stop()
+		}
+		s.mu.Unlock()
+		s.writeSnapshot()
 		s.liveness.Wait()
 		if err := s.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
 			s.closeErr = fmt.Errorf("closing the etcd client: %w", err)
@@ -291,6 +311,7 @@ func (s *Source) rereadFile(ctx context.Context) error {
 	old := s.local.Node(s.node)
 	changed := old.Address != me.Address || !maps.Equal(old.Labels, me.Labels) || old.VTEPMAC.String() != me.VTEPMAC.String()
 	s.local = c
+	s.ix.setLocal(c)
 	reg := changed && s.registered && s.fresh
 	s.mu.Unlock()
 	if reg {
@@ -310,7 +331,7 @@ func (s *Source) resync(ctx context.Context) (c *config.Cluster, changed bool, e
 		return nil, false, err
 	}
 	s.mu.Lock()
-	s.entries, s.rev, s.fresh = entries, rev, true
+	s.ix, s.rev, s.fresh = s.indexOf(entries), rev, true
 	b, err := s.buildLocked()
 	registered := s.registered
 	s.mu.Unlock()
@@ -325,7 +346,7 @@ func (s *Source) resync(ctx context.Context) (c *config.Cluster, changed bool, e
 			return nil, false, err
 		}
 		s.mu.Lock()
-		s.entries, s.rev = entries, rev
+		s.ix, s.rev = s.indexOf(entries), rev
 		b, err = s.buildLocked()
 		s.mu.Unlock()
 		if err != nil {
@@ -334,7 +355,7 @@ func (s *Source) resync(ctx context.Context) (c *config.Cluster, changed bool, e
 	}
 	s.markUp()
 	changed = s.handOut(b)
-	s.saveSnapshot()
+	s.snapshotChanged()
 	return b.cluster, changed, nil
 }
 
@@ -363,10 +384,20 @@ func (s *Source) list(ctx context.Context) (map[string]*entry, int64, error) {
 	return entries, rev, nil
 }
 
-// buildLocked builds the cluster from the entries, reports entries skipped
-// since the last build, and keeps the pools to claim from. s.mu is held.
+// indexOf indexes a listing's entries. s.mu is held.
+func (s *Source) indexOf(entries map[string]*entry) *index {
+	ix := newIndex(s.keys, s.local, s.node)
+	for k, e := range entries {
+		ix.put(k, e)
+	}
+	return ix
+}
+
+// buildLocked brings the cluster up to date with the entries, reports
+// entries skipped since the last build, and keeps the pools to claim from.
+// s.mu is held.
 func (s *Source) buildLocked() (built, error) {
-	b, err := build(s.keys, s.local, s.node, s.entries)
+	b, err := s.ix.build()
 	if err != nil {
 		return built{}, err
 	}
@@ -415,16 +446,43 @@ func (s *Source) markDown(err error) {
 	s.status.LastError = err.Error()
 }
 
-// saveSnapshot keeps the entries for a start without etcd; failing to is
-// logged, not fatal.
-func (s *Source) saveSnapshot() {
+// snapshotChanged notes that the cluster changed: the snapshot is written
+// now when the last write is SnapshotInterval old (or there was none),
+// else when it will be.
+func (s *Source) snapshotChanged() {
 	s.mu.Lock()
-	snap := &snapshot{Prefix: s.keys.Prefix, Revision: s.rev, Saved: time.Now().UTC(), Entries: make(map[string]snapshotEntry, len(s.entries))}
-	for k, e := range s.entries {
-		snap.Entries[k] = snapshotEntry{Value: string(e.value), ModRevision: e.modRev}
+	s.snapDue = true
+	if s.snapTimer != nil {
+		s.mu.Unlock()
+		return // a write is on its way
+	}
+	if wait := time.Until(s.snapAt.Add(s.o.SnapshotInterval)); wait > 0 && s.life.Err() == nil {
+		s.snapTimer = time.AfterFunc(wait, s.writeSnapshot)
+		s.mu.Unlock()
+		return
 	}
 	s.mu.Unlock()
-	if err := saveSnapshot(s.o.StateDir, snap); err != nil {
+	s.writeSnapshot()
+}
+
+// writeSnapshot keeps the entries, decoded, for a start without etcd, if
+// they changed since it last did; failing to is logged, not fatal.
+func (s *Source) writeSnapshot() {
+	s.snapMu.Lock()
+	defer s.snapMu.Unlock()
+	s.mu.Lock()
+	s.snapTimer = nil
+	if !s.snapDue {
+		s.mu.Unlock()
+		return
+	}
+	snap, err := snapshotOf(s.ix, s.rev)
+	s.snapDue, s.snapAt = false, time.Now()
+	s.mu.Unlock()
+	if err == nil {
+		err = saveSnapshot(s.o.StateDir, snap)
+	}
+	if err != nil {
 		s.log.Warn("the datastore snapshot is not saved: a start without etcd will use an older one or none", "err", err)
 	}
 }
@@ -439,14 +497,12 @@ func (s *Source) fromSnapshot() (*config.Cluster, bool, error) {
 	if snap.Prefix != s.keys.Prefix {
 		return nil, false, fmt.Errorf("the snapshot in %s is of prefix %q, not %q", s.o.StateDir, snap.Prefix, s.keys.Prefix)
 	}
-	entries := make(map[string]*entry, len(snap.Entries))
-	for k, v := range snap.Entries {
-		if e := decodeEntry(s.keys, k, []byte(v.Value), v.ModRevision); e != nil {
-			entries[k] = e
-		}
+	entries, err := snap.entries(s.keys)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %w", s.o.StateDir, err)
 	}
 	s.mu.Lock()
-	s.entries, s.rev, s.fresh = entries, snap.Revision, false
+	s.ix, s.rev, s.fresh = s.indexOf(entries), snap.Revision, false
 	b, err := s.buildLocked()
 	s.mu.Unlock()
 	if err != nil {
@@ -469,7 +525,7 @@ func (s *Source) register(ctx context.Context) error {
 	defer cancel()
 	s.mu.Lock()
 	me := *s.local.Node(s.node)
-	pools, sig := s.claimPools, poolSignature(s.claimPools, s.entries, s.keys)
+	pools, sig := s.claimPools, poolSignature(s.claimPools, s.ix.entries, s.keys)
 	first, deleted := !s.registered, s.deleted
 	s.mu.Unlock()
 	if deleted {

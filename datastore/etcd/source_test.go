@@ -577,3 +577,65 @@ func TestReloadWritesTheFilesNewLabels(t *testing.T) {
 		t.Errorf("node-a's Node has zone %q, want the file's new %q", got, "b")
 	}
 }
+
+// TestSnapshotIsWrittenAtMostEveryInterval: the first Load writes the
+// snapshot; a change applied later is written once SnapshotInterval has
+// passed since, or by Close, whichever comes first.
+func TestSnapshotIsWrittenAtMostEveryInterval(t *testing.T) {
+	tests := []struct {
+		name     string
+		interval time.Duration
+		// byItself: the change is on disk before Close.
+		byItself bool
+	}{
+		{"an interval that has not passed: Close writes it", time.Hour, false},
+		{"an interval that passes: written without Close", 300 * time.Millisecond, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			vxlanCluster(t).put(h.cli)
+			o := h.options()
+			o.SnapshotInterval = tt.interval
+			s := h.open(o)
+			h.load(s)
+			blocks := func() string {
+				snap, ok, err := loadSnapshot(h.stateDir)
+				if err != nil || !ok {
+					t.Fatalf("the snapshot: ok %v, err %v", ok, err)
+				}
+				entries, err := snap.entries(calico.Keys{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, err := build(calico.Keys{}, s.local, "node-a", entries)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return blocksOf(b.cluster)
+			}
+			before := blocks()
+			a := h.watch(s)
+			newLayout(t).node("node-c", "198.18.2.10/24", "").block("192.168.0.128/26", "node-c").put(h.cli)
+			c := a.next(t, 5*time.Second)
+			want := blocksOf(c)
+			if want == before {
+				t.Fatalf("the change applied nothing new: %s", want)
+			}
+			if tt.byItself {
+				eventually(t, 5*time.Second, "the snapshot holds the change", func() bool { return blocks() == want })
+				return
+			}
+			time.Sleep(500 * time.Millisecond)
+			if got := blocks(); got != before {
+				t.Errorf("snapshot %s before Close, want the first Load's %s: one write per interval", got, before)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if got := blocks(); got != want {
+				t.Errorf("snapshot %s after Close, want %s", got, want)
+			}
+		})
+	}
+}

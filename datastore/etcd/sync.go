@@ -192,15 +192,14 @@ func (s *Source) ingest(events []*clientv3.Event) (changed bool) {
 		key := string(ev.Kv.Key)
 		s.rev = max(s.rev, ev.Kv.ModRevision)
 		if ev.Type == clientv3.EventTypeDelete {
-			if _, ok := s.entries[key]; ok {
-				delete(s.entries, key)
+			if s.ix.remove(key) {
 				changed = true
 			}
 			deletedSelf = deletedSelf || key == self && s.registered
 			continue
 		}
 		if e := decodeEntry(s.keys, key, ev.Kv.Value, ev.Kv.ModRevision); e != nil {
-			s.entries[key] = e
+			s.ix.put(key, e)
 			changed = true
 		}
 	}
@@ -212,7 +211,7 @@ func (s *Source) ingest(events []*clientv3.Event) (changed bool) {
 }
 
 // rebuild builds the cluster from the entries, applies it when it routes
-// differently, keeps it in the snapshot, and claims blocks when the pools
+// differently, notes it for the snapshot, and claims blocks when the pools
 // changed.
 func (s *Source) rebuild(ctx context.Context, apply func(*config.Cluster)) {
 	s.mu.Lock()
@@ -224,7 +223,7 @@ func (s *Source) rebuild(ctx context.Context, apply func(*config.Cluster)) {
 	}
 	if s.handOut(b) {
 		apply(b.cluster)
-		s.saveSnapshot()
+		s.snapshotChanged()
 	}
 	s.claimIfPoolsChanged(ctx)
 }
@@ -235,7 +234,7 @@ func (s *Source) rebuild(ctx context.Context, apply func(*config.Cluster)) {
 func (s *Source) claimIfPoolsChanged(ctx context.Context) {
 	s.mu.Lock()
 	due := s.registered && !s.deleted && len(s.claimPools) > 0 &&
-		poolSignature(s.claimPools, s.entries, s.keys) != s.claimedFor
+		poolSignature(s.claimPools, s.ix.entries, s.keys) != s.claimedFor
 	s.mu.Unlock()
 	if !due {
 		return
