@@ -40,8 +40,9 @@ var _ ipam.Store = (*WorkloadStore)(nil)
 // OpenWorkloadStore connects to the [datastore] section d (Connect) and
 // opens node's store; Close closes the connection. The node must have its
 // Node resource in etcd (overlayd registers it when it starts): its labels
-// decide which pools select it. Blocks the node claims for workloads count
-// against d.MaxBlocksPerNode.
+// decide which pools select it. An Assign claims another block only while
+// the node holds fewer than d.MaxBlocksPerNode in the pools it may use (0:
+// no limit, as for EnsureBlocks; Calico's default of 20 does not apply).
 func OpenWorkloadStore(ctx context.Context, d config.Datastore, node string) (*WorkloadStore, error) {
 	cli, err := Connect(d)
 	if err != nil {
@@ -259,7 +260,7 @@ func (s *WorkloadStore) claimNew(ctx context.Context, pools []ipamPool, taken ma
 // many as it may.
 func (s *WorkloadStore) limitError(usable []heldBlock, pools []ipamPool) error {
 	e := fullError(s.node, usable)
-	e.Fix = fmt.Sprintf("the node holds %d blocks of pool %s, the limit (maxBlocksPerNode = %d in the [datastore] section): raise it, or release workloads' addresses",
+	e.Fix = fmt.Sprintf("the node holds %d blocks in the pools it may use (%s), the limit: raise maxBlocksPerNode (now %d) in the [datastore] section, or release workloads' addresses",
 		len(usable), poolNames(pools), s.m.MaxBlocksPerNode)
 	return e
 }
