@@ -62,6 +62,7 @@ func overlaydValues(t *testing.T) []struct {
 	}
 	handle := NewHandle()
 	handle.Increment(block.CIDR, 1)
+	workloads, workloadHandle := workloadBlock(t)
 	return []struct {
 		file   string
 		value  any
@@ -73,8 +74,46 @@ func overlaydValues(t *testing.T) []struct {
 		{"block.json", block, &calicoAllocationBlock{}},
 		{"affinity.json", &Affinity{State: StateConfirmed}, &calicoBlockAffinity{}},
 		{"handle.json", handle, &calicoIPAMHandle{}},
+		{"block-workload.json", workloads, &calicoAllocationBlock{}},
+		{"handle-workload.json", workloadHandle, &calicoIPAMHandle{}},
 		{"liveness.json", NewLiveness(testNow, 90*time.Second+500*time.Millisecond, true), &calicoStatusReport{}},
 	}
+}
+
+// workloadBlock is a block after what a workload store does
+// (datastore/etcd assign.go, whose test compares etcd's values with these
+// golden files): the tunnel address, two workloads' addresses (handles
+// <network>.<containerID>.<ifname>, owner attributes as the CNI plugin
+// sets them), the first released again; each change one update
+// (SequenceNumber incremented). handle is the second workload's handle.
+func workloadBlock(t *testing.T) (block *Block, handle *Handle) {
+	t.Helper()
+	block, err := NewBlock(netip.MustParsePrefix("192.168.0.0/29"), "node-a", testNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tunnelID, tunnelAttrs, err := TunnelAllocation("node-a", AttrTypeVXLAN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := block.Assign(1, tunnelID, tunnelAttrs); err != nil {
+		t.Fatal(err)
+	}
+	block.SequenceNumber++
+	for _, id := range []string{"c1", "c2"} {
+		attrs := map[string]string{"node": "node-a", "containerID": id, "ifname": "eth0", "network": "overlayd", "timestamp": testNow.String()}
+		if _, err := block.Assign(1, "overlayd."+id+".eth0", attrs); err != nil {
+			t.Fatal(err)
+		}
+		block.SequenceNumber++
+	}
+	if _, err := block.Release(block.OrdinalsOf("overlayd.c1.eth0")); err != nil {
+		t.Fatal(err)
+	}
+	block.SequenceNumber++
+	handle = NewHandle()
+	handle.Increment(block.CIDR, 1)
+	return block, handle
 }
 
 // TestOverlaydValuesAreCalicos holds what overlayd writes to the golden files
