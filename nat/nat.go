@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -76,8 +77,12 @@ type NAT struct {
 	// which the netstack takes over without another copy.
 	queue chan *buffer.View
 	// relayBufs holds the TCP relays' buffers, datagramBufs buffers for
-	// the largest datagram.
+	// the largest datagram (echo flows').
 	relayBufs, datagramBufs sync.Pool
+	// poller reads every UDP flow's host socket; udpTx is the inbound
+	// loop's state for sending on them.
+	poller *udpPoller
+	udpTx  udpWriter
 
 	// wg counts the NAT's goroutines; track refuses new ones once Close
 	// has begun, so wg.Wait cannot race with a late Add.
@@ -85,7 +90,8 @@ type NAT struct {
 	closing bool
 	wg      sync.WaitGroup
 
-	dropped, ignored atomic.Uint64
+	drops   dropCounters
+	ignored atomic.Uint64
 	// echoIdent hands out echo identifiers for raw ICMP sockets, which
 	// unlike ping sockets do not get one from the kernel.
 	echoIdent atomic.Uint32
@@ -122,16 +128,24 @@ func New(cfg Config) (*NAT, error) {
 	}
 	n.relayBufs.New = func() any { b := make([]byte, relayBufSize); return &b }
 	n.datagramBufs.New = func() any { b := make([]byte, datagramBufSize); return &b }
+	n.udpTx.write = n.udpTx.writeFD
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.table = newTable(n.ctx, cfg.MaxFlows, cfg.MaxFlowsPerSource, cfg.Timeouts, time.Now)
-	if err := n.newStack(); err != nil {
+	var err error
+	if n.poller, err = newUDPPoller(n); err != nil {
 		n.cancel()
 		return nil, err
 	}
-	n.wg.Add(3)
+	if err := n.newStack(); err != nil {
+		n.cancel()
+		n.poller.close()
+		return nil, err
+	}
+	n.wg.Add(4)
 	go n.inbound()
 	go n.outbound()
 	go n.sweep()
+	go n.poller.run()
 	return n, nil
 }
 
@@ -171,10 +185,14 @@ func (n *NAT) newStack() error {
 			return fmt.Errorf("nat: netstack TCP option %T: %s", o, err)
 		}
 	}
-	tcpFwd := tcp.NewForwarder(s, 0, queueLen, n.handleTCP)
+	// The forwarder drops, uncounted but for a netstack statistic, the
+	// SYNs beyond maxInFlight handshakes at once. Every SYN it sees was
+	// admitted against the table's limits (or is reset at once), so those
+	// limits, which count and answer a refusal, are the only ones.
+	tcpFwd := tcp.NewForwarder(s, 0, math.MaxInt32, n.handleTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
-	udpFwd := udp.NewForwarder(s, n.handleUDP)
-	s.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
+	// Only UDP datagrams reassembled from fragments reach the netstack.
+	s.SetTransportProtocolHandler(udp.ProtocolNumber, n.handleUDPPacket)
 	n.stack = s
 	return nil
 }
@@ -214,7 +232,7 @@ func (n *NAT) Deliver(pkt []byte) {
 	select {
 	case n.queue <- v:
 	default:
-		n.dropped.Add(1)
+		n.drops.add(dropQueueFull)
 		v.Release()
 	}
 }
@@ -292,6 +310,11 @@ func (n *NAT) admit(pkt []byte) bool {
 			return false
 		}
 		u := header.UDP(pkt[hl:])
+		whole := !ip.More()
+		if whole && (int(u.Length()) < header.UDPMinimumSize || int(u.Length()) > len(u) || !udpChecksumValid(ip, u[:u.Length()])) {
+			n.ignored.Add(1)
+			return false
+		}
 		k := flowKey{protoUDP, netip.AddrPortFrom(src, u.SourcePort()), netip.AddrPortFrom(dst, u.DestinationPort())}
 		// A flow's later datagrams need only the read lock.
 		e := n.table.lookup(k)
@@ -304,7 +327,11 @@ func (n *NAT) admit(pkt []byte) bool {
 			}
 		}
 		e.countOut(len(pkt), now)
-		return true
+		if !whole {
+			return true // the netstack reassembles it for handleUDPPacket
+		}
+		n.udpOut(e, u[header.UDPMinimumSize:u.Length()])
+		return false
 	case protoTCP:
 		if len(pkt) < hl+header.TCPMinimumSize {
 			return true // the netstack drops it
@@ -347,8 +374,15 @@ func (n *NAT) sendICMPError(typ header.ICMPv4Type, code header.ICMPv4Code, info 
 	if msg == nil {
 		return
 	}
-	if err := n.cfg.Out([][]byte{msg}); err != nil {
-		n.log.Debug("nat: writing an ICMP error toward a workload", "err", err)
+	n.out([][]byte{msg})
+}
+
+// out writes packets toward the workloads with Config.Out, counting those
+// it refuses.
+func (n *NAT) out(bufs [][]byte) {
+	if err := n.cfg.Out(bufs); err != nil {
+		n.drops.addN(dropOutFailed, uint64(len(bufs)))
+		n.log.Debug("nat: writing toward a workload", "err", err)
 	}
 }
 
@@ -375,9 +409,7 @@ func (n *NAT) reply(pkt *stack.PacketBuffer, buf []byte, bufs [][]byte) {
 	size := copyPacket(buf[encap.Headroom:], pkt)
 	n.countReply(buf[encap.Headroom : encap.Headroom+size])
 	bufs[0] = buf[:encap.Headroom+size]
-	if err := n.cfg.Out(bufs); err != nil {
-		n.log.Debug("nat: writing toward a workload", "err", err)
-	}
+	n.out(bufs)
 }
 
 // copyPacket copies the packet (from its first header) into b and returns
@@ -444,6 +476,7 @@ func (n *NAT) sweep() {
 		case now := <-tick.C:
 			if k := n.table.expire(now); k > 0 {
 				n.log.Debug("nat: flows expired", "count", k)
+				n.poller.reap()
 			}
 			// SetLimits may have shortened a timeout.
 			if next := interval(); next != every {
@@ -483,7 +516,7 @@ func (n *NAT) Flows() []Flow { return n.table.snapshot() }
 // Stats returns the NAT's counters.
 func (n *NAT) Stats() Stats {
 	s := n.table.stats()
-	s.Dropped = n.dropped.Load()
+	s.Drops = n.drops.snapshot()
 	s.Ignored = n.ignored.Load()
 	return s
 }
@@ -501,6 +534,7 @@ func (n *NAT) Close() error {
 	n.wgMu.Unlock()
 	n.cancel()
 	n.table.stopAll()
+	n.poller.close()
 	// Closing the stack aborts its endpoints, handshakes in progress
 	// included, so no forwarder goroutine stays blocked in one.
 	n.stack.Close()

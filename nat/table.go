@@ -176,8 +176,11 @@ type entry struct {
 	// echoRequests feeds an ICMP flow's sender; only the inbound loop
 	// touches it.
 	echoRequests chan echoRequest
-	// relaying says a goroutine serves the flow; set once.
+	// relaying says a goroutine serves the (TCP) flow; set once.
 	relaying atomic.Bool
+	// udp is a UDP flow's host socket, opened with its first datagram;
+	// only the inbound loop touches it.
+	udp *udpSock
 }
 
 func (e *entry) getState() state { return state(e.state.Load()) }
@@ -459,8 +462,9 @@ type Stats struct {
 	Expired uint64 `json:"expired"`
 	// Refused counts flows refused, by reason (the Refused constants).
 	Refused map[string]uint64 `json:"refused"`
-	// Dropped counts packets the NAT's queue had no room for.
-	Dropped uint64 `json:"dropped"`
+	// Drops counts packets the NAT took and could not pass on, by reason
+	// (the Drop constants).
+	Drops map[string]uint64 `json:"drops"`
 	// Ignored counts packets the NAT does not translate: malformed,
 	// ICMP other than echo requests, fragmented ICMP, and packets that
 	// arrive with TTL 0 (answered with time exceeded from the node).

@@ -1,0 +1,310 @@
+package nat
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/overlayd/overlayd/encap"
+)
+
+// The flow benchmarks need no root: the NAT's host sockets are the
+// process's own, on one of this host's addresses (not loopback: the
+// netstack refuses loopback destinations from a NIC that is not one), and
+// the workloads are packets handed to Deliver, their replies counted in
+// Out. Run them with
+//
+//	go test -run '^$' -bench 'NewFlows|IdleFlow' -benchtime 1x ./nat/
+
+// hostAddr is an IPv4 address of this host's other than loopback.
+func hostAddr(tb testing.TB) netip.Addr {
+	tb.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		tb.Skipf("no interface addresses: %v", err)
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() && !p.Addr().IsLoopback() {
+			return p.Addr()
+		}
+	}
+	tb.Skip("no IPv4 address other than loopback to relay through")
+	return netip.Addr{}
+}
+
+// udpEcho answers every datagram on a socket of addr with its own payload.
+func udpEcho(tb testing.TB, addr netip.Addr) netip.AddrPort {
+	tb.Helper()
+	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// A burst of new flows arrives at once: room for it, so that what the
+	// benchmark sees lost is lost in the NAT.
+	_ = c.SetReadBuffer(8 << 20)
+	tb.Cleanup(func() { c.Close() })
+	for range 2 {
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				n, from, err := c.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					if errors.Is(err, net.ErrClosed) {
+						return
+					}
+					continue
+				}
+				_, _ = c.WriteToUDPAddrPort(buf[:n], from)
+			}
+		}()
+	}
+	return c.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// flowSource is the workload end of flow i: 1,000 flows per address, under
+// the default per-source limit.
+func flowSource(i int) netip.AddrPort {
+	a := 1<<16 + i/1000 // 10.1.0.0 + the flow's thousand
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(a >> 16), byte(a >> 8), byte(a)}), uint16(20000+i%1000))
+}
+
+func flowIndex(src netip.AddrPort) int {
+	a := src.Addr().As4()
+	return (int(a[1])<<16|int(a[2])<<8|int(a[3])-1<<16)*1000 + int(src.Port()) - 20000
+}
+
+// udpFlows is a NAT relaying workload datagrams to an echo server and
+// counting, per flow, the replies that come back.
+type udpFlows struct {
+	nat  *NAT
+	echo netip.AddrPort
+	// replied[i] counts flow i's replies; got counts the flows with one.
+	replied []atomic.Uint32
+	got     atomic.Int64
+	pkt     []byte // the request being built; Deliver copies it
+}
+
+func newUDPFlows(tb testing.TB, flows int, timeouts Timeouts) *udpFlows {
+	tb.Helper()
+	addr := hostAddr(tb)
+	u := &udpFlows{echo: udpEcho(tb, addr), replied: make([]atomic.Uint32, flows)}
+	n, err := New(Config{Outside: addr, MaxFlows: max(flows, DefaultMaxFlows), Timeouts: timeouts, Out: u.out})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { n.Close() })
+	u.nat = n
+	return u
+}
+
+func (u *udpFlows) out(bufs [][]byte) error {
+	for _, b := range bufs {
+		pkt := header.IPv4(b[encap.Headroom:])
+		if pkt.Protocol() != uint8(protoUDP) || !pkt.IsValid(len(pkt)) {
+			continue
+		}
+		d := header.UDP(pkt.Payload())
+		i := flowIndex(netip.AddrPortFrom(netip.AddrFrom4(pkt.DestinationAddress().As4()), d.DestinationPort()))
+		if i >= 0 && i < len(u.replied) && u.replied[i].Add(1) == 1 {
+			u.got.Add(1)
+		}
+	}
+	return nil
+}
+
+// send delivers flow i's first datagram. Not safe for concurrent use.
+func (u *udpFlows) send(i int) {
+	const hl, payload = header.IPv4MinimumSize, 16
+	if u.pkt == nil {
+		u.pkt = make([]byte, hl+header.UDPMinimumSize+payload)
+	}
+	src := flowSource(i)
+	putIPv4(u.pkt, 0, len(u.pkt), protoUDP, src.Addr(), u.echo.Addr())
+	d := header.UDP(u.pkt[hl:])
+	d.SetSourcePort(src.Port())
+	d.SetDestinationPort(u.echo.Port())
+	d.SetLength(uint16(len(u.pkt) - hl))
+	d.SetChecksum(0) // none, which IPv4 allows
+	u.nat.Deliver(u.pkt)
+}
+
+// run opens flows from..to-1, keeping at most window of them unanswered,
+// and waits for the replies until none has come for a second; it returns
+// how many flows got no reply.
+func (u *udpFlows) run(from, to, window int) (lost int) {
+	base := u.got.Load()
+	for i := from; i < to; i++ {
+		for int64(i-from)-(u.got.Load()-base) >= int64(window) {
+			if !u.wait(base, int64(i-from), time.Second) {
+				break // lost: do not wait for them any longer
+			}
+		}
+		u.send(i)
+	}
+	u.wait(base, int64(to-from), time.Second)
+	return to - from - int(u.got.Load()-base)
+}
+
+// wait waits until got-base reaches want, or nothing came for quiet; it
+// says whether want was reached.
+func (u *udpFlows) wait(base, want int64, quiet time.Duration) bool {
+	last, since := u.got.Load(), time.Now()
+	for u.got.Load()-base < want {
+		if g := u.got.Load(); g != last {
+			last, since = g, time.Now()
+		} else if time.Since(since) > quiet {
+			return false
+		}
+		time.Sleep(20 * time.Microsecond)
+	}
+	return true
+}
+
+// counted is what the NAT's counters account for: packets dropped, flows
+// refused.
+func (n *NAT) counted() uint64 {
+	s := n.Stats()
+	var c uint64
+	for _, v := range s.Drops {
+		c += v
+	}
+	for _, v := range s.Refused {
+		c += v
+	}
+	return c
+}
+
+// BenchmarkUDPNewFlows opens b.N new UDP flows, one datagram each, with at
+// most window of them waiting for their reply, and reports new flows per
+// second; window=burst sends them all at once. Every flow without a reply
+// must be counted by the NAT (a queue drop or a refusal): lost-silently
+// is the rest.
+func BenchmarkUDPNewFlows(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		window int
+	}{{"window=256", 256}, {"burst", 1 << 30}} {
+		b.Run(tc.name, func(b *testing.B) {
+			// Flows expire soon after their reply, so a long run does not
+			// run out of ports and descriptors.
+			u := newUDPFlows(b, b.N, Timeouts{UDPUnreplied: 2 * time.Second, UDPAssured: 200 * time.Millisecond})
+			b.ResetTimer()
+			start := time.Now()
+			lost := u.run(0, b.N, tc.window)
+			elapsed := time.Since(start)
+			b.StopTimer()
+			counted := u.nat.counted()
+			b.ReportMetric(float64(b.N-lost)/elapsed.Seconds(), "flows/s")
+			b.ReportMetric(float64(lost), "lost")
+			b.ReportMetric(float64(max(0, int64(lost)-int64(counted))), "lost-silently")
+			if uint64(lost) > counted {
+				b.Errorf("%d of %d flows got no reply and the NAT counted %d (stats %+v)", lost, b.N, counted, u.nat.Stats())
+			}
+		})
+	}
+}
+
+// rss is the process's resident memory in bytes.
+func rss(tb testing.TB) int64 {
+	tb.Helper()
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		tb.Skipf("no /proc/self/statm: %v", err)
+	}
+	f := strings.Fields(string(b))
+	pages, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return pages * int64(os.Getpagesize())
+}
+
+// memory is a garbage-collected heap and the resident memory.
+type memory struct{ heap, rss int64 }
+
+func measureMemory(tb testing.TB) memory {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return memory{heap: int64(ms.HeapInuse + ms.StackInuse), rss: rss(tb)}
+}
+
+// reportPerFlow reports the growth from before to after per flow.
+func reportPerFlow(b *testing.B, before, after memory, flows int) {
+	b.ReportMetric(float64(after.heap-before.heap)/float64(flows), "heap-B/flow")
+	b.ReportMetric(float64(after.rss-before.rss)/float64(flows), "RSS-B/flow")
+}
+
+// flowCounts are the idle flow counts measured: 60,000 only where this
+// process may hold that many descriptors and the host has that many
+// ephemeral ports.
+var flowCounts = []int{10000, 60000}
+
+// canHold says whether the process can hold flows host sockets, or why
+// not.
+func canHold(flows int) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	if lim.Cur < uint64(flows)+1000 {
+		lim.Cur = min(lim.Max, uint64(flows)+1000)
+		if lim.Max < uint64(flows)+1000 {
+			lim.Max, lim.Cur = uint64(flows)+1000, uint64(flows)+1000
+		}
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			return fmt.Errorf("%d descriptors needed, RLIMIT_NOFILE is %d and cannot be raised: %w", flows+1000, lim.Cur, err)
+		}
+	}
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return err
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil {
+		return err
+	}
+	if hi-lo+1 < flows {
+		return fmt.Errorf("%d ephemeral ports (net.ipv4.ip_local_port_range %d-%d), %d flows need one each", hi-lo+1, lo, hi, flows)
+	}
+	return nil
+}
+
+// BenchmarkUDPIdleFlowMemory opens flows UDP flows, each answered once,
+// then leaves them idle and reports the heap and resident memory they hold
+// per flow. Run with -benchtime 1x: the flows are opened once.
+func BenchmarkUDPIdleFlowMemory(b *testing.B) {
+	for _, flows := range flowCounts {
+		b.Run(fmt.Sprintf("flows=%d", flows), func(b *testing.B) {
+			if err := canHold(flows); err != nil {
+				b.Skip(err)
+			}
+			long := time.Hour
+			u := newUDPFlows(b, flows, Timeouts{UDPUnreplied: long, UDPAssured: long})
+			before := measureMemory(b)
+			for b.Loop() {
+				if lost := u.run(0, flows, 256); lost > 0 {
+					b.Fatalf("%d of %d flows got no reply (stats %+v)", lost, flows, u.nat.Stats())
+				}
+			}
+			time.Sleep(100 * time.Millisecond) // the relays settle idle
+			after := measureMemory(b)
+			if live := len(u.nat.Flows()); live != flows {
+				b.Fatalf("%d flows in the table, want %d", live, flows)
+			}
+			reportPerFlow(b, before, after, flows)
+		})
+	}
+}
