@@ -3,12 +3,15 @@ package nat
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -146,29 +149,14 @@ func (u *udpFlows) run(from, to, window int) (lost int) {
 	base := u.got.Load()
 	for i := from; i < to; i++ {
 		for int64(i-from)-(u.got.Load()-base) >= int64(window) {
-			if !u.wait(base, int64(i-from), time.Second) {
+			if !waitCount(&u.got, base, int64(i-from), time.Second) {
 				break // lost: do not wait for them any longer
 			}
 		}
 		u.send(i)
 	}
-	u.wait(base, int64(to-from), time.Second)
+	waitCount(&u.got, base, int64(to-from), time.Second)
 	return to - from - int(u.got.Load()-base)
-}
-
-// wait waits until got-base reaches want, or nothing came for quiet; it
-// says whether want was reached.
-func (u *udpFlows) wait(base, want int64, quiet time.Duration) bool {
-	last, since := u.got.Load(), time.Now()
-	for u.got.Load()-base < want {
-		if g := u.got.Load(); g != last {
-			last, since = g, time.Now()
-		} else if time.Since(since) > quiet {
-			return false
-		}
-		time.Sleep(20 * time.Microsecond)
-	}
-	return true
 }
 
 // counted is what the NAT's counters account for: packets dropped, flows
@@ -249,7 +237,7 @@ func reportPerFlow(b *testing.B, before, after memory, flows int) {
 
 // flowCounts are the idle flow counts measured: 60,000 only where this
 // process may hold that many descriptors and the host has that many
-// ephemeral ports.
+// ephemeral ports (a host socket each).
 var flowCounts = []int{10000, 60000}
 
 // canHold says whether the process can hold flows host sockets, or why
@@ -259,13 +247,10 @@ func canHold(flows int) error {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return err
 	}
-	if lim.Cur < uint64(flows)+1000 {
-		lim.Cur = min(lim.Max, uint64(flows)+1000)
-		if lim.Max < uint64(flows)+1000 {
-			lim.Max, lim.Cur = uint64(flows)+1000, uint64(flows)+1000
-		}
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-			return fmt.Errorf("%d descriptors needed, RLIMIT_NOFILE is %d and cannot be raised: %w", flows+1000, lim.Cur, err)
+	if need := uint64(flows) + 1000; lim.Cur < need {
+		want := syscall.Rlimit{Cur: need, Max: max(lim.Max, need)}
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
+			return fmt.Errorf("%d descriptors needed, RLIMIT_NOFILE is %d (hard %d) and cannot be raised: %w", need, lim.Cur, lim.Max, err)
 		}
 	}
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
@@ -303,6 +288,244 @@ func BenchmarkUDPIdleFlowMemory(b *testing.B) {
 			after := measureMemory(b)
 			if live := len(u.nat.Flows()); live != flows {
 				b.Fatalf("%d flows in the table, want %d", live, flows)
+			}
+			reportPerFlow(b, before, after, flows)
+		})
+	}
+}
+
+// tcpServerEnv, set to an address, makes TestTCPServerProcess the outside
+// server of the TCP benchmarks, in a process of its own so that its
+// descriptors and memory are not the benchmark's.
+const tcpServerEnv = "OVERLAYD_NAT_BENCH_TCP_SERVER"
+
+// TestTCPServerProcess is not a test: run by tcpServer with tcpServerEnv
+// set, it listens there, prints its port and accepts connections until
+// its standard input closes, closing each at once when the variable's
+// value ends in "/close" and keeping it open otherwise.
+func TestTCPServerProcess(t *testing.T) {
+	spec := os.Getenv(tcpServerEnv)
+	if spec == "" {
+		t.Skip("the TCP benchmarks' outside server, run by them")
+	}
+	addr, closeAccepted := strings.CutSuffix(spec, "/close")
+	ln, err := net.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+	var mu sync.Mutex
+	var held []net.Conn // referenced, or their finalizers would close them
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				continue
+			}
+			if closeAccepted {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	ln.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	for _, c := range held {
+		c.Close()
+	}
+}
+
+// tcpServer starts the outside server on addr in a process of its own
+// (TestTCPServerProcess) and returns where it listens.
+func tcpServer(tb testing.TB, addr netip.Addr, closeAccepted bool) netip.AddrPort {
+	tb.Helper()
+	spec := netip.AddrPortFrom(addr, 0).String()
+	if closeAccepted {
+		spec += "/close"
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestTCPServerProcess$")
+	cmd.Env = append(os.Environ(), tcpServerEnv+"="+spec)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
+	var port uint16
+	if _, err := fmt.Fscan(stdout, &port); err != nil {
+		tb.Fatalf("the outside server did not say its port: %v", err)
+	}
+	return netip.AddrPortFrom(addr, port)
+}
+
+// tcpFlows is a NAT and workloads that are bare TCP packets: a SYN per
+// flow; the NAT's SYN-ACK (sent once the outside accepted) is answered
+// with the handshake's ACK, and a FIN with a reset, from Out itself.
+type tcpFlows struct {
+	nat    *NAT
+	server netip.AddrPort
+	// open[i] is set when flow i's handshake is done; got counts them.
+	open []atomic.Bool
+	got  atomic.Int64
+
+	mu  sync.Mutex // Out may be called concurrently
+	pkt []byte
+}
+
+func newTCPFlows(tb testing.TB, flows int, timeouts Timeouts, closeAccepted bool) *tcpFlows {
+	tb.Helper()
+	addr := hostAddr(tb)
+	f := &tcpFlows{server: tcpServer(tb, addr, closeAccepted), open: make([]atomic.Bool, flows)}
+	n, err := New(Config{Outside: addr, MaxFlows: max(flows, DefaultMaxFlows), Timeouts: timeouts, Out: f.out})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { n.Close() })
+	f.nat = n
+	return f
+}
+
+const workloadISN = 1000
+
+// segment delivers a workload's TCP segment of flow i, without data.
+// Callers hold f.mu.
+func (f *tcpFlows) segment(i int, flags header.TCPFlags, seq, ack uint32) {
+	const hl = header.IPv4MinimumSize
+	if f.pkt == nil {
+		f.pkt = make([]byte, hl+header.TCPMinimumSize)
+	}
+	src := flowSource(i)
+	putIPv4(f.pkt, 0, len(f.pkt), protoTCP, src.Addr(), f.server.Addr())
+	t := header.TCP(f.pkt[hl:])
+	t.Encode(&header.TCPFields{
+		SrcPort: src.Port(), DstPort: f.server.Port(), SeqNum: seq, AckNum: ack,
+		DataOffset: header.TCPMinimumSize, Flags: flags, WindowSize: 65535,
+	})
+	sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, tcpipAddr(src.Addr()), tcpipAddr(f.server.Addr()), header.TCPMinimumSize)
+	t.SetChecksum(^t.CalculateChecksum(sum))
+	f.nat.Deliver(f.pkt)
+}
+
+func (f *tcpFlows) syn(i int) {
+	f.mu.Lock()
+	f.segment(i, header.TCPFlagSyn, workloadISN, 0)
+	f.mu.Unlock()
+}
+
+func (f *tcpFlows) out(bufs [][]byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, b := range bufs {
+		ip := header.IPv4(b[encap.Headroom:])
+		if ip.Protocol() != uint8(protoTCP) || !ip.IsValid(len(ip)) {
+			continue
+		}
+		t := header.TCP(ip.Payload())
+		i := flowIndex(netip.AddrPortFrom(netip.AddrFrom4(ip.DestinationAddress().As4()), t.DestinationPort()))
+		if i < 0 || i >= len(f.open) {
+			continue
+		}
+		switch fl := t.Flags(); {
+		case fl&header.TCPFlagSyn != 0 && fl&header.TCPFlagAck != 0:
+			f.segment(i, header.TCPFlagAck, workloadISN+1, t.SequenceNumber()+1)
+			if !f.open[i].Swap(true) {
+				f.got.Add(1)
+			}
+		case fl&header.TCPFlagFin != 0:
+			f.segment(i, header.TCPFlagRst, workloadISN+1, 0)
+		}
+	}
+	return nil
+}
+
+// run opens flows from..to-1 with at most window handshakes at once and
+// waits until none has completed for a second; it returns how many did
+// not complete.
+func (f *tcpFlows) run(from, to, window int) (lost int) {
+	base := f.got.Load()
+	for i := from; i < to; i++ {
+		for int64(i-from)-(f.got.Load()-base) >= int64(window) {
+			if !waitCount(&f.got, base, int64(i-from), time.Second) {
+				break
+			}
+		}
+		f.syn(i)
+	}
+	waitCount(&f.got, base, int64(to-from), time.Second)
+	return to - from - int(f.got.Load()-base)
+}
+
+// waitCount waits until c-base reaches want, or c has not moved for
+// quiet; it says whether want was reached.
+func waitCount(c *atomic.Int64, base, want int64, quiet time.Duration) bool {
+	last, since := c.Load(), time.Now()
+	for c.Load()-base < want {
+		if g := c.Load(); g != last {
+			last, since = g, time.Now()
+		} else if time.Since(since) > quiet {
+			return false
+		}
+		time.Sleep(20 * time.Microsecond)
+	}
+	return true
+}
+
+// BenchmarkTCPNewConnections opens b.N TCP connections through the NAT,
+// at most window handshakes at once, and reports connections per second:
+// a connection counts when the NAT's SYN-ACK reaches the workload, which
+// it sends once the outside has accepted. The outside closes each at
+// once, and the workload answers the FIN with a reset.
+func BenchmarkTCPNewConnections(b *testing.B) {
+	f := newTCPFlows(b, b.N, Timeouts{TCPClose: 100 * time.Millisecond, TCPFinWait: time.Second}, true)
+	b.ResetTimer()
+	start := time.Now()
+	lost := f.run(0, b.N, 256)
+	elapsed := time.Since(start)
+	b.StopTimer()
+	counted := f.nat.counted()
+	b.ReportMetric(float64(b.N-lost)/elapsed.Seconds(), "conns/s")
+	b.ReportMetric(float64(lost), "lost")
+	b.ReportMetric(float64(max(0, int64(lost)-int64(counted))), "lost-silently")
+	if uint64(lost) > counted {
+		b.Errorf("%d of %d connections not made and the NAT counted %d (stats %+v)", lost, b.N, counted, f.nat.Stats())
+	}
+}
+
+// BenchmarkTCPIdleFlowMemory opens flows TCP connections, leaves them idle
+// and reports the heap and resident memory they hold per flow. The outside
+// server is another process and the workloads are bare packets: only the
+// NAT's side is measured. Run with -benchtime 1x.
+func BenchmarkTCPIdleFlowMemory(b *testing.B) {
+	for _, flows := range flowCounts {
+		b.Run(fmt.Sprintf("flows=%d", flows), func(b *testing.B) {
+			if err := canHold(flows); err != nil {
+				b.Skip(err)
+			}
+			f := newTCPFlows(b, flows, Timeouts{}, false)
+			before := measureMemory(b)
+			for b.Loop() {
+				if lost := f.run(0, flows, 256); lost > 0 {
+					b.Fatalf("%d of %d connections not made (stats %+v)", lost, flows, f.nat.Stats())
+				}
+			}
+			time.Sleep(200 * time.Millisecond) // the relays settle idle
+			after := measureMemory(b)
+			if st := f.nat.Stats(); st.Flows["tcp/ESTABLISHED"] != flows {
+				b.Fatalf("%d flows ESTABLISHED, want %d (stats %+v)", st.Flows["tcp/ESTABLISHED"], flows, st)
 			}
 			reportPerFlow(b, before, after, flows)
 		})

@@ -54,8 +54,14 @@ const (
 	DefaultMaxFlows          = 65536
 	DefaultMaxFlowsPerSource = 1024
 	defaultMTU               = 1500
-	// queueLen is how many workload packets may wait for the netstack.
-	queueLen = 4096
+	// queueLen is how many workload packets may wait for the inbound
+	// loop: a burst of 16,384 new flows, each opening a socket there,
+	// is served rather than dropped. It holds pointers (128 KiB); the
+	// packets take memory only while they wait.
+	queueLen = 16384
+	// linkQueueLen is how many packets from the netstack toward the
+	// workloads may wait for the outbound loop.
+	linkQueueLen = 4096
 	// datagramBufSize holds the largest IPv4 packet behind the headroom
 	// Config.Out wants, so a datagram may be read where its reply goes.
 	datagramBufSize = encap.Headroom + 1<<16
@@ -155,7 +161,7 @@ func (n *NAT) newStack() error {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
 	})
-	n.link = channel.New(queueLen, uint32(n.cfg.MTU), "")
+	n.link = channel.New(linkQueueLen, uint32(n.cfg.MTU), "")
 	if err := s.CreateNIC(nicID, n.link); err != nil {
 		s.Destroy()
 		return fmt.Errorf("nat: netstack NIC: %s", err)
