@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -74,7 +75,7 @@ func (n *NAT) handleTCP(r *tcp.ForwarderRequest) {
 		e.setOutside(tc.AddrPort())
 	}
 	n.table.setState(e, stateEstablished)
-	n.relayTCP(e, gonet.NewTCPConn(&wq, ep), ep, out)
+	n.relayTCP(e, gonet.NewTCPConn(&wq, ep), ep, &wq, out)
 }
 
 // dialOutside connects the flow's host socket to its destination, with the
@@ -192,7 +193,11 @@ func resetConn(c net.Conn) {
 // is carried across as a half-close, so either side may keep sending after
 // the other is done; a reset or error on either side resets both; so does
 // the flow's end (expiry, NAT closed).
-func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.Conn) {
+//
+// An idle flow holds no buffer: each direction waits for its source to
+// have something to read (or to end) before it takes one from the pool,
+// and gives it back once it has read what there was.
+func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, wq *waiter.Queue, out net.Conn) {
 	var resetOnce sync.Once
 	resetBoth := func() {
 		resetOnce.Do(func() {
@@ -231,19 +236,37 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.C
 		n.sendICMPError(header.ICMPv4DstUnreachable, code, 0, e.key.dest.Addr(), e.tcpQuote())
 		return hostConn != nil && tcpAlive(hostConn)
 	}
-	pipe := func(dst io.Writer, src io.Reader, closeWrite func() error, fromHost bool) {
-		bufp := n.relayBufs.Get().(*[]byte)
-		defer n.relayBufs.Put(bufp)
-		buf := *bufp
+	pipe := func(dst io.Writer, src io.Reader, readable func() error, closeWrite func() error, fromHost bool) {
+		var bufp *[]byte
+		defer func() {
+			if bufp != nil {
+				n.relayBufs.Put(bufp)
+			}
+		}()
 		for {
-			k, err := src.Read(buf)
+			var k int
+			var err error
+			if bufp == nil {
+				err = readable()
+			}
+			if err == nil {
+				if bufp == nil {
+					bufp = n.relayBufs.Get().(*[]byte)
+				}
+				k, err = src.Read(*bufp)
+			}
 			for off := 0; off < k; {
-				w, werr := dst.Write(buf[off:k])
+				w, werr := dst.Write((*bufp)[off:k])
 				off += w
 				if werr != nil && (fromHost || !hostError(werr)) {
 					resetBoth()
 					return
 				}
+			}
+			if bufp != nil && k < len(*bufp) {
+				// What was there has been read: idle again, or soon.
+				n.relayBufs.Put(bufp)
+				bufp = nil
 			}
 			if errors.Is(err, io.EOF) {
 				if closeWrite == nil || closeWrite() != nil {
@@ -261,16 +284,28 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.C
 			}
 		}
 	}
+	// The netstack side is readable when it has data, its FIN, or an
+	// error (Readiness reports every event once the endpoint has ended).
+	readyEntry, ready := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
+	wq.EventRegister(&readyEntry)
+	defer wq.EventUnregister(&readyEntry)
+	inReadable := func() error {
+		for ep.Readiness(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr) == 0 {
+			<-ready
+		}
+		return nil
+	}
+	outReadable := hostReadable(out)
 	var outCloseWrite func() error
 	if outHalf != nil {
 		outCloseWrite = outHalf.CloseWrite
 	}
 	done := make(chan struct{})
-	if !n.goTracked(func() { defer close(done); pipe(out, in, outCloseWrite, false) }) {
+	if !n.goTracked(func() { defer close(done); pipe(out, in, inReadable, outCloseWrite, false) }) {
 		resetBoth()
 		close(done)
 	}
-	pipe(in, out, in.CloseWrite, true)
+	pipe(in, out, outReadable, in.CloseWrite, true)
 	<-done
 	// Disarm the reset before ending the flow (which cancels its
 	// context): after two FINs the netstack may still hold data for the
@@ -279,6 +314,43 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.C
 	in.Close()
 	out.Close()
 	n.table.end(e)
+}
+
+// hostReadable returns a function that waits, in the runtime's poller and
+// without a buffer, until the host connection has data, its FIN or an
+// error to read. The error it returns is the connection's (a reset, an
+// ICMP error), which the kernel reports once: the wait has taken it, so
+// the caller handles it as a read's.
+func hostReadable(c net.Conn) func() error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return func() error { return nil }
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return func() error { return nil }
+	}
+	var peek [1]byte
+	var perr syscall.Errno
+	// A one-byte peek that would block says there is nothing yet; data,
+	// the end (0) or an error is something.
+	ready := func(fd uintptr) bool {
+		for {
+			_, _, perr = unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&peek[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+			if perr != unix.EINTR {
+				return perr != unix.EAGAIN
+			}
+		}
+	}
+	return func() error {
+		if err := rc.Read(ready); err != nil {
+			return err // closed
+		}
+		if perr != 0 {
+			return fmt.Errorf("reading the host connection: %w", perr)
+		}
+		return nil
+	}
 }
 
 // noteWorkloadSeq records how far the workload's sequence numbers have got
