@@ -92,6 +92,11 @@ func (n *NAT) dialOutside(ctx context.Context, e *entry) (net.Conn, []icmpReport
 		if err := setRecvErr(int(fd)); err != nil {
 			return err
 		}
+		// The local port is chosen at connect, by the whole 4-tuple, not
+		// at bind: flows to different destinations may share one, so the
+		// NAT is not held to one flow per ephemeral port. Best effort: a
+		// kernel without it (before 4.2) binds as before.
+		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
 		dup, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("keeping the socket for its error queue: %w", err)
