@@ -43,6 +43,8 @@ type result struct {
 	CPUPerGB     float64 `json:"cpuSecondsPerGB"`       // whole machine, over the one-stream TCP run
 	RouterCPUGB  float64 `json:"routerCPUSecondsPerGB"` // the userspace router processes alone
 	PeakRSSMiB   float64 `json:"peakRSSMiB"`
+	// NATFlows is the NAT flows section, for the modes that measure it.
+	NATFlows *natFlowsResult `json:"natFlows,omitempty"`
 }
 
 // plan is how long and how often each measurement runs.
@@ -202,6 +204,14 @@ func runMode(ctx context.Context, e *env, m mode, p plan, start time.Time) resul
 			var pps float64
 			pps, res.PacedLossPct, err = measureUDPPaced(ctx, ep, p.udpSeconds, p.pacedPPS)
 			res.PacedKpps = pps / 1000
+			return err
+		}},
+		{"NAT flows", func() error {
+			if !m.natFlows {
+				return nil
+			}
+			f, err := measureNATFlows(ctx, ep)
+			res.NATFlows = &f
 			return err
 		}},
 		{"round trips", func() error {
