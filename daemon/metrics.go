@@ -133,7 +133,7 @@ func (d *daemon) natCollector() prometheus.Collector {
 	created := prometheus.NewDesc("overlayd_nat_flows_created_total", "NAT flows created.", nil, nil)
 	expired := prometheus.NewDesc("overlayd_nat_flows_expired_total", "NAT flows ended by their idle timeout.", nil, nil)
 	refused := prometheus.NewDesc("overlayd_nat_flows_refused_total", "NAT flows refused, by reason (table_full, per_source_limit, dial_failed).", []string{"reason"}, nil)
-	dropped := prometheus.NewDesc("overlayd_nat_drops_total", "Packets the NAT took and could not pass on, by reason (queue_full, send_failed, flow_ended, out_failed).", []string{"reason"}, nil)
+	dropped := prometheus.NewDesc("overlayd_nat_drops_total", "Packets the NAT took and could not pass on, by reason (queue_full, queue_late, send_failed, flow_ended, out_failed).", []string{"reason"}, nil)
 	return collectorFunc{desc: flows, extra: []*prometheus.Desc{created, expired, refused, dropped}, collect: func(ch chan<- prometheus.Metric) {
 		s := d.nat.Stats()
 		for k, n := range s.Flows {

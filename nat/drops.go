@@ -8,6 +8,9 @@ import "sync/atomic"
 const (
 	// DropQueueFull: Deliver's queue, or an echo flow's, had no room.
 	DropQueueFull = "queue_full"
+	// DropQueueLate: a datagram of a flow with a socket waited longer
+	// than maxQueueDelay in Deliver's queue (a flood).
+	DropQueueLate = "queue_late"
 	// DropSendFailed: a host socket did not take a workload's datagram
 	// (its send buffer full under a flood, or the host refusing it).
 	DropSendFailed = "send_failed"
@@ -22,6 +25,7 @@ type dropReason uint8
 
 const (
 	dropQueueFull dropReason = iota
+	dropQueueLate
 	dropSendFailed
 	dropFlowEnded
 	dropOutFailed
@@ -29,7 +33,7 @@ const (
 )
 
 var dropNames = [numDropReasons]string{
-	dropQueueFull: DropQueueFull, dropSendFailed: DropSendFailed, dropFlowEnded: DropFlowEnded, dropOutFailed: DropOutFailed,
+	dropQueueFull: DropQueueFull, dropQueueLate: DropQueueLate, dropSendFailed: DropSendFailed, dropFlowEnded: DropFlowEnded, dropOutFailed: DropOutFailed,
 }
 
 // DropReasons lists the Drop constants, for exporters that publish every

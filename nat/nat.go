@@ -56,9 +56,18 @@ const (
 	defaultMTU               = 1500
 	// queueLen is how many workload packets may wait for the inbound
 	// loop: a burst of 16,384 new flows, each opening a socket there,
-	// is served rather than dropped. It holds pointers (128 KiB); the
-	// packets take memory only while they wait.
+	// is served rather than dropped. It holds pointers and times (256
+	// KiB); the packets take memory only while they wait.
 	queueLen = 16384
+	// maxQueueDelay is how long a datagram of a flow that has its socket
+	// may wait in that queue. Under a flood the queue stays full, and a
+	// datagram sent that late may reach a peer that has moved on: an
+	// iperf3 server takes the first datagram to its port for its client's
+	// hello, so the previous test's, still arriving a tenth of a second
+	// after it ended, would take the new client's place. A kernel NAT
+	// queues for microseconds. A new flow's first datagram is never late:
+	// a burst of them is served however long it takes.
+	maxQueueDelay = 20 * time.Millisecond
 	// linkQueueLen is how many packets from the netstack toward the
 	// workloads may wait for the outbound loop.
 	linkQueueLen = 4096
@@ -80,8 +89,10 @@ type NAT struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	// queue holds Deliver's packet copies, in gVisor's pooled views,
-	// which the netstack takes over without another copy.
-	queue chan *buffer.View
+	// which the netstack takes over without another copy, with when they
+	// came (since epoch, monotonic).
+	queue chan queued
+	epoch time.Time
 	// relayBufs holds the TCP relays' buffers, datagramBufs buffers for
 	// the largest datagram (echo flows').
 	relayBufs, datagramBufs sync.Pool
@@ -125,7 +136,7 @@ func New(cfg Config) (*NAT, error) {
 	if cfg.MTU == 0 {
 		cfg.MTU = defaultMTU
 	}
-	n := &NAT{cfg: cfg, net: cfg.Net, log: cfg.Logger, queue: make(chan *buffer.View, queueLen)}
+	n := &NAT{cfg: cfg, net: cfg.Net, log: cfg.Logger, queue: make(chan queued, queueLen), epoch: time.Now()}
 	if n.net == nil {
 		n.net = ProcessNet{}
 	}
@@ -236,7 +247,7 @@ func (n *NAT) Deliver(pkt []byte) {
 	}
 	v := buffer.NewViewWithData(pkt) // pooled; the only copy
 	select {
-	case n.queue <- v:
+	case n.queue <- queued{v, time.Since(n.epoch)}:
 	default:
 		n.drops.add(dropQueueFull)
 		v.Release()
@@ -252,8 +263,9 @@ func (n *NAT) inbound() {
 		select {
 		case <-n.ctx.Done():
 			return
-		case v := <-n.queue:
-			if !n.admit(v.AsSlice()) {
+		case q := <-n.queue:
+			v := q.v
+			if !n.admit(v.AsSlice(), time.Since(n.epoch)-q.at > maxQueueDelay) {
 				v.Release()
 				continue
 			}
@@ -265,12 +277,18 @@ func (n *NAT) inbound() {
 	}
 }
 
+// queued is a packet waiting for the inbound loop.
+type queued struct {
+	v  *buffer.View
+	at time.Duration // since NAT.epoch
+}
+
 // admit looks at one workload packet and says whether the netstack should
-// have it. New UDP flows and TCP SYNs get their entry here, where the whole
+// have it; late says it waited longer than maxQueueDelay. New UDP flows and TCP SYNs get their entry here, where the whole
 // packet is at hand for an ICMP error (UDP over a limit) or the quote of
 // later ones (TCP). A refused SYN still goes to the netstack, whose TCP
 // forwarder answers it with a reset.
-func (n *NAT) admit(pkt []byte) bool {
+func (n *NAT) admit(pkt []byte, late bool) bool {
 	ip := header.IPv4(pkt)
 	if !ip.IsValid(len(pkt)) {
 		n.ignored.Add(1)
@@ -331,6 +349,10 @@ func (n *NAT) admit(pkt []byte) bool {
 				n.refuseWithICMP(pkt)
 				return false
 			}
+		}
+		if late && e.udp != nil {
+			n.drops.add(dropQueueLate)
+			return false
 		}
 		e.countOut(len(pkt), now)
 		if !whole {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -156,6 +157,52 @@ func TestUDPChecksumValid(t *testing.T) {
 			tc.edit(p)
 			if got := udpChecksumValid(header.IPv4(p), header.UDP(p[header.IPv4MinimumSize:])); got != tc.valid {
 				t.Errorf("valid %v, want %v", got, tc.valid)
+			}
+		})
+	}
+}
+
+// TestLateDatagrams: a datagram that waited too long in the queue is
+// dropped and counted when its flow has a socket, and sent otherwise: a
+// new flow's first datagram opens its flow however late.
+func TestLateDatagrams(t *testing.T) {
+	addr := hostAddr(t)
+	peer, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	n, err := New(Config{Outside: addr, Out: func([][]byte) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	dst := peer.LocalAddr().(*net.UDPAddr).AddrPort()
+	pkt := make([]byte, udpReplyHeaders+1)
+	tests := []struct {
+		name string
+		late bool
+		sent bool
+	}{
+		{"a new flow's late first datagram opens it", true, true},
+		{"a late datagram of a flow with a socket is dropped", true, false},
+		{"one on time is sent", false, true},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := n.drops[dropQueueLate].Load()
+			pkt[udpReplyHeaders] = byte(i)
+			// A reply's builder makes the workload's datagram just as well.
+			putUDPReply(pkt, 1, netip.MustParseAddrPort("10.1.0.5:40000"), dst, 1)
+			n.admit(pkt, tc.late) // the inbound loop is idle: nothing is delivered
+			_ = peer.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			buf := make([]byte, 16)
+			k, err := peer.Read(buf)
+			if sent := err == nil && k == 1 && buf[0] == byte(i); sent != tc.sent {
+				t.Errorf("sent %v (read %d bytes, %v), want %v", sent, k, err, tc.sent)
+			}
+			if dropped := n.drops[dropQueueLate].Load() - before; dropped != map[bool]uint64{false: 1, true: 0}[tc.sent] {
+				t.Errorf("%d counted late, want %d", dropped, map[bool]uint64{false: 1, true: 0}[tc.sent])
 			}
 		})
 	}
