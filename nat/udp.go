@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -31,6 +32,9 @@ type udpSock struct {
 	conn *net.UDPConn
 	raw  syscall.RawConn
 	fd   int32 // the descriptor the poller watches; valid while conn is open
+	// closed is set by the one closeSock that closes it: after the close
+	// the descriptor's number may be another socket's.
+	closed atomic.Bool
 }
 
 // openUDP opens the flow's host socket and registers it with the poller.

@@ -76,8 +76,12 @@ func (p *udpPoller) forget(s *udpSock) {
 	p.mu.Unlock()
 }
 
-// closeSock stops watching a socket and closes it.
+// closeSock stops watching a socket and closes it, once: the sweeper's
+// reap and Close may both come.
 func (p *udpPoller) closeSock(s *udpSock) {
+	if !s.closed.CompareAndSwap(false, true) {
+		return
+	}
 	p.forget(s)
 	// Before the close, while the descriptor is still this socket's; the
 	// close would remove it from the epoll set anyway, but only once the
@@ -127,7 +131,7 @@ func (p *udpPoller) run() {
 	defer unix.Close(p.epfd)
 	defer unix.Close(p.wake)
 	events := make([]unix.EpollEvent, pollEvents)
-	ready := make([]*udpSock, 0, pollEvents)
+	ready := make([]readySock, 0, pollEvents)
 	r := &udpReader{p: p, buf: make([]byte, datagramBufSize), frag: make([]byte, encap.Headroom+p.n.cfg.MTU), bufs: make([][]byte, 1)}
 	r.read = r.readFD
 	for {
@@ -149,17 +153,23 @@ func (p *udpPoller) run() {
 				continue
 			}
 			if s := p.socks[ev.Fd]; s != nil {
-				ready = append(ready, s)
+				ready = append(ready, readySock{s, ev.Events})
 			}
 		}
 		p.mu.Unlock()
 		if stop {
 			return
 		}
-		for _, s := range ready {
-			r.drain(s)
+		for _, rs := range ready {
+			r.drain(rs.s, rs.events)
 		}
 	}
+}
+
+// readySock is a socket epoll reported, with what it reported.
+type readySock struct {
+	s      *udpSock
+	events uint32
 }
 
 // udpReader is the poller's reading state, made once so that reading a
@@ -169,8 +179,7 @@ type udpReader struct {
 	buf, frag []byte
 	bufs      [][]byte
 	read      func(fd uintptr) bool
-	// Set for each read: the socket, and what it gave.
-	s    *udpSock
+	// Set by each read: what it gave.
 	got  int
 	rerr error
 	id   uint16 // IPv4 identification of the replies
@@ -183,11 +192,16 @@ func (r *udpReader) readFD(fd uintptr) bool {
 	return true
 }
 
-// drain relays up to pollReads datagrams waiting on s, and the ICMP errors
-// it has queued.
-func (r *udpReader) drain(s *udpSock) {
+// drain relays the ICMP errors s has queued and up to pollReads datagrams
+// waiting on it.
+func (r *udpReader) drain(s *udpSock, events uint32) {
 	n := r.p.n
-	r.s = s
+	if events&unix.EPOLLERR != 0 {
+		// The queue is read here, not only when a read fails: a send may
+		// have taken the error's errno, and a queue left unread would be
+		// reported again at once, for ever (epoll is level-triggered).
+		n.relayUDPErrors(s)
+	}
 	for range pollReads {
 		if err := s.raw.Read(r.read); err != nil {
 			return // closed
