@@ -398,7 +398,7 @@ func rssBytes(p *testbed.Process) int64 {
 }
 
 // natCounted sums what overlayd's NAT counters account for: drops by
-// every reason and refused flows.
+// every reason, refused flows and packets ignored as malformed.
 func natCounted(p *testbed.Process) (uint64, error) {
 	body, err := fetch(p.Host.Do, "/metrics", 10*time.Second)
 	if err != nil {
@@ -408,7 +408,8 @@ func natCounted(p *testbed.Process) (uint64, error) {
 	sc := bufio.NewScanner(strings.NewReader(string(body)))
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, "overlayd_nat_drops_total") && !strings.HasPrefix(line, "overlayd_nat_flows_refused_total") {
+		if !strings.HasPrefix(line, "overlayd_nat_drops_total") && !strings.HasPrefix(line, "overlayd_nat_flows_refused_total") &&
+			!strings.HasPrefix(line, "overlayd_nat_ignored_total") {
 			continue
 		}
 		f := strings.Fields(line)

@@ -134,7 +134,8 @@ func (d *daemon) natCollector() prometheus.Collector {
 	expired := prometheus.NewDesc("overlayd_nat_flows_expired_total", "NAT flows ended by their idle timeout.", nil, nil)
 	refused := prometheus.NewDesc("overlayd_nat_flows_refused_total", "NAT flows refused, by reason (table_full, per_source_limit, dial_failed).", []string{"reason"}, nil)
 	dropped := prometheus.NewDesc("overlayd_nat_drops_total", "Packets the NAT took and could not pass on, by reason (queue_full, queue_late, send_failed, flow_ended, out_failed).", []string{"reason"}, nil)
-	return collectorFunc{desc: flows, extra: []*prometheus.Desc{created, expired, refused, dropped}, collect: func(ch chan<- prometheus.Metric) {
+	ignored := prometheus.NewDesc("overlayd_nat_ignored_total", "Packets for the NAT it does not translate: malformed (a bad UDP checksum included), ICMP other than echo requests, TTL 0.", nil, nil)
+	return collectorFunc{desc: flows, extra: []*prometheus.Desc{created, expired, refused, dropped, ignored}, collect: func(ch chan<- prometheus.Metric) {
 		s := d.nat.Stats()
 		for k, n := range s.Flows {
 			proto, state, _ := strings.Cut(k, "/")
@@ -148,6 +149,7 @@ func (d *daemon) natCollector() prometheus.Collector {
 		for _, r := range nat.DropReasons() {
 			ch <- prometheus.MustNewConstMetric(dropped, prometheus.CounterValue, float64(s.Drops[r]), r)
 		}
+		ch <- prometheus.MustNewConstMetric(ignored, prometheus.CounterValue, float64(s.Ignored))
 	}}
 }
 

@@ -465,9 +465,10 @@ type Stats struct {
 	// Drops counts packets the NAT took and could not pass on, by reason
 	// (the Drop constants).
 	Drops map[string]uint64 `json:"drops"`
-	// Ignored counts packets the NAT does not translate: malformed,
-	// ICMP other than echo requests, fragmented ICMP, and packets that
-	// arrive with TTL 0 (answered with time exceeded from the node).
+	// Ignored counts packets the NAT does not translate: malformed (a UDP
+	// datagram with a bad checksum included), ICMP other than echo
+	// requests, fragmented ICMP, and packets that arrive with TTL 0
+	// (answered with time exceeded from the node).
 	Ignored uint64 `json:"ignored"`
 }
 
