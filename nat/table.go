@@ -1,9 +1,10 @@
 // Package nat is overlayd's natOutgoing: traffic from a natOutgoing pool to
-// destinations outside every pool is terminated in a gVisor netstack and
-// re-originated from host sockets, so it leaves with the node's address and
-// the replies come back without netfilter, the way slirp4netns and pasta
-// serve rootless containers. ICMP echo is not answered by the netstack but
-// relayed as a real echo. Host sockets send with the TTL and DSCP of the
+// destinations outside every pool is re-originated from host sockets, so it
+// leaves with the node's address and the replies come back without
+// netfilter, the way slirp4netns and pasta serve rootless containers. TCP
+// is terminated in a gVisor netstack; UDP datagrams go straight to a
+// connected host socket per flow, read by one poller (the netstack only
+// reassembles fragmented ones); ICMP echo is relayed as a real echo. Host sockets send with the TTL and DSCP of the
 // workload's packet, and the ICMP errors they get (unreachable, time
 // exceeded) go back to the workload from their sender, quoting the
 // workload's packet, so traceroute through the NAT shows the hops beyond. Every flow is an entry of a connection-tracking
