@@ -56,6 +56,14 @@ type plan struct {
 	pacedGiven bool
 }
 
+// noteReference sets the paced test's rate from the reference mode's
+// result, unless --paced-kpps gave one.
+func (p *plan) noteReference(m mode, r result) {
+	if m.Name == reference && r.UDPkpps > 0 && !p.pacedGiven {
+		p.pacedPPS = pacedShare * r.UDPkpps * 1000
+	}
+}
+
 // pacedNote says, for the report, what the UDP tests offered.
 func (p plan) pacedNote() string {
 	switch {
@@ -125,9 +133,7 @@ func main() {
 		}
 		res := runMode(ctx, e, m, p, start)
 		results = append(results, res)
-		if m.Name == reference && res.UDPkpps > 0 && *pacedKpps == 0 {
-			p.pacedPPS = pacedShare * res.UDPkpps * 1000
-		}
+		p.noteReference(m, res)
 	}
 	stamp := time.Now().UTC().Format("2006-01-02T150405Z")
 	files, err := writeReports(*out, stamp, results, p, *quick)

@@ -553,3 +553,49 @@ func BenchmarkTCPIdleFlowMemory(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkUDPFloodTail floods one UDP flow through the NAT for half a
+// second, faster than it can send, and reports how long after the last
+// datagram was delivered to it the destination still received some
+// (tail-ms): what a flood leaves queued reaches its peer that late. Run
+// with -benchtime 1x.
+func BenchmarkUDPFloodTail(b *testing.B) {
+	addr := hostAddr(b)
+	sink, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Close()
+	_ = sink.SetReadBuffer(8 << 20)
+	var lastRecv atomic.Int64 // unix nanoseconds
+	var received atomic.Int64
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, err := sink.Read(buf); err != nil {
+				return
+			}
+			received.Add(1)
+			lastRecv.Store(time.Now().UnixNano())
+		}
+	}()
+	u := &udpFlows{echo: sink.LocalAddr().(*net.UDPAddr).AddrPort(), replied: make([]atomic.Uint32, 1), got: newCounter()}
+	n, err := New(Config{Outside: addr, Out: u.out})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer n.Close()
+	u.nat = n
+	for b.Loop() {
+		sent := 0
+		start := time.Now()
+		for time.Since(start) < 500*time.Millisecond {
+			u.send(0)
+			sent++
+		}
+		lastSend := time.Now()
+		time.Sleep(2 * time.Second) // the queue drains
+		b.ReportMetric(float64(time.Unix(0, lastRecv.Load()).Sub(lastSend).Microseconds())/1000, "tail-ms")
+		b.ReportMetric(float64(received.Load())/float64(sent), "delivered")
+	}
+}
