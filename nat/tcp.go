@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -199,9 +200,11 @@ func resetConn(c net.Conn) {
 // the other is done; a reset or error on either side resets both; so does
 // the flow's end (expiry, NAT closed).
 //
-// An idle flow holds no buffer: each direction waits for its source to
-// have something to read (or to end) before it takes one from the pool,
-// and gives it back once it has read what there was.
+// An idle flow holds no buffer and one goroutine: the host's direction
+// waits in the runtime's poller for its socket to have something to read
+// (or to end) before it takes a buffer from the pool; the workload's has a
+// goroutine only while its endpoint has something. Each gives its buffer
+// back once it has read what there was.
 func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, wq *waiter.Queue, out net.Conn) {
 	var resetOnce sync.Once
 	resetBoth := func() {
@@ -241,7 +244,12 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, wq *waite
 		n.sendICMPError(header.ICMPv4DstUnreachable, code, 0, e.key.dest.Addr(), e.tcpQuote())
 		return hostConn != nil && tcpAlive(hostConn)
 	}
-	pipe := func(dst io.Writer, src io.Reader, readable func() error, closeWrite func() error, fromHost bool) {
+	// pipe moves what src has to dst until src's direction has ended (it
+	// returns true). wait, when not nil, waits without a buffer until src
+	// has something (and returns its error); ready, when not nil, says
+	// whether it has something now, and pipe returns false (idle) when it
+	// has not.
+	pipe := func(dst io.Writer, src io.Reader, wait func() error, ready func() bool, closeWrite func() error, fromHost bool) (ended bool) {
 		var bufp *[]byte
 		defer func() {
 			if bufp != nil {
@@ -252,7 +260,12 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, wq *waite
 			var k int
 			var err error
 			if bufp == nil {
-				err = readable()
+				if ready != nil && !ready() {
+					return false
+				}
+				if wait != nil {
+					err = wait()
+				}
 			}
 			if err == nil {
 				if bufp == nil {
@@ -265,7 +278,7 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, wq *waite
 				off += w
 				if werr != nil && (fromHost || !hostError(werr)) {
 					resetBoth()
-					return
+					return true
 				}
 			}
 			if bufp != nil && k < len(*bufp) {
@@ -278,40 +291,82 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, wq *waite
 					resetBoth()
 				}
 				finished()
-				return
+				return true
 			}
 			if err != nil {
 				if fromHost && hostError(err) {
 					continue
 				}
 				resetBoth()
-				return
+				return true
 			}
 		}
 	}
-	// The netstack side is readable when it has data, its FIN, or an
-	// error (Readiness reports every event once the endpoint has ended).
-	readyEntry, ready := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
-	wq.EventRegister(&readyEntry)
-	defer wq.EventUnregister(&readyEntry)
-	inReadable := func() error {
-		for ep.Readiness(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr) == 0 {
-			<-ready
-		}
-		return nil
-	}
-	outReadable := hostReadable(out)
 	var outCloseWrite func() error
 	if outHalf != nil {
 		outCloseWrite = outHalf.CloseWrite
 	}
-	done := make(chan struct{})
-	if !n.goTracked(func() { defer close(done); pipe(out, in, inReadable, outCloseWrite, false) }) {
-		resetBoth()
-		close(done)
+
+	// The workload's direction has a goroutine only while it has data: the
+	// netstack's notification starts one, which returns once the
+	// endpoint has nothing more to read. The netstack side is readable when
+	// it has data, its FIN, or an error (Readiness reports every event
+	// once the endpoint has ended).
+	const readable = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+	const (
+		inIdle int32 = iota
+		inRunning
+		inAgain // woken while running: look again before going idle
+		inEnded
+	)
+	var inState atomic.Int32
+	inDone := make(chan struct{})
+	var inDoneOnce sync.Once
+	endIn := func() {
+		inState.Store(inEnded)
+		inDoneOnce.Do(func() { close(inDone) })
 	}
-	pipe(in, out, outReadable, in.CloseWrite, true)
-	<-done
+	inReady := func() bool { return ep.Readiness(readable) != 0 }
+	drain := func() {
+		for {
+			if pipe(out, in, nil, inReady, outCloseWrite, false) {
+				endIn()
+				return
+			}
+			if inState.CompareAndSwap(inRunning, inIdle) {
+				return
+			}
+			inState.Store(inRunning) // inAgain: something came meanwhile
+		}
+	}
+	// wake runs in the netstack's notification, under its queue's lock:
+	// it only starts the drain or tells the running one to look again.
+	wake := func(waiter.EventMask) {
+		for {
+			switch inState.Load() {
+			case inIdle:
+				if inState.CompareAndSwap(inIdle, inRunning) {
+					if !n.goTracked(drain) {
+						endIn() // Close has begun: it resets the flow
+					}
+					return
+				}
+			case inRunning:
+				if inState.CompareAndSwap(inRunning, inAgain) {
+					return
+				}
+			default:
+				return
+			}
+		}
+	}
+	inEntry := waiter.NewFunctionEntry(readable, wake)
+	wq.EventRegister(&inEntry)
+	wake(readable) // what came before the registration
+
+	pipe(in, out, hostReadable(out), nil, in.CloseWrite, true)
+	<-inDone
+	wq.EventUnregister(&inEntry)
 	// Disarm the reset before ending the flow (which cancels its
 	// context): after two FINs the netstack may still hold data for the
 	// workload, which a close delivers and an abort would discard.
