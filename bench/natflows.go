@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -48,6 +49,12 @@ type natFlowsResult struct {
 	// burst can overflow net.core.netdev_max_backlog on the bed's veths,
 	// before or after the NAT, where no overlayd counter sees it.
 	BacklogDrops uint64 `json:"kernelBacklogDrops"`
+	// LinkDrops is node A's links' drops over the section (ip -s link:
+	// transmit and receive, its TUN's included: packets the kernel routed
+	// to overlayd that its queue had no room for).
+	LinkDrops uint64 `json:"nodeLinkDrops"`
+	// LinkDropsBy names the links that dropped.
+	LinkDropsBy map[string]uint64 `json:"nodeLinkDropsBy,omitempty"`
 	// Memory: overlayd's resident memory growth per idle flow, with
 	// IdleFlows flows of each protocol open.
 	IdleFlows       int     `json:"idleFlows"`
@@ -125,6 +132,10 @@ func measureNATFlows(ctx context.Context, ep *endpoints) (natFlowsResult, error)
 		return res, err
 	}
 	backlog0 := backlogDrops()
+	links0, err := linkDrops(ctx, node.Host)
+	if err != nil {
+		return res, err
+	}
 
 	// UDP: the idle flows the memory is measured at are the rate run's.
 	rss0 := rssBytes(node)
@@ -172,6 +183,19 @@ func measureNATFlows(ctx context.Context, ep *endpoints) (natFlowsResult, error)
 	}
 	res.Counted = counted1 - counted0
 	res.BacklogDrops = backlogDrops() - backlog0
+	links1, err := linkDrops(ctx, node.Host)
+	if err != nil {
+		return res, err
+	}
+	for name, d := range links1 {
+		if d -= links0[name]; d > 0 {
+			if res.LinkDropsBy == nil {
+				res.LinkDropsBy = map[string]uint64{}
+			}
+			res.LinkDropsBy[name] = d
+			res.LinkDrops += d
+		}
+	}
 	return res, nil
 }
 
@@ -382,6 +406,29 @@ func backlogDrops() uint64 {
 	return sum
 }
 
+// linkDrops gives each of a host's links' transmit and receive drops.
+func linkDrops(ctx context.Context, h *testbed.Host) (map[string]uint64, error) {
+	out, err := h.Run(ctx, "ip", "-j", "-s", "link", "show")
+	if err != nil {
+		return nil, fmt.Errorf("%s: ip -s link: %w", h.Name, err)
+	}
+	var links []struct {
+		Name  string `json:"ifname"`
+		Stats struct {
+			RX struct{ Dropped uint64 } `json:"rx"`
+			TX struct{ Dropped uint64 } `json:"tx"`
+		} `json:"stats64"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil {
+		return nil, fmt.Errorf("%s: ip -s link: %w", h.Name, err)
+	}
+	drops := make(map[string]uint64, len(links))
+	for _, l := range links {
+		drops[l.Name] = l.Stats.RX.Dropped + l.Stats.TX.Dropped
+	}
+	return drops, nil
+}
+
 // rssBytes is a process's resident memory.
 func rssBytes(p *testbed.Process) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Pid()))
@@ -397,8 +444,9 @@ func rssBytes(p *testbed.Process) int64 {
 	return 0
 }
 
-// natCounted sums what overlayd's NAT counters account for: drops by
-// every reason, refused flows and packets ignored as malformed.
+// natCounted sums what overlayd's counters account for: the NAT's drops
+// by every reason, refused flows and packets ignored as malformed, and
+// its TUN's queue drops.
 func natCounted(p *testbed.Process) (uint64, error) {
 	body, err := fetch(p.Host.Do, "/metrics", 10*time.Second)
 	if err != nil {
@@ -409,7 +457,7 @@ func natCounted(p *testbed.Process) (uint64, error) {
 	for sc.Scan() {
 		line := sc.Text()
 		if !strings.HasPrefix(line, "overlayd_nat_drops_total") && !strings.HasPrefix(line, "overlayd_nat_flows_refused_total") &&
-			!strings.HasPrefix(line, "overlayd_nat_ignored_total") {
+			!strings.HasPrefix(line, "overlayd_nat_ignored_total") && !strings.HasPrefix(line, "overlayd_tun_queue_drops_total") {
 			continue
 		}
 		f := strings.Fields(line)
@@ -477,14 +525,19 @@ func natFlowsTable(results []result) string {
 		}
 		if !started {
 			b.WriteString("\nNAT flows: the workload on node A opens new flows to the outside host, one socket each. " +
-				"Lost flows are set against overlayd's counters (drops, refusals) and the kernel's input backlog drops on the bed; " +
+				"Lost flows are set against overlayd's counters (drops, refusals), the kernel's input backlog drops and node A's link drops (its TUN's included); " +
 				"RSS is overlayd's growth per idle flow\n")
-			fmt.Fprintf(tw, "MODE\tUDP new flows/s (lost)\tUDP burst of %d at once: lost\tTCP new conns/s (lost)\tcounted by overlayd / kernel backlog\tRSS per idle UDP / TCP flow (at %d each)\n", f.BurstFlows, f.IdleFlows)
+			fmt.Fprintf(tw, "MODE\tUDP new flows/s (lost)\tUDP burst of %d at once: lost\tTCP new conns/s (lost)\tcounted by overlayd / kernel backlog / node A links\tRSS per idle UDP / TCP flow (at %d each)\n", f.BurstFlows, f.IdleFlows)
 			started = true
 		}
-		fmt.Fprintf(tw, "%s\t%.0f (%d)\t%d\t%.0f (%d)\t%d / %d\t%.0f / %.0f B\n", r.Mode.Name,
-			f.UDPFlowsPerSec, f.UDPLost, f.BurstLost, f.TCPConnsPerSec, f.TCPLost, f.Counted, f.BacklogDrops, f.UDPBytesPerFlow, f.TCPBytesPerFlow)
+		fmt.Fprintf(tw, "%s\t%.0f (%d)\t%d\t%.0f (%d)\t%d / %d / %d\t%.0f / %.0f B\n", r.Mode.Name,
+			f.UDPFlowsPerSec, f.UDPLost, f.BurstLost, f.TCPConnsPerSec, f.TCPLost, f.Counted, f.BacklogDrops, f.LinkDrops, f.UDPBytesPerFlow, f.TCPBytesPerFlow)
 	}
 	tw.Flush()
+	for _, r := range results {
+		if f := r.NATFlows; f != nil && len(f.LinkDropsBy) > 0 {
+			fmt.Fprintf(&b, "%s: node A's links dropped %v\n", r.Mode.Name, f.LinkDropsBy)
+		}
+	}
 	return b.String()
 }
