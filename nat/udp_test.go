@@ -207,3 +207,28 @@ func TestLateDatagrams(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPSendAllocatesNothing: a datagram of a known flow goes from admit
+// to its host socket without an allocation.
+func TestUDPSendAllocatesNothing(t *testing.T) {
+	addr := hostAddr(t)
+	peer, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	n, err := New(Config{Outside: addr, Out: func([][]byte) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	pkt := make([]byte, udpReplyHeaders+64)
+	putUDPReply(pkt, 64, netip.MustParseAddrPort("10.1.0.5:40000"), peer.LocalAddr().(*net.UDPAddr).AddrPort(), 1)
+	n.admit(pkt, false) // opens the flow: that allocates
+	if allocs := testing.AllocsPerRun(1000, func() { n.admit(pkt, false) }); allocs != 0 {
+		t.Errorf("%v allocations per datagram, want 0", allocs)
+	}
+	if st := n.Stats(); st.Drops[DropSendFailed] != 0 || st.Ignored != 0 {
+		t.Errorf("stats %+v: every datagram should have been sent", st)
+	}
+}
