@@ -43,6 +43,8 @@ type result struct {
 	CPUPerGB     float64 `json:"cpuSecondsPerGB"`       // whole machine, over the one-stream TCP run
 	RouterCPUGB  float64 `json:"routerCPUSecondsPerGB"` // the userspace router processes alone
 	PeakRSSMiB   float64 `json:"peakRSSMiB"`
+	// NATFlows is the NAT flows section, for the modes that measure it.
+	NATFlows *natFlowsResult `json:"natFlows,omitempty"`
 }
 
 // plan is how long and how often each measurement runs.
@@ -52,6 +54,14 @@ type plan struct {
 	// is measured or by --paced-kpps (pacedGiven); 0: not run.
 	pacedPPS   float64
 	pacedGiven bool
+}
+
+// noteReference sets the paced test's rate from the reference mode's
+// result, unless --paced-kpps gave one.
+func (p *plan) noteReference(m mode, r result) {
+	if m.Name == reference && r.UDPkpps > 0 && !p.pacedGiven {
+		p.pacedPPS = pacedShare * r.UDPkpps * 1000
+	}
 }
 
 // pacedNote says, for the report, what the UDP tests offered.
@@ -123,9 +133,7 @@ func main() {
 		}
 		res := runMode(ctx, e, m, p, start)
 		results = append(results, res)
-		if m.Name == reference && res.UDPkpps > 0 && *pacedKpps == 0 {
-			p.pacedPPS = pacedShare * res.UDPkpps * 1000
-		}
+		p.noteReference(m, res)
 	}
 	stamp := time.Now().UTC().Format("2006-01-02T150405Z")
 	files, err := writeReports(*out, stamp, results, p, *quick)
@@ -209,6 +217,19 @@ func runMode(ctx context.Context, e *env, m mode, p plan, start time.Time) resul
 			res.RTTp50us, res.RTTp99us = float64(p50.Microseconds()), float64(p99.Microseconds())
 			return err
 		}},
+		// Last: its 10,000 connections end as it returns, and the NAT's
+		// work on them would be in the round trips' figures.
+		{"NAT flows", func() error {
+			if !m.natFlows {
+				return nil
+			}
+			// The RSS column is the throughput tests' peak, as for the
+			// other modes, not the 10,000 flows'.
+			res.PeakRSSMiB = peakRSS(ep)
+			f, err := measureNATFlows(ctx, ep)
+			res.NATFlows = &f
+			return err
+		}},
 	}
 	for _, s := range steps {
 		if ctx.Err() != nil {
@@ -223,7 +244,9 @@ func runMode(ctx context.Context, e *env, m mode, p plan, start time.Time) resul
 			}
 		}
 	}
-	res.PeakRSSMiB = peakRSS(ep)
+	if res.PeakRSSMiB == 0 {
+		res.PeakRSSMiB = peakRSS(ep)
+	}
 	return res
 }
 

@@ -31,6 +31,9 @@ type mode struct {
 	// outside: the traffic goes to the outside host, which no route of the
 	// plan reaches, so nothing encapsulates it.
 	outside bool
+	// natFlows: the mode also measures the NAT flows section, for which
+	// node A's overlayd serves its metrics.
+	natFlows bool
 	// setup builds the mode on a fresh standard bed and says where to
 	// measure: a client and a server host and the server's address.
 	setup func(e *env, bed *testbed.Bed, m mode) (*endpoints, error)
@@ -78,7 +81,7 @@ func modes(examples string) ([]mode, error) {
 		{Name: "wireguard-go", What: "wireguard-go between the nodes (encrypting, TUN offloads)", Overhead: wireguardOverhead, MTU: wireguardMTU,
 			setup: setupWireguardGo},
 		{Name: "overlayd NAT", What: "workload to the outside host through natOutgoing",
-			file: "nat-outgoing.toml", outside: true, setup: setupNAT},
+			file: "nat-outgoing.toml", outside: true, natFlows: true, setup: setupNAT},
 	}
 	for i := range ms {
 		if err := ms[i].load(examples); err != nil {
@@ -159,7 +162,7 @@ func setupOverlayd(e *env, bed *testbed.Bed, m mode) (*endpoints, error) {
 			}
 		}
 		metrics := []string{"--no-metrics"}
-		if e.profileDir != "" {
+		if e.profileDir != "" || m.natFlows {
 			metrics = []string{"--metrics-listen", profileListen}
 		}
 		proc, err := bed.Host(name).Start(e.overlayd, append([]string{"run", "--config", m.path, "--node", name}, metrics...)...)
@@ -180,6 +183,14 @@ func setupOverlayd(e *env, bed *testbed.Bed, m mode) (*endpoints, error) {
 // setupNAT measures a workload on node A reaching the outside host through
 // overlayd's natOutgoing.
 func setupNAT(e *env, bed *testbed.Bed, m mode) (*endpoints, error) {
+	// The NAT flows section opens more flows from one workload than the
+	// default per-source limit lets it.
+	path, err := natFlowsConfig(m.path)
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(path) // read once, at start
+	m.path = path
 	ep, err := setupOverlayd(e, bed, m)
 	if err != nil {
 		return nil, err

@@ -1,11 +1,8 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,39 +44,16 @@ func startProfiles(e *env, ep *endpoints, m mode, seconds int) (wait func()) {
 }
 
 // fetchProfile GETs path from the overlayd listening in a node's namespace
-// into file. The connection is dialled inside the namespace (do runs there)
-// and then handed to an HTTP client, whose own dialling would not be.
+// into file.
 func fetchProfile(do func(func() error) error, path, file string, timeout time.Duration) error {
-	var c net.Conn
-	if err := do(func() (err error) {
-		c, err = net.DialTimeout("tcp", profileListen, 5*time.Second)
-		return err
-	}); err != nil {
-		return err
-	}
-	used := false
-	client := &http.Client{Timeout: timeout, Transport: &http.Transport{
-		DialContext: func(context.Context, string, string) (net.Conn, error) {
-			if used {
-				return nil, fmt.Errorf("one connection per profile")
-			}
-			used = true
-			return c, nil
-		},
-	}}
-	resp, err := client.Get("http://" + profileListen + path)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", path, resp.Status)
-	}
 	f, err := os.Create(file)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
+	if err := fetchTo(do, path, timeout, func(r io.Reader) error {
+		_, err := io.Copy(f, r)
+		return err
+	}); err != nil {
 		f.Close()
 		return err
 	}

@@ -68,6 +68,7 @@ func table(results []result) string {
 	for _, n := range notes {
 		b.WriteString(n + "\n")
 	}
+	b.WriteString(natFlowsTable(results))
 	return b.String()
 }
 

@@ -319,8 +319,14 @@ func listenTCP(t *testing.T, h *testbed.Host, port uint16) net.Listener {
 }
 
 // connectOut connects workload A through the NAT to ln, a listener of the
-// outside host, and returns the outside's end and the workload's. Both are
-// closed when the test ends.
+// outside host, and returns the outside's end and the workload's once the
+// NAT relays the flow (ESTABLISHED). Both are closed when the test ends.
+//
+// The wait matters: the workload's dial returns at its SYN-ACK, while the
+// NAT's forwarder is still in the handshake until the final ACK has come
+// through its queue. A flow ended in that window is reset by the handshake's
+// own failure path, not by the relay, so a test of the relay's resets would
+// pass without them (TestClose did, most of the time).
 func (h *harness) connectOut(ctx context.Context, t *testing.T, ln net.Listener) (outside *net.TCPConn, work *gonet.TCPConn) {
 	t.Helper()
 	accepted := make(chan net.Conn, 1)
@@ -337,11 +343,23 @@ func (h *harness) connectOut(ctx context.Context, t *testing.T, ln net.Listener)
 	select {
 	case c := <-accepted:
 		t.Cleanup(func() { c.Close() })
-		return c.(*net.TCPConn), work
+		outside = c.(*net.TCPConn)
 	case <-ctx.Done():
 		t.Fatal("the outside accepted nothing")
 	}
-	return nil, nil
+	local := work.LocalAddr().(*net.TCPAddr).AddrPort()
+	for {
+		for _, f := range h.nat.Flows() {
+			if f.Proto == "tcp" && f.Inside == local && f.State == "ESTABLISHED" {
+				return outside, work
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the NAT does not relay %s; table:%s", local, describe(h.nat.Flows()))
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 func listenUDP(t *testing.T, h *testbed.Host, port uint16) *net.UDPConn {

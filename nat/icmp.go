@@ -17,6 +17,10 @@ import (
 // socket (a ping flood beyond that is dropped and counted).
 const echoQueueLen = 64
 
+// maxReadErrors is how many read errors in a row without a message end an
+// echo flow: errors the error queue does not explain would otherwise spin.
+const maxReadErrors = 64
+
 // echoRequest is a workload's echo request waiting to be sent.
 type echoRequest struct {
 	seq  uint16
@@ -59,7 +63,7 @@ func (n *NAT) echoRequest(pkt []byte, hl int, src, dst netip.Addr, marks ipMarks
 	select {
 	case e.echoRequests <- echoRequest{seq: req.Sequence(), data: append([]byte(nil), req.Payload()...), marks: marks}:
 	default:
-		n.dropped.Add(1)
+		n.drops.add(dropQueueFull)
 	}
 }
 
@@ -185,9 +189,7 @@ func (n *NAT) echoReplies(e *entry, conn net.PacketConn, ident uint16) {
 			}
 			bufs[0] = echoReply(buf, dst, src, e.key.inside.Port(), msg.Sequence(), msg.Payload())
 			e.countIn(len(bufs[0])-encap.Headroom, n.table.now())
-			if err := n.cfg.Out(bufs); err != nil {
-				n.log.Debug("nat: writing an echo reply toward a workload", "err", err)
-			}
+			n.out(bufs)
 		case header.ICMPv4DstUnreachable, header.ICMPv4TimeExceeded:
 			if !raw {
 				continue // a ping socket reports these on its error queue

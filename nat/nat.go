@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -53,8 +54,23 @@ const (
 	DefaultMaxFlows          = 65536
 	DefaultMaxFlowsPerSource = 1024
 	defaultMTU               = 1500
-	// queueLen is how many workload packets may wait for the netstack.
-	queueLen = 4096
+	// queueLen is how many workload packets may wait for the inbound
+	// loop: a burst of 16,384 new flows, each opening a socket there,
+	// is served rather than dropped. It holds pointers and times (256
+	// KiB); the packets take memory only while they wait.
+	queueLen = 16384
+	// maxQueueDelay is how long a datagram of a flow that has its socket
+	// may wait in that queue. Under a flood the queue stays full, and a
+	// datagram sent that late may reach a peer that has moved on: an
+	// iperf3 server takes the first datagram to its port for its client's
+	// hello, so the previous test's, still arriving a tenth of a second
+	// after it ended, would take the new client's place. A kernel NAT
+	// queues for microseconds. A new flow's first datagram is never late:
+	// a burst of them is served however long it takes.
+	maxQueueDelay = 20 * time.Millisecond
+	// linkQueueLen is how many packets from the netstack toward the
+	// workloads may wait for the outbound loop.
+	linkQueueLen = 4096
 	// datagramBufSize holds the largest IPv4 packet behind the headroom
 	// Config.Out wants, so a datagram may be read where its reply goes.
 	datagramBufSize = encap.Headroom + 1<<16
@@ -73,11 +89,17 @@ type NAT struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	// queue holds Deliver's packet copies, in gVisor's pooled views,
-	// which the netstack takes over without another copy.
-	queue chan *buffer.View
+	// which the netstack takes over without another copy, with when they
+	// came (since epoch, monotonic).
+	queue chan queued
+	epoch time.Time
 	// relayBufs holds the TCP relays' buffers, datagramBufs buffers for
-	// the largest datagram.
+	// the largest datagram (echo flows').
 	relayBufs, datagramBufs sync.Pool
+	// poller reads every UDP flow's host socket; udpTx is the inbound
+	// loop's state for sending on them.
+	poller *udpPoller
+	udpTx  udpWriter
 
 	// wg counts the NAT's goroutines; track refuses new ones once Close
 	// has begun, so wg.Wait cannot race with a late Add.
@@ -85,7 +107,8 @@ type NAT struct {
 	closing bool
 	wg      sync.WaitGroup
 
-	dropped, ignored atomic.Uint64
+	drops   dropCounters
+	ignored atomic.Uint64
 	// echoIdent hands out echo identifiers for raw ICMP sockets, which
 	// unlike ping sockets do not get one from the kernel.
 	echoIdent atomic.Uint32
@@ -113,7 +136,7 @@ func New(cfg Config) (*NAT, error) {
 	if cfg.MTU == 0 {
 		cfg.MTU = defaultMTU
 	}
-	n := &NAT{cfg: cfg, net: cfg.Net, log: cfg.Logger, queue: make(chan *buffer.View, queueLen)}
+	n := &NAT{cfg: cfg, net: cfg.Net, log: cfg.Logger, queue: make(chan queued, queueLen), epoch: time.Now()}
 	if n.net == nil {
 		n.net = ProcessNet{}
 	}
@@ -122,16 +145,24 @@ func New(cfg Config) (*NAT, error) {
 	}
 	n.relayBufs.New = func() any { b := make([]byte, relayBufSize); return &b }
 	n.datagramBufs.New = func() any { b := make([]byte, datagramBufSize); return &b }
+	n.udpTx.write = n.udpTx.writeFD
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.table = newTable(n.ctx, cfg.MaxFlows, cfg.MaxFlowsPerSource, cfg.Timeouts, time.Now)
-	if err := n.newStack(); err != nil {
+	var err error
+	if n.poller, err = newUDPPoller(n); err != nil {
 		n.cancel()
 		return nil, err
 	}
-	n.wg.Add(3)
+	if err := n.newStack(); err != nil {
+		n.cancel()
+		n.poller.close()
+		return nil, err
+	}
+	n.wg.Add(4)
 	go n.inbound()
 	go n.outbound()
 	go n.sweep()
+	go n.poller.run()
 	return n, nil
 }
 
@@ -141,7 +172,7 @@ func (n *NAT) newStack() error {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
 	})
-	n.link = channel.New(queueLen, uint32(n.cfg.MTU), "")
+	n.link = channel.New(linkQueueLen, uint32(n.cfg.MTU), "")
 	if err := s.CreateNIC(nicID, n.link); err != nil {
 		s.Destroy()
 		return fmt.Errorf("nat: netstack NIC: %s", err)
@@ -171,10 +202,14 @@ func (n *NAT) newStack() error {
 			return fmt.Errorf("nat: netstack TCP option %T: %s", o, err)
 		}
 	}
-	tcpFwd := tcp.NewForwarder(s, 0, queueLen, n.handleTCP)
+	// The forwarder drops, uncounted but for a netstack statistic, the
+	// SYNs beyond maxInFlight handshakes at once. Every SYN it sees was
+	// admitted against the table's limits (or is reset at once), so those
+	// limits, which count and answer a refusal, are the only ones.
+	tcpFwd := tcp.NewForwarder(s, 0, math.MaxInt32, n.handleTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
-	udpFwd := udp.NewForwarder(s, n.handleUDP)
-	s.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
+	// Only UDP datagrams reassembled from fragments reach the netstack.
+	s.SetTransportProtocolHandler(udp.ProtocolNumber, n.handleUDPPacket)
 	n.stack = s
 	return nil
 }
@@ -212,9 +247,9 @@ func (n *NAT) Deliver(pkt []byte) {
 	}
 	v := buffer.NewViewWithData(pkt) // pooled; the only copy
 	select {
-	case n.queue <- v:
+	case n.queue <- queued{v, time.Since(n.epoch)}:
 	default:
-		n.dropped.Add(1)
+		n.drops.add(dropQueueFull)
 		v.Release()
 	}
 }
@@ -228,8 +263,9 @@ func (n *NAT) inbound() {
 		select {
 		case <-n.ctx.Done():
 			return
-		case v := <-n.queue:
-			if !n.admit(v.AsSlice()) {
+		case q := <-n.queue:
+			v := q.v
+			if !n.admit(v.AsSlice(), time.Since(n.epoch)-q.at > maxQueueDelay) {
 				v.Release()
 				continue
 			}
@@ -241,12 +277,18 @@ func (n *NAT) inbound() {
 	}
 }
 
+// queued is a packet waiting for the inbound loop.
+type queued struct {
+	v  *buffer.View
+	at time.Duration // since NAT.epoch
+}
+
 // admit looks at one workload packet and says whether the netstack should
-// have it. New UDP flows and TCP SYNs get their entry here, where the whole
+// have it; late says it waited longer than maxQueueDelay. New UDP flows and TCP SYNs get their entry here, where the whole
 // packet is at hand for an ICMP error (UDP over a limit) or the quote of
 // later ones (TCP). A refused SYN still goes to the netstack, whose TCP
 // forwarder answers it with a reset.
-func (n *NAT) admit(pkt []byte) bool {
+func (n *NAT) admit(pkt []byte, late bool) bool {
 	ip := header.IPv4(pkt)
 	if !ip.IsValid(len(pkt)) {
 		n.ignored.Add(1)
@@ -292,6 +334,11 @@ func (n *NAT) admit(pkt []byte) bool {
 			return false
 		}
 		u := header.UDP(pkt[hl:])
+		whole := !ip.More()
+		if whole && (int(u.Length()) < header.UDPMinimumSize || int(u.Length()) > len(u) || !udpChecksumValid(ip, u[:u.Length()])) {
+			n.ignored.Add(1)
+			return false
+		}
 		k := flowKey{protoUDP, netip.AddrPortFrom(src, u.SourcePort()), netip.AddrPortFrom(dst, u.DestinationPort())}
 		// A flow's later datagrams need only the read lock.
 		e := n.table.lookup(k)
@@ -303,8 +350,16 @@ func (n *NAT) admit(pkt []byte) bool {
 				return false
 			}
 		}
+		if late && e.udp != nil {
+			n.drops.add(dropQueueLate)
+			return false
+		}
 		e.countOut(len(pkt), now)
-		return true
+		if !whole {
+			return true // the netstack reassembles it for handleUDPPacket
+		}
+		n.udpOut(e, u[header.UDPMinimumSize:u.Length()])
+		return false
 	case protoTCP:
 		if len(pkt) < hl+header.TCPMinimumSize {
 			return true // the netstack drops it
@@ -347,8 +402,15 @@ func (n *NAT) sendICMPError(typ header.ICMPv4Type, code header.ICMPv4Code, info 
 	if msg == nil {
 		return
 	}
-	if err := n.cfg.Out([][]byte{msg}); err != nil {
-		n.log.Debug("nat: writing an ICMP error toward a workload", "err", err)
+	n.out([][]byte{msg})
+}
+
+// out writes packets toward the workloads with Config.Out, counting those
+// it refuses.
+func (n *NAT) out(bufs [][]byte) {
+	if err := n.cfg.Out(bufs); err != nil {
+		n.drops.addN(dropOutFailed, uint64(len(bufs)))
+		n.log.Debug("nat: writing toward a workload", "err", err)
 	}
 }
 
@@ -375,9 +437,7 @@ func (n *NAT) reply(pkt *stack.PacketBuffer, buf []byte, bufs [][]byte) {
 	size := copyPacket(buf[encap.Headroom:], pkt)
 	n.countReply(buf[encap.Headroom : encap.Headroom+size])
 	bufs[0] = buf[:encap.Headroom+size]
-	if err := n.cfg.Out(bufs); err != nil {
-		n.log.Debug("nat: writing toward a workload", "err", err)
-	}
+	n.out(bufs)
 }
 
 // copyPacket copies the packet (from its first header) into b and returns
@@ -444,6 +504,7 @@ func (n *NAT) sweep() {
 		case now := <-tick.C:
 			if k := n.table.expire(now); k > 0 {
 				n.log.Debug("nat: flows expired", "count", k)
+				n.poller.reap()
 			}
 			// SetLimits may have shortened a timeout.
 			if next := interval(); next != every {
@@ -483,7 +544,7 @@ func (n *NAT) Flows() []Flow { return n.table.snapshot() }
 // Stats returns the NAT's counters.
 func (n *NAT) Stats() Stats {
 	s := n.table.stats()
-	s.Dropped = n.dropped.Load()
+	s.Drops = n.drops.snapshot()
 	s.Ignored = n.ignored.Load()
 	return s
 }
@@ -501,6 +562,7 @@ func (n *NAT) Close() error {
 	n.wgMu.Unlock()
 	n.cancel()
 	n.table.stopAll()
+	n.poller.close()
 	// Closing the stack aborts its endpoints, handshakes in progress
 	// included, so no forwarder goroutine stays blocked in one.
 	n.stack.Close()

@@ -116,3 +116,19 @@ func echoRequestMsg(ident, seq uint16, data []byte) []byte {
 	m.SetChecksum(^checksum.Checksum(m, 0))
 	return m
 }
+
+// fragHeader turns the copy of a packet's IPv4 header at the front of f,
+// followed by a piece of its payload, into the header of that fragment:
+// off is where the piece starts in the payload (a multiple of 8), more
+// whether others follow.
+func fragHeader(f []byte, off int, more bool) {
+	ip := header.IPv4(f)
+	ip.SetTotalLength(uint16(len(f)))
+	var flags uint8
+	if more {
+		flags = header.IPv4FlagMoreFragments
+	}
+	ip.SetFlagsFragmentOffset(flags, uint16(off))
+	ip.SetChecksum(0)
+	ip.SetChecksum(^ip.CalculateChecksum())
+}

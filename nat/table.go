@@ -1,9 +1,10 @@
 // Package nat is overlayd's natOutgoing: traffic from a natOutgoing pool to
-// destinations outside every pool is terminated in a gVisor netstack and
-// re-originated from host sockets, so it leaves with the node's address and
-// the replies come back without netfilter, the way slirp4netns and pasta
-// serve rootless containers. ICMP echo is not answered by the netstack but
-// relayed as a real echo. Host sockets send with the TTL and DSCP of the
+// destinations outside every pool is re-originated from host sockets, so it
+// leaves with the node's address and the replies come back without
+// netfilter, the way slirp4netns and pasta serve rootless containers. TCP
+// is terminated in a gVisor netstack; UDP datagrams go straight to a
+// connected host socket per flow, read by one poller (the netstack only
+// reassembles fragmented ones); ICMP echo is relayed as a real echo. Host sockets send with the TTL and DSCP of the
 // workload's packet, and the ICMP errors they get (unreachable, time
 // exceeded) go back to the workload from their sender, quoting the
 // workload's packet, so traceroute through the NAT shows the hops beyond. Every flow is an entry of a connection-tracking
@@ -176,8 +177,11 @@ type entry struct {
 	// echoRequests feeds an ICMP flow's sender; only the inbound loop
 	// touches it.
 	echoRequests chan echoRequest
-	// relaying says a goroutine serves the flow; set once.
+	// relaying says a goroutine serves the (TCP) flow; set once.
 	relaying atomic.Bool
+	// udp is a UDP flow's host socket, opened with its first datagram;
+	// only the inbound loop touches it.
+	udp *udpSock
 }
 
 func (e *entry) getState() state { return state(e.state.Load()) }
@@ -459,11 +463,13 @@ type Stats struct {
 	Expired uint64 `json:"expired"`
 	// Refused counts flows refused, by reason (the Refused constants).
 	Refused map[string]uint64 `json:"refused"`
-	// Dropped counts packets the NAT's queue had no room for.
-	Dropped uint64 `json:"dropped"`
-	// Ignored counts packets the NAT does not translate: malformed,
-	// ICMP other than echo requests, fragmented ICMP, and packets that
-	// arrive with TTL 0 (answered with time exceeded from the node).
+	// Drops counts packets the NAT took and could not pass on, by reason
+	// (the Drop constants).
+	Drops map[string]uint64 `json:"drops"`
+	// Ignored counts packets the NAT does not translate: malformed (a UDP
+	// datagram with a bad checksum included), ICMP other than echo
+	// requests, fragmented ICMP, and packets that arrive with TTL 0
+	// (answered with time exceeded from the node).
 	Ignored uint64 `json:"ignored"`
 }
 

@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -74,7 +76,7 @@ func (n *NAT) handleTCP(r *tcp.ForwarderRequest) {
 		e.setOutside(tc.AddrPort())
 	}
 	n.table.setState(e, stateEstablished)
-	n.relayTCP(e, gonet.NewTCPConn(&wq, ep), ep, out)
+	n.relayTCP(e, gonet.NewTCPConn(&wq, ep), ep, &wq, out)
 }
 
 // dialOutside connects the flow's host socket to its destination, with the
@@ -91,6 +93,11 @@ func (n *NAT) dialOutside(ctx context.Context, e *entry) (net.Conn, []icmpReport
 		if err := setRecvErr(int(fd)); err != nil {
 			return err
 		}
+		// The local port is chosen at connect, by the whole 4-tuple, not
+		// at bind: flows to different destinations may share one, so the
+		// NAT is not held to one flow per ephemeral port. Best effort: a
+		// kernel without it (before 4.2) binds as before.
+		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
 		dup, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("keeping the socket for its error queue: %w", err)
@@ -192,7 +199,13 @@ func resetConn(c net.Conn) {
 // is carried across as a half-close, so either side may keep sending after
 // the other is done; a reset or error on either side resets both; so does
 // the flow's end (expiry, NAT closed).
-func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.Conn) {
+//
+// An idle flow holds no buffer and one goroutine: the host's direction
+// waits in the runtime's poller for its socket to have something to read
+// (or to end) before it takes a buffer from the pool; the workload's has a
+// goroutine only while its endpoint has something. Each gives its buffer
+// back once it has read what there was.
+func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, wq *waiter.Queue, out net.Conn) {
 	var resetOnce sync.Once
 	resetBoth := func() {
 		resetOnce.Do(func() {
@@ -231,33 +244,61 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.C
 		n.sendICMPError(header.ICMPv4DstUnreachable, code, 0, e.key.dest.Addr(), e.tcpQuote())
 		return hostConn != nil && tcpAlive(hostConn)
 	}
-	pipe := func(dst io.Writer, src io.Reader, closeWrite func() error, fromHost bool) {
-		bufp := n.relayBufs.Get().(*[]byte)
-		defer n.relayBufs.Put(bufp)
-		buf := *bufp
+	// pipe moves what src has to dst until src's direction has ended (it
+	// returns true). wait, when not nil, waits without a buffer until src
+	// has something (and returns its error); ready, when not nil, says
+	// whether it has something now, and pipe returns false (idle) when it
+	// has not.
+	pipe := func(dst io.Writer, src io.Reader, wait func() error, ready func() bool, closeWrite func() error, fromHost bool) (ended bool) {
+		var bufp *[]byte
+		defer func() {
+			if bufp != nil {
+				n.relayBufs.Put(bufp)
+			}
+		}()
 		for {
-			k, err := src.Read(buf)
+			var k int
+			var err error
+			if bufp == nil {
+				if ready != nil && !ready() {
+					return false
+				}
+				if wait != nil {
+					err = wait()
+				}
+			}
+			if err == nil {
+				if bufp == nil {
+					bufp = n.relayBufs.Get().(*[]byte)
+				}
+				k, err = src.Read(*bufp)
+			}
 			for off := 0; off < k; {
-				w, werr := dst.Write(buf[off:k])
+				w, werr := dst.Write((*bufp)[off:k])
 				off += w
 				if werr != nil && (fromHost || !hostError(werr)) {
 					resetBoth()
-					return
+					return true
 				}
+			}
+			if bufp != nil && k < len(*bufp) {
+				// What was there has been read: idle again, or soon.
+				n.relayBufs.Put(bufp)
+				bufp = nil
 			}
 			if errors.Is(err, io.EOF) {
 				if closeWrite == nil || closeWrite() != nil {
 					resetBoth()
 				}
 				finished()
-				return
+				return true
 			}
 			if err != nil {
 				if fromHost && hostError(err) {
 					continue
 				}
 				resetBoth()
-				return
+				return true
 			}
 		}
 	}
@@ -265,13 +306,67 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.C
 	if outHalf != nil {
 		outCloseWrite = outHalf.CloseWrite
 	}
-	done := make(chan struct{})
-	if !n.goTracked(func() { defer close(done); pipe(out, in, outCloseWrite, false) }) {
-		resetBoth()
-		close(done)
+
+	// The workload's direction has a goroutine only while it has data: the
+	// netstack's notification starts one, which returns once the
+	// endpoint has nothing more to read. The netstack side is readable when
+	// it has data, its FIN, or an error (Readiness reports every event
+	// once the endpoint has ended).
+	const readable = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+	const (
+		inIdle int32 = iota
+		inRunning
+		inAgain // woken while running: look again before going idle
+		inEnded
+	)
+	var inState atomic.Int32
+	inDone := make(chan struct{})
+	var inDoneOnce sync.Once
+	endIn := func() {
+		inState.Store(inEnded)
+		inDoneOnce.Do(func() { close(inDone) })
 	}
-	pipe(in, out, in.CloseWrite, true)
-	<-done
+	inReady := func() bool { return ep.Readiness(readable) != 0 }
+	drain := func() {
+		for {
+			if pipe(out, in, nil, inReady, outCloseWrite, false) {
+				endIn()
+				return
+			}
+			if inState.CompareAndSwap(inRunning, inIdle) {
+				return
+			}
+			inState.Store(inRunning) // inAgain: something came meanwhile
+		}
+	}
+	// wake runs in the netstack's notification, under its queue's lock:
+	// it only starts the drain or tells the running one to look again.
+	wake := func(waiter.EventMask) {
+		for {
+			switch inState.Load() {
+			case inIdle:
+				if inState.CompareAndSwap(inIdle, inRunning) {
+					if !n.goTracked(drain) {
+						endIn() // Close has begun: it resets the flow
+					}
+					return
+				}
+			case inRunning:
+				if inState.CompareAndSwap(inRunning, inAgain) {
+					return
+				}
+			default:
+				return
+			}
+		}
+	}
+	inEntry := waiter.NewFunctionEntry(readable, wake)
+	wq.EventRegister(&inEntry)
+	wake(readable) // what came before the registration
+
+	pipe(in, out, hostReadable(out), nil, in.CloseWrite, true)
+	<-inDone
+	wq.EventUnregister(&inEntry)
 	// Disarm the reset before ending the flow (which cancels its
 	// context): after two FINs the netstack may still hold data for the
 	// workload, which a close delivers and an abort would discard.
@@ -279,6 +374,43 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, out net.C
 	in.Close()
 	out.Close()
 	n.table.end(e)
+}
+
+// hostReadable returns a function that waits, in the runtime's poller and
+// without a buffer, until the host connection has data, its FIN or an
+// error to read. The error it returns is the connection's (a reset, an
+// ICMP error), which the kernel reports once: the wait has taken it, so
+// the caller handles it as a read's.
+func hostReadable(c net.Conn) func() error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return func() error { return nil }
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return func() error { return nil }
+	}
+	var peek [1]byte
+	var perr syscall.Errno
+	// A one-byte peek that would block says there is nothing yet; data,
+	// the end (0) or an error is something.
+	ready := func(fd uintptr) bool {
+		for {
+			_, _, perr = unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&peek[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+			if perr != unix.EINTR {
+				return perr != unix.EAGAIN
+			}
+		}
+	}
+	return func() error {
+		if err := rc.Read(ready); err != nil {
+			return err // closed
+		}
+		if perr != 0 {
+			return fmt.Errorf("reading the host connection: %w", perr)
+		}
+		return nil
+	}
 }
 
 // noteWorkloadSeq records how far the workload's sequence numbers have got
