@@ -235,7 +235,7 @@ var allowedKeys = map[string][]string{
 	"":          {"tunnel", "vxlan", "metrics", "admin", "nat", "datastore", "netstack", "forward", "pools", "nodes"},
 	"datastore": {"type", "endpoints", "prefix", "caFile", "certFile", "keyFile", "stateDir", "maxBlocksPerNode"},
 	"tunnel":    {"device", "mtu", "mode", "fd"},
-	"netstack":  {"socks5"},
+	"netstack":  {"socks5", "socks5User", "socks5PasswordFile", "socks5AllowUnauthenticated"},
 	"forward":   {"listen", "to", "reverse"},
 	"vxlan":     {"vni", "port"},
 	"metrics":   {"listen"},
