@@ -34,8 +34,10 @@ type fakeAPI struct {
 
 func (f *fakeAPI) api(pprof bool) *adminAPI {
 	return &adminAPI{
-		plan:   func() *plan.Plan { return &plan.Plan{Node: "node-a"} },
-		routes: func() (RoutesReply, error) { return RoutesReply{Kernel: []string{"192.168.0.64/26 via 198.18.1.11 dev ovl0 proto 211"}}, nil },
+		plan: func() *plan.Plan { return &plan.Plan{Node: "node-a"} },
+		routes: func() (RoutesReply, error) {
+			return RoutesReply{Kernel: []string{"192.168.0.64/26 via 198.18.1.11 dev ovl0 proto 211"}}, nil
+		},
 		status: func() StatusReply { return StatusReply{Node: "node-a"} },
 		nat:    func() NATReply { return NATReply{Flows: []nat.Flow{}} },
 		reload: func() (kernel.Changes, error) {
