@@ -173,7 +173,7 @@ func TestAdminSocketFiles(t *testing.T) {
 	old := syscall.Umask(0)
 	defer syscall.Umask(old)
 
-	t.Run("a new directory is 0700, the socket 0600, both removed but the lock at close", func(t *testing.T) {
+	t.Run("a new directory is 0700, the socket 0600, removed at close with its lock", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "run", "overlayd")
 		path := filepath.Join(dir, "node-a.sock")
 		s, err := listenAdmin(path, log)
@@ -187,8 +187,10 @@ func TestAdminSocketFiles(t *testing.T) {
 			t.Errorf("socket %v (%v), want a socket %v", fi.Mode(), err, adminSocketMode)
 		}
 		s.Close()
-		if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
-			t.Errorf("the socket is still there after Close (%v)", err)
+		for _, p := range []string{path, path + ".lock"} {
+			if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("%s is still there after Close (%v)", p, err)
+			}
 		}
 	})
 	t.Run("an existing directory keeps its mode", func(t *testing.T) {

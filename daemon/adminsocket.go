@@ -35,9 +35,11 @@ type adminSocket struct {
 	path string
 	ln   net.Listener
 	// lock is PATH.lock, flock(2)ed for the process's life: two overlayd
-	// starting at once for one node cannot both find the old socket stale,
-	// both remove it and both listen. The kernel releases it however the
-	// process ends; the file stays, empty, so no one locks a removed inode.
+	// starting at once for one node after a crash cannot both find the
+	// old socket stale, both remove it and both listen. The kernel
+	// releases it however the process ends. A clean exit removes the file
+	// too, leaving nothing behind: with no stale socket, two that start at
+	// once are told apart by bind itself (EADDRINUSE).
 	lock *os.File
 }
 
@@ -68,8 +70,13 @@ func listenAdmin(path string, log *slog.Logger) (*adminSocket, error) {
 		return nil, fmt.Errorf("admin socket %s: locking %s.lock: %w", path, path, err)
 	}
 	s := &adminSocket{path: path, lock: lock}
+	// From here on the lock is this process's: a failure removes its file.
+	release := func() {
+		_ = os.Remove(path + ".lock")
+		_ = lock.Close()
+	}
 	if err := removeStaleSocket(path, log); err != nil {
-		lock.Close()
+		release()
 		return nil, err
 	}
 	// Bound with mode 0600 from the start: Linux gives the socket file the
@@ -83,7 +90,10 @@ func listenAdmin(path string, log *slog.Logger) (*adminSocket, error) {
 		return chmodErr
 	}}
 	if s.ln, err = lc.Listen(context.Background(), "unix", path); err != nil {
-		lock.Close()
+		release()
+		if errors.Is(err, unix.EADDRINUSE) {
+			return nil, fmt.Errorf("admin socket %s: %w: another one bound it first", path, errAlreadyRunning)
+		}
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
 	fi, err := os.Lstat(path)
@@ -141,9 +151,10 @@ func adminDirError(dir string, err error) error {
 // Listener is the socket to serve the admin API on.
 func (s *adminSocket) Listener() net.Listener { return s.ln }
 
-// Close removes the socket file, then releases the lock: in that order,
-// a successor never finds this process's socket.
+// Close removes the socket file and the lock file, then releases the
+// lock: in that order, a successor never finds this process's socket.
 func (s *adminSocket) Close() {
 	_ = s.ln.Close() // unlinks the path; already closed when the server was
+	_ = os.Remove(s.path + ".lock")
 	_ = s.lock.Close()
 }
