@@ -1,21 +1,17 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
-)
 
-// profileListen is where each overlayd of a profiled run serves
-// /debug/pprof, inside its node's namespace.
-const profileListen = "127.0.0.1:9469"
+	"github.com/overlayd/overlayd/daemon"
+)
 
 // startProfiles fetches a CPU profile of seconds, then an allocation
 // profile, from every overlayd of ep while the caller measures; the
@@ -37,7 +33,7 @@ func startProfiles(e *env, ep *endpoints, m mode, seconds int) (wait func()) {
 				{fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), base + ".cpu.pprof"},
 				{"/debug/pprof/allocs", base + ".allocs.pprof"},
 			} {
-				if err := fetchProfile(proc.Host.Do, p.path, p.file, time.Duration(seconds+30)*time.Second); err != nil {
+				if err := fetchProfile(ep.adminSockets[proc.Host.Name], p.path, p.file, time.Duration(seconds+30)*time.Second); err != nil {
 					fmt.Fprintf(os.Stderr, "bench: profile %s: %v\n", p.file, err)
 				}
 			}
@@ -46,28 +42,10 @@ func startProfiles(e *env, ep *endpoints, m mode, seconds int) (wait func()) {
 	return wg.Wait
 }
 
-// fetchProfile GETs path from the overlayd listening in a node's namespace
-// into file. The connection is dialled inside the namespace (do runs there)
-// and then handed to an HTTP client, whose own dialling would not be.
-func fetchProfile(do func(func() error) error, path, file string, timeout time.Duration) error {
-	var c net.Conn
-	if err := do(func() (err error) {
-		c, err = net.DialTimeout("tcp", profileListen, 5*time.Second)
-		return err
-	}); err != nil {
-		return err
-	}
-	used := false
-	client := &http.Client{Timeout: timeout, Transport: &http.Transport{
-		DialContext: func(context.Context, string, string) (net.Conn, error) {
-			if used {
-				return nil, fmt.Errorf("one connection per profile")
-			}
-			used = true
-			return c, nil
-		},
-	}}
-	resp, err := client.Get("http://" + profileListen + path)
+// fetchProfile GETs path from the overlayd whose admin socket is socket
+// into file.
+func fetchProfile(socket, path, file string, timeout time.Duration) error {
+	resp, err := daemon.AdminClient(socket, timeout).Get(daemon.AdminURL + path)
 	if err != nil {
 		return err
 	}
