@@ -500,16 +500,16 @@ func serveHTTP(t *testing.T, h *testbed.Host, addr string) {
 }
 
 // httpGet fetches http://to/ from a host's namespace, through a SOCKS5
-// proxy if socks5 is set (golang.org/x/net/proxy's client: an
-// implementation independent of overlayd's server). The connection is made
-// inside the namespace, then handed to the HTTP client, whose own dials
-// would run on threads outside it.
-func httpGet(ctx context.Context, from *testbed.Host, socks5, to string) (string, error) {
+// proxy if socks5 is set, giving auth if set (golang.org/x/net/proxy's
+// client: an implementation independent of overlayd's server). The
+// connection is made inside the namespace, then handed to the HTTP client,
+// whose own dials would run on threads outside it.
+func httpGet(ctx context.Context, from *testbed.Host, socks5 string, auth *proxy.Auth, to string) (string, error) {
 	var conn net.Conn
 	err := from.Do(func() error {
 		var d proxy.ContextDialer = &net.Dialer{Timeout: 10 * time.Second}
 		if socks5 != "" {
-			sd, err := proxy.SOCKS5("tcp4", socks5, nil, proxy.Direct)
+			sd, err := proxy.SOCKS5("tcp4", socks5, auth, proxy.Direct)
 			if err != nil {
 				return err
 			}
@@ -539,13 +539,16 @@ func httpGet(ctx context.Context, from *testbed.Host, socks5, to string) (string
 // TestNetstackMode: node-a runs overlayd in netstack mode as nobody with no
 // capability and no TUN; node-b runs it with a kernel TUN. A client on
 // node-a reaches an HTTP server on node-b's workload through the SOCKS5
-// listener and through a port forward, and node-b's workload reaches a
-// server on node-a's host through a reverse forward, all across VXLAN.
+// listener (with a username and password; a wrong password is refused) and
+// through a port forward, and node-b's workload reaches a server on
+// node-a's host through a reverse forward, all across VXLAN.
 func TestNetstackMode(t *testing.T) {
 	requireSetpriv(t)
 	cluster := rootlessCluster("vxlanMode", `
 [netstack]
 socks5 = "127.0.0.1:1080"
+socks5User = "alice"
+socks5PasswordFile = "socks5.password"
 
 [[forward]]
 listen = "127.0.0.1:8080"
@@ -557,6 +560,15 @@ listen = ":9000"
 to = "127.0.0.1:9001"
 `)
 	exe, file := unprivilegedDir(t, cluster)
+	// The password is for overlayd's user alone: nobody on node-a.
+	password := filepath.Join(filepath.Dir(file), "socks5.password")
+	if err := os.WriteFile(password, []byte("correct horse\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(password, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	auth := &proxy.Auth{User: "alice", Password: "correct horse"}
 	bed, workloads := twoNodeBed(t, file, (*testbed.Bed).AddHost)
 	a, b := bed.Host("node-a"), bed.Host("node-b")
 
@@ -610,19 +622,28 @@ to = "127.0.0.1:9001"
 		name   string
 		from   *testbed.Host
 		socks5 string // the SOCKS5 proxy to go through; "": none
+		auth   *proxy.Auth
 		to     string
-		want   string
+		want   string // "": the connection is refused
 	}{
-		{"node-a through SOCKS5 to node-b's workload", a, "127.0.0.1:1080", "192.168.0.69:8000", want},
-		{"node-a through the port forward to node-b's workload", a, "", "127.0.0.1:8080", want},
-		{"node-b's workload through the reverse forward to node-a's host", workloads["node-b"], "", tunnelA.String() + ":9000", "hello from node-a to 127.0.0.1"},
+		{"node-a through SOCKS5 to node-b's workload", a, "127.0.0.1:1080", auth, "192.168.0.69:8000", want},
+		{"node-a through SOCKS5 with a wrong password", a, "127.0.0.1:1080", &proxy.Auth{User: "alice", Password: "wrong horse"}, "192.168.0.69:8000", ""},
+		{"node-a through SOCKS5 without credentials", a, "127.0.0.1:1080", nil, "192.168.0.69:8000", ""},
+		{"node-a through the port forward to node-b's workload", a, "", nil, "127.0.0.1:8080", want},
+		{"node-b's workload through the reverse forward to node-a's host", workloads["node-b"], "", nil, tunnelA.String() + ":9000", "hello from node-a to 127.0.0.1"},
 		// natOutgoing: the netstack's traffic to an address in no pool is
 		// NATed to node-a's address, as a workload's would be.
-		{"node-a through SOCKS5 to a host outside every pool, NATed", a, "127.0.0.1:1080", "198.18.1.1:8001", "hello from underlay to 198.18.1.10"},
+		{"node-a through SOCKS5 to a host outside every pool, NATed", a, "127.0.0.1:1080", auth, "198.18.1.1:8001", "hello from underlay to 198.18.1.10"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := httpGet(ctx, tc.from, tc.socks5, tc.to)
+			got, err := httpGet(ctx, tc.from, tc.socks5, tc.auth, tc.to)
+			if tc.want == "" {
+				if err == nil {
+					t.Fatalf("the proxy let the client through: %q", got)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
