@@ -44,6 +44,8 @@ type endpoints struct {
 	client, server *testbed.Host
 	addr           netip.Addr
 	routers        []*testbed.Process // userspace routers whose CPU and RSS count
+	// adminSockets are the overlayd routers' admin sockets, by node.
+	adminSockets map[string]string
 }
 
 // env is what the modes need from the command line.
@@ -146,7 +148,7 @@ func setupOverlayd(e *env, bed *testbed.Bed, m mode) (*endpoints, error) {
 	if err != nil {
 		return nil, err
 	}
-	ep := &endpoints{client: wa, server: wc, addr: wc.Addr.Addr()}
+	ep := &endpoints{client: wa, server: wc, addr: wc.Addr.Addr(), adminSockets: map[string]string{}}
 	for _, name := range []string{"node-a", "node-c"} {
 		// Blocks sent unencapsulated across subnets: the router must
 		// know them, as BGP would tell it.
@@ -161,9 +163,16 @@ func setupOverlayd(e *env, bed *testbed.Bed, m mode) (*endpoints, error) {
 				}
 			}
 		}
-		metrics := []string{"--no-metrics"}
-		if e.profileDir != "" || m.natFlows {
-			metrics = []string{"--metrics-listen", profileListen}
+		// The admin socket in /tmp, per bed and node: the bed's nodes share
+		// the filesystem; pprof is served on it only for a profiled run.
+		ep.adminSockets[name] = filepath.Join(os.TempDir(), "overlayd-bench-"+bed.ID()+"-"+name+".sock")
+		metrics := []string{"--no-metrics", "--admin-socket", ep.adminSockets[name]}
+		if m.natFlows {
+			// The NAT flows section reads /metrics in the node's namespace.
+			metrics = []string{"--metrics-listen", metricsListen, "--admin-socket", ep.adminSockets[name]}
+		}
+		if e.profileDir != "" {
+			metrics = append(metrics, "--pprof")
 		}
 		proc, err := bed.Host(name).Start(e.overlayd, append([]string{"run", "--config", m.path, "--node", name}, metrics...)...)
 		if err != nil {
@@ -196,7 +205,7 @@ func setupNAT(e *env, bed *testbed.Bed, m mode) (*endpoints, error) {
 		return nil, err
 	}
 	outside := bed.Host("outside")
-	return &endpoints{client: ep.client, server: outside, addr: outside.Addr.Addr(), routers: ep.routers}, nil
+	return &endpoints{client: ep.client, server: outside, addr: outside.Addr.Addr(), routers: ep.routers, adminSockets: ep.adminSockets}, nil
 }
 
 // setupKernelVXLAN sets up the kernel's VXLAN on node A and node C from the

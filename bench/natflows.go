@@ -106,7 +106,7 @@ func natFlowsConfig(path string) (string, error) {
 }
 
 // measureNATFlows runs the section against ep, whose first router is node
-// A's overlayd, serving its metrics on profileListen.
+// A's overlayd, serving its metrics on metricsListen.
 func measureNATFlows(ctx context.Context, ep *endpoints) (natFlowsResult, error) {
 	var res natFlowsResult
 	if len(ep.routers) == 0 {
@@ -469,7 +469,7 @@ func natCounted(p *testbed.Process) (uint64, error) {
 	return sum, sc.Err()
 }
 
-// fetch GETs path from the overlayd listening on profileListen in a node's
+// fetch GETs path from the overlayd listening on metricsListen in a node's
 // namespace; see fetchTo.
 func fetch(do func(func() error) error, path string, timeout time.Duration) ([]byte, error) {
 	var body []byte
@@ -480,14 +480,14 @@ func fetch(do func(func() error) error, path string, timeout time.Duration) ([]b
 	return body, err
 }
 
-// fetchTo GETs path from the overlayd listening on profileListen in a
+// fetchTo GETs path from the overlayd listening on metricsListen in a
 // node's namespace and hands the body to read. The connection is dialled
 // inside the namespace (do runs there) and then handed to an HTTP client,
 // whose own dialling would not be.
 func fetchTo(do func(func() error) error, path string, timeout time.Duration, read func(io.Reader) error) error {
 	var c net.Conn
 	if err := do(func() (err error) {
-		c, err = net.DialTimeout("tcp", profileListen, 5*time.Second)
+		c, err = net.DialTimeout("tcp", metricsListen, 5*time.Second)
 		return err
 	}); err != nil {
 		return err
@@ -502,7 +502,7 @@ func fetchTo(do func(func() error) error, path string, timeout time.Duration, re
 			return c, nil
 		},
 	}}
-	resp, err := client.Get("http://" + profileListen + path)
+	resp, err := client.Get("http://" + metricsListen + path)
 	if err != nil {
 		return err
 	}
@@ -541,3 +541,7 @@ func natFlowsTable(results []result) string {
 	}
 	return b.String()
 }
+
+// metricsListen is where the overlayd of the NAT flows section serves
+// /metrics, inside its node's namespace.
+const metricsListen = "127.0.0.1:9469"

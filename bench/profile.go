@@ -3,16 +3,15 @@ package main
 import (
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
-)
 
-// profileListen is where each overlayd of a profiled run serves
-// /debug/pprof, inside its node's namespace.
-const profileListen = "127.0.0.1:9469"
+	"github.com/overlayd/overlayd/daemon"
+)
 
 // startProfiles fetches a CPU profile of seconds, then an allocation
 // profile, from every overlayd of ep while the caller measures; the
@@ -34,7 +33,7 @@ func startProfiles(e *env, ep *endpoints, m mode, seconds int) (wait func()) {
 				{fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), base + ".cpu.pprof"},
 				{"/debug/pprof/allocs", base + ".allocs.pprof"},
 			} {
-				if err := fetchProfile(proc.Host.Do, p.path, p.file, time.Duration(seconds+30)*time.Second); err != nil {
+				if err := fetchProfile(ep.adminSockets[proc.Host.Name], p.path, p.file, time.Duration(seconds+30)*time.Second); err != nil {
 					fmt.Fprintf(os.Stderr, "bench: profile %s: %v\n", p.file, err)
 				}
 			}
@@ -43,17 +42,22 @@ func startProfiles(e *env, ep *endpoints, m mode, seconds int) (wait func()) {
 	return wg.Wait
 }
 
-// fetchProfile GETs path from the overlayd listening in a node's namespace
+// fetchProfile GETs path from the overlayd whose admin socket is socket
 // into file.
-func fetchProfile(do func(func() error) error, path, file string, timeout time.Duration) error {
+func fetchProfile(socket, path, file string, timeout time.Duration) error {
+	resp, err := daemon.AdminClient(socket, timeout).Get(daemon.AdminURL + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", path, resp.Status)
+	}
 	f, err := os.Create(file)
 	if err != nil {
 		return err
 	}
-	if err := fetchTo(do, path, timeout, func(r io.Reader) error {
-		_, err := io.Copy(f, r)
-		return err
-	}); err != nil {
+	if _, err := io.Copy(f, resp.Body); err != nil {
 		f.Close()
 		return err
 	}

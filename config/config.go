@@ -44,6 +44,7 @@ type Cluster struct {
 	Tunnel  Tunnel
 	VXLAN   VXLAN
 	Metrics Metrics
+	Admin   Admin
 	NAT     NAT
 	// Datastore says where pools, nodes and blocks come from: this file
 	// (the default) or etcd, in which case Pools is empty and Nodes holds
@@ -76,7 +77,9 @@ type VXLAN struct {
 	Port uint16
 }
 
-// Metrics holds where /metrics and the admin API listen.
+// Metrics holds where Prometheus's /metrics listens: that listener serves
+// nothing else, since whoever scrapes it may be on another host; the admin
+// API is on the admin socket.
 type Metrics struct {
 	Listen string
 }
@@ -173,6 +176,7 @@ type fileRoot struct {
 	Tunnel    fileTunnel     `toml:"tunnel"`
 	VXLAN     fileVXLAN      `toml:"vxlan"`
 	Metrics   fileMetrics    `toml:"metrics"`
+	Admin     fileAdmin      `toml:"admin"`
 	NAT       fileNAT        `toml:"nat"`
 	Datastore fileDatastore  `toml:"datastore"`
 	Netstack  fileNetstack   `toml:"netstack"`
@@ -228,13 +232,14 @@ type fileNode struct {
 
 // allowedKeys lists each table's keys, for unknown-key messages.
 var allowedKeys = map[string][]string{
-	"":          {"tunnel", "vxlan", "metrics", "nat", "datastore", "netstack", "forward", "pools", "nodes"},
+	"":          {"tunnel", "vxlan", "metrics", "admin", "nat", "datastore", "netstack", "forward", "pools", "nodes"},
 	"datastore": {"type", "endpoints", "prefix", "caFile", "certFile", "keyFile", "stateDir", "maxBlocksPerNode"},
 	"tunnel":    {"device", "mtu", "mode", "fd"},
-	"netstack":  {"socks5"},
+	"netstack":  {"socks5", "socks5User", "socks5PasswordFile", "socks5AllowUnauthenticated"},
 	"forward":   {"listen", "to", "reverse"},
 	"vxlan":     {"vni", "port"},
 	"metrics":   {"listen"},
+	"admin":     {"socket", "pprof"},
 	"nat":       {"exclude", "maxFlows", "maxFlowsPerSource", "tcpTimeout", "udpTimeout", "udpStreamTimeout", "icmpTimeout"},
 	"pools":     {"name", "cidr", "ipipMode", "vxlanMode", "natOutgoing", "disabled", "nodeSelector", "blockSize"},
 	"nodes":     {"name", "address", "labels", "blocks", "vtepMAC"},
@@ -511,6 +516,9 @@ func (p *parser) settings(root fileRoot, c *Cluster) error {
 		c.Metrics.Listen = DefaultMetricsListen
 	} else if _, err := netip.ParseAddrPort(c.Metrics.Listen); err != nil {
 		return p.errAt("metrics", 0, "", "listen", "%q is not an address:port (e.g. %q)", c.Metrics.Listen, DefaultMetricsListen)
+	}
+	if err := p.admin(root.Admin, c); err != nil {
+		return err
 	}
 
 	exclude, err := OneOf(root.NAT.Exclude, ExcludeIPPoolsOnly, ExcludeIPPoolsOnly, ExcludeIPPoolsAndHostIPs)

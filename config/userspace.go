@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
+	"strings"
 )
 
 // Tunnel modes: how the node's workload side is made.
@@ -20,10 +22,19 @@ const (
 
 // Netstack holds what netstack mode exposes to the host's applications.
 type Netstack struct {
-	// SOCKS5 is the address:port of the SOCKS5 (RFC 1928, CONNECT, no
-	// authentication) listener on the host; invalid: none.
+	// SOCKS5 is the address:port of the SOCKS5 (RFC 1928, CONNECT)
+	// listener on the host; invalid: none.
 	SOCKS5 netip.AddrPort
+	// SOCKS5User and SOCKS5Password, when set, are the credentials (RFC
+	// 1929) every SOCKS5 client must give; the password is read from
+	// socks5PasswordFile, never written in the cluster file, which is the
+	// same on every node and readable by many.
+	SOCKS5User, SOCKS5Password string
 }
+
+// maxSOCKS5Field is the longest username or password RFC 1929's length
+// byte can carry.
+const maxSOCKS5Field = 255
 
 // Forward is one TCP port forward of netstack mode.
 type Forward struct {
@@ -38,7 +49,10 @@ type Forward struct {
 }
 
 type fileNetstack struct {
-	SOCKS5 string `toml:"socks5"`
+	SOCKS5                     string `toml:"socks5"`
+	SOCKS5User                 string `toml:"socks5User"`
+	SOCKS5PasswordFile         string `toml:"socks5PasswordFile"`
+	SOCKS5AllowUnauthenticated bool   `toml:"socks5AllowUnauthenticated"`
 }
 
 type fileForward struct {
@@ -65,12 +79,8 @@ func (p *parser) userspace(root fileRoot, c *Cluster) error {
 		c.Tunnel.FD = *fd
 	}
 
-	if s := root.Netstack.SOCKS5; s != "" {
-		ap, err := netip.ParseAddrPort(s)
-		if err != nil || !ap.Addr().Is4() {
-			return p.errAt("netstack", 0, "", "socks5", "%q is not an IPv4 address:port (e.g. \"127.0.0.1:1080\")", s)
-		}
-		c.Netstack.SOCKS5 = ap
+	if err := p.socks5(root.Netstack, c); err != nil {
+		return err
 	}
 
 	for i, ff := range root.Forward {
@@ -128,4 +138,66 @@ func parseForwardAddr(s string, reverse bool) (netip.AddrPort, error) {
 		}
 	}
 	return netip.AddrPortFrom(addr, uint16(n)), nil
+}
+
+// socks5 validates the [netstack] SOCKS5 keys. A listener off loopback
+// without credentials lets whoever reaches it into the overlay as this
+// node, so it needs either credentials or socks5AllowUnauthenticated.
+func (p *parser) socks5(fn fileNetstack, c *Cluster) error {
+	fail := func(key, format string, args ...any) *Error {
+		return p.errAt("netstack", 0, "", key, format, args...)
+	}
+	if fn.SOCKS5 == "" {
+		for _, k := range []struct {
+			key string
+			set bool
+		}{{"socks5User", fn.SOCKS5User != ""}, {"socks5PasswordFile", fn.SOCKS5PasswordFile != ""}, {"socks5AllowUnauthenticated", fn.SOCKS5AllowUnauthenticated}} {
+			if k.set {
+				return fail(k.key, "there is no SOCKS5 listener to apply it to: set socks5 = \"127.0.0.1:1080\" too, or remove it")
+			}
+		}
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(fn.SOCKS5)
+	if err != nil || !ap.Addr().Is4() {
+		return fail("socks5", "%q is not an IPv4 address:port (e.g. \"127.0.0.1:1080\")", fn.SOCKS5)
+	}
+	c.Netstack.SOCKS5 = ap
+	switch {
+	case fn.SOCKS5User == "" && fn.SOCKS5PasswordFile != "":
+		return fail("socks5PasswordFile", "is set without socks5User: set both for username/password authentication (RFC 1929)")
+	case fn.SOCKS5User != "" && fn.SOCKS5PasswordFile == "":
+		return fail("socks5User", "is set without socks5PasswordFile: name a file holding the password (one line, readable only by overlayd's user)")
+	case fn.SOCKS5User == "":
+		if !ap.Addr().IsLoopback() && !fn.SOCKS5AllowUnauthenticated {
+			return fail("socks5", "%s is not a loopback address and the listener asks for no credentials: whoever reaches it reaches the overlay as this node; "+
+				"set socks5User and socks5PasswordFile, or socks5AllowUnauthenticated = true to serve it open on purpose", ap)
+		}
+		return nil
+	}
+	if fn.SOCKS5AllowUnauthenticated {
+		return fail("socks5AllowUnauthenticated", "is true while socks5User asks for credentials: remove one of the two")
+	}
+	if len(fn.SOCKS5User) > maxSOCKS5Field {
+		return fail("socks5User", "is %d bytes long: SOCKS5 carries at most %d (RFC 1929)", len(fn.SOCKS5User), maxSOCKS5Field)
+	}
+	file := p.resolve(fn.SOCKS5PasswordFile)
+	data, err := os.ReadFile(file)
+	if err != nil {
+		e := fail("socks5PasswordFile", "reading the SOCKS5 password: %v", err)
+		e.Err = err
+		return e
+	}
+	// One line; the newline an editor or `echo` adds is not the password's.
+	password := strings.TrimSuffix(strings.TrimSuffix(string(data), "\n"), "\r")
+	switch {
+	case password == "":
+		return fail("socks5PasswordFile", "%s is empty: write the password in it", file)
+	case strings.ContainsAny(password, "\r\n"):
+		return fail("socks5PasswordFile", "%s has more than one line: the password is its only line", file)
+	case len(password) > maxSOCKS5Field:
+		return fail("socks5PasswordFile", "the password in %s is %d bytes long: SOCKS5 carries at most %d (RFC 1929)", file, len(password), maxSOCKS5Field)
+	}
+	c.Netstack.SOCKS5User, c.Netstack.SOCKS5Password = fn.SOCKS5User, password
+	return nil
 }

@@ -1,9 +1,11 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -20,9 +22,12 @@ import (
 	"github.com/overlayd/overlayd/plan"
 )
 
-// The admin API: JSON over HTTP beside /metrics, on the same (loopback by
-// default) listener. `overlayd routes`, `status`, `nat` and `reload` are
-// its clients.
+// The admin API: JSON over HTTP on the admin socket, a unix socket only
+// overlayd's user can use (see listenAdmin). `overlayd routes`, `status`,
+// `nat` and `reload` are its clients. The TCP metrics listener serves
+// /metrics and nothing else: Prometheus scrapes it, often from other
+// hosts, and a scraper must not be able to reload, read every NAT flow or
+// profile the process.
 const (
 	APIPlan   = "/api/v1/plan"
 	APIRoutes = "/api/v1/routes"
@@ -66,68 +71,133 @@ type ReloadReply struct {
 	Changes kernel.Changes `json:"changes"`
 }
 
-// serveAdmin serves /metrics, the admin API and pprof on listen.
-func (d *daemon) serveAdmin(listen string) (*http.Server, error) {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(newRouterCollector(d.router), d.reloadCollector(), d.natCollector(), d.datastoreCollector())
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	d.adminHandlers(mux)
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return nil, fmt.Errorf("metrics listener on %s: %w (--no-metrics serves none)", listen, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.log.Error("metrics server stopped", "err", err)
-		}
-	}()
-	d.log.Info("metrics listening", "address", ln.Addr().String())
-	return srv, nil
+// AdminURL is the base of the admin API's URLs for AdminClient; the host
+// is a placeholder, since every request goes to the socket.
+const AdminURL = "http://overlayd"
+
+// AdminClient returns an HTTP client whose requests all go to the admin
+// socket at socket, whatever their URL's host: Get(AdminURL + APIStatus).
+func AdminClient(socket string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		DisableKeepAlives: true,
+	}}
 }
 
-func (d *daemon) adminHandlers(mux *http.ServeMux) {
-	// Profiles of the running router, on the same local listener as the
-	// metrics: what `make bench --profile` and an operator chasing a hot
-	// spot fetch with `go tool pprof`.
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+// adminAPI is what the admin API reads and asks of the running node; the
+// daemon fills it, tests and the fuzzer give fakes.
+type adminAPI struct {
+	plan   func() *plan.Plan
+	routes func() (RoutesReply, error)
+	status func() StatusReply
+	nat    func() NATReply
+	reload func() (kernel.Changes, error)
+	// pprof serves /debug/pprof: [admin] pprof or `run --pprof`.
+	pprof bool
+	log   *slog.Logger
+}
+
+// handler is the admin socket's mux. Nothing is decoded from a request but
+// its method and path: the API takes no parameters and no body.
+func (a *adminAPI) handler() http.Handler {
+	mux := http.NewServeMux()
+	if a.pprof {
+		// Profiles of the running router, for `make bench --profile` and
+		// an operator chasing a hot spot with `go tool pprof`. Off by
+		// default: a CPU profile costs the data path, and the heap can
+		// show addresses of flows.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	writeJSON := func(w http.ResponseWriter, v any) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(v); err != nil {
-			d.log.Debug("admin API reply", "err", err)
+			a.log.Debug("admin API reply", "err", err)
 		}
 	}
 	mux.HandleFunc("GET "+APIPlan, func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, d.router.Plan())
+		writeJSON(w, a.plan())
 	})
 	mux.HandleFunc("GET "+APIRoutes, func(w http.ResponseWriter, _ *http.Request) {
-		owned, err := d.kernel.Routes()
+		r, err := a.routes()
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		writeJSON(w, RoutesReply{Plan: d.router.Plan().Routes, Kernel: routeStrings(owned)})
+		writeJSON(w, r)
 	})
 	mux.HandleFunc("GET "+APIStatus, func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, d.status())
+		writeJSON(w, a.status())
 	})
 	mux.HandleFunc("GET "+APINAT, func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, NATReply{Flows: d.nat.Flows(), Stats: d.nat.Stats()})
+		writeJSON(w, a.nat())
 	})
 	mux.HandleFunc("POST "+APIReload, func(w http.ResponseWriter, _ *http.Request) {
-		ch, err := d.reload()
+		ch, err := a.reload()
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusUnprocessableEntity)
 			return
 		}
 		writeJSON(w, ReloadReply{Result: "reload applied", Changes: ch})
 	})
+	return mux
+}
+
+// adminAPI is the running daemon's.
+func (d *daemon) adminAPI(pprof bool) *adminAPI {
+	return &adminAPI{
+		plan: d.router.Plan,
+		routes: func() (RoutesReply, error) {
+			owned, err := d.kernel.Routes()
+			if err != nil {
+				return RoutesReply{}, fmt.Errorf("reading the kernel's routes: %w", err)
+			}
+			return RoutesReply{Plan: d.router.Plan().Routes, Kernel: routeStrings(owned)}, nil
+		},
+		status: d.status,
+		nat:    func() NATReply { return NATReply{Flows: d.nat.Flows(), Stats: d.nat.Stats()} },
+		reload: d.reload,
+		pprof:  pprof,
+		log:    d.log,
+	}
+}
+
+// metricsHandler serves /metrics from reg and answers 404 to anything else.
+func metricsHandler(reg prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// serveHTTP serves h on ln until the returned server is closed, which
+// closes ln too.
+func serveHTTP(ln net.Listener, h http.Handler, what string, log *slog.Logger) *http.Server {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error(what+" stopped", "err", err)
+		}
+	}()
+	return srv
+}
+
+// serveMetrics serves the daemon's /metrics on the TCP address listen.
+func (d *daemon) serveMetrics(listen string) (*http.Server, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newRouterCollector(d.router), d.reloadCollector(), d.natCollector(), d.datastoreCollector())
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener on %s: %w (--no-metrics serves none)", listen, err)
+	}
+	d.log.Info("metrics listening", "address", ln.Addr().String())
+	return serveHTTP(ln, metricsHandler(reg), "metrics server", d.log), nil
 }
 
 func (d *daemon) status() StatusReply {

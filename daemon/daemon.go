@@ -38,10 +38,16 @@ type Options struct {
 	Node       string
 	// Device names the TUN device; "": the file's [tunnel] device.
 	Device string
-	// MetricsListen is where /metrics and the admin API listen; "": the
-	// file's [metrics] listen. NoMetrics serves neither.
+	// MetricsListen is the TCP address of /metrics; "": the file's
+	// [metrics] listen. NoMetrics serves no /metrics.
 	MetricsListen string
 	NoMetrics     bool
+	// AdminSocket is the admin API's unix socket; "": the file's, see
+	// config.(*Cluster).AdminSocket.
+	AdminSocket string
+	// PProf serves /debug/pprof on the admin socket; false: the file's
+	// [admin] pprof.
+	PProf bool
 	// TunnelMode is config.ModeTUN or config.ModeNetstack; "": the file's.
 	TunnelMode string
 	// TunFD is a handed-over TUN descriptor (3 or more); -1: the file's
@@ -77,6 +83,10 @@ type daemon struct {
 	router      *dataplane.Router
 	nat         *nat.NAT
 	started     time.Time
+	// admin is the admin API's socket, opened at start-up and served once
+	// the router runs; pprof adds /debug/pprof to it.
+	admin *adminSocket
+	pprof bool
 
 	// applyMu serialises applies: SIGHUP and the admin API may ask at once.
 	applyMu       sync.Mutex
@@ -109,6 +119,18 @@ func Run(ctx context.Context, o Options) error {
 	if d.dev, err = resolveDeviceSettings(c, o.TunnelMode, o.TunFD, o.NoKernelRoutes); err != nil {
 		return badInput(err)
 	}
+	// The admin socket first, before anything touches the kernel: a second
+	// overlayd for this node must stop here, not rewrite the first one's
+	// routes and remove them when it exits.
+	socket := o.AdminSocket
+	if socket == "" {
+		socket = c.AdminSocket(o.Node)
+	}
+	if d.admin, err = listenAdmin(socket, log); err != nil {
+		return err
+	}
+	defer d.admin.Close()
+	d.pprof = o.PProf || c.Admin.PProf
 	if d.source, err = openSource(c, o.Node, log); err != nil {
 		return err
 	}
@@ -210,12 +232,15 @@ func (d *daemon) run(ctx context.Context, c *config.Cluster) error {
 		if listen == "" {
 			listen = c.Metrics.Listen
 		}
-		srv, err := d.serveAdmin(listen)
+		srv, err := d.serveMetrics(listen)
 		if err != nil {
 			return serveErr(err)
 		}
 		defer srv.Close()
 	}
+	adminSrv := serveHTTP(d.admin.Listener(), d.adminAPI(d.pprof).handler(), "admin API", d.log)
+	defer adminSrv.Close()
+	d.log.Info("admin API listening", "socket", d.admin.path, "pprof", d.pprof)
 	go func() {
 		// The datastore's changes take the same way as a reload.
 		if err := d.source.Watch(ctx, d.applyCluster); err != nil {

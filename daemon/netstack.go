@@ -44,10 +44,14 @@ func (d *daemon) serveNetstack(ctx context.Context, c *config.Cluster) (stop fun
 		srv := &socks5.Server{Logger: d.log, Dial: func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
 			return stack.DialContextTCPAddrPort(ctx, dst)
 		}}
+		if c.Netstack.SOCKS5User != "" {
+			srv.Auth = &socks5.Credentials{User: c.Netstack.SOCKS5User, Password: c.Netstack.SOCKS5Password}
+		}
 		serve("SOCKS5 listener", func() error { return srv.Serve(ctx, ln) })
-		d.log.Info("SOCKS5 listening", "address", ln.Addr().String(), "from", d.side.addr)
-		if !c.Netstack.SOCKS5.Addr().IsLoopback() {
-			d.log.Warn("the SOCKS5 listener is not on loopback and asks for no credentials: whoever reaches it reaches the overlay as this node", "address", c.Netstack.SOCKS5)
+		d.log.Info("SOCKS5 listening", "address", ln.Addr().String(), "from", d.side.addr, "authentication", srv.Auth != nil)
+		if srv.Auth == nil && !c.Netstack.SOCKS5.Addr().IsLoopback() {
+			// Only with socks5AllowUnauthenticated = true: config refuses it otherwise.
+			d.log.Warn("the SOCKS5 listener is not on loopback and asks for no credentials (socks5AllowUnauthenticated = true): whoever reaches it reaches the overlay as this node", "address", c.Netstack.SOCKS5)
 		}
 	}
 

@@ -1,5 +1,6 @@
 // Package socks5 is a SOCKS version 5 server (RFC 1928) with the CONNECT
-// command and no authentication: what an application on the host needs to
+// command, without authentication or with a username and password (RFC
+// 1929): what an application on the host needs to
 // reach the overlay through netstack mode (curl --socks5, ssh -o
 // ProxyCommand='nc -X 5 ...', browsers). BIND and UDP ASSOCIATE are refused
 // with "command not supported". Destinations are IP addresses; a domain
@@ -9,6 +10,7 @@ package socks5
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -16,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -28,7 +31,14 @@ const (
 	version5 = 0x05
 
 	methodNoAuth       = 0x00
+	methodUserPass     = 0x02
 	methodNoAcceptable = 0xff
+
+	// RFC 1929: the username/password subnegotiation has a version of its
+	// own, and any status but 0 is a failure after which the server closes.
+	userPassVersion = 0x01
+	userPassOK      = 0x00
+	userPassFailed  = 0x01
 
 	cmdConnect      = 0x01
 	cmdBind         = 0x02
@@ -58,10 +68,20 @@ const (
 // DialFunc opens the TCP connection a CONNECT asks for.
 type DialFunc func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
 
+// Credentials are the username and password (RFC 1929) a client must give.
+// Each is 1 to 255 bytes, what the protocol's length byte can carry.
+type Credentials struct {
+	User, Password string
+}
+
 // Server answers SOCKS5 clients.
 type Server struct {
 	Dial   DialFunc
 	Logger *slog.Logger
+	// Auth, when set, is the one username and password accepted; clients
+	// that do not offer username/password are refused. nil: no
+	// authentication, for listeners only trusted users reach.
+	Auth *Credentials
 	// HandshakeTimeout bounds the greeting and request; 0: 10 s.
 	HandshakeTimeout time.Duration
 }
@@ -96,7 +116,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		timeout = 10 * time.Second
 	}
 	_ = c.SetDeadline(time.Now().Add(timeout))
-	if err := negotiate(c); err != nil {
+	if err := s.negotiate(c); err != nil {
 		return err
 	}
 	dst, rep, err := readRequest(c)
@@ -126,9 +146,11 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	return nil
 }
 
-// negotiate reads the client's greeting and picks "no authentication", the
-// only method served.
-func negotiate(c net.Conn) error {
+// negotiate reads the client's greeting and picks the one method served:
+// username/password when s.Auth is set, else "no authentication". A client
+// that does not offer it gets "no acceptable methods": with Auth set, a
+// client offering only "no authentication" is refused, never let through.
+func (s *Server) negotiate(c net.Conn) error {
 	var hdr [2]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
 		return fmt.Errorf("greeting: %w", err)
@@ -140,14 +162,65 @@ func negotiate(c net.Conn) error {
 	if _, err := io.ReadFull(c, methods); err != nil {
 		return fmt.Errorf("greeting: methods: %w", err)
 	}
-	for _, m := range methods {
-		if m == methodNoAuth {
-			_, err := c.Write([]byte{version5, methodNoAuth})
-			return err
-		}
+	want, name := byte(methodNoAuth), "no authentication"
+	if s.Auth != nil {
+		want, name = methodUserPass, "username/password"
 	}
-	_, _ = c.Write([]byte{version5, methodNoAcceptable})
-	return fmt.Errorf("greeting: the client does not offer \"no authentication\" (methods %x)", methods)
+	if !slices.Contains(methods, want) {
+		_, _ = c.Write([]byte{version5, methodNoAcceptable})
+		return fmt.Errorf("greeting: the client does not offer %s (methods %x)", name, methods)
+	}
+	if _, err := c.Write([]byte{version5, want}); err != nil {
+		return fmt.Errorf("method selection: %w", err)
+	}
+	if s.Auth == nil {
+		return nil
+	}
+	return s.authenticate(c)
+}
+
+// authenticate runs RFC 1929's subnegotiation:
+//
+//	+----+------+----------+------+----------+
+//	|VER | ULEN |  UNAME   | PLEN |  PASSWD  |
+//	+----+------+----------+------+----------+
+//	| 1  |  1   | 1 to 255 |  1   | 1 to 255 |
+//	+----+------+----------+------+----------+
+//
+// answered with VER and a STATUS, 0 for success.
+func (s *Server) authenticate(c net.Conn) error {
+	var hdr [2]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return fmt.Errorf("authentication: %w", err)
+	}
+	if hdr[0] != userPassVersion {
+		_, _ = c.Write([]byte{userPassVersion, userPassFailed})
+		return fmt.Errorf("authentication: version %d, want %d", hdr[0], userPassVersion)
+	}
+	user := make([]byte, hdr[1])
+	if _, err := io.ReadFull(c, user); err != nil {
+		return fmt.Errorf("authentication: username: %w", err)
+	}
+	var plen [1]byte
+	if _, err := io.ReadFull(c, plen[:]); err != nil {
+		return fmt.Errorf("authentication: password: %w", err)
+	}
+	password := make([]byte, plen[0])
+	if _, err := io.ReadFull(c, password); err != nil {
+		return fmt.Errorf("authentication: password: %w", err)
+	}
+	// Both compared in constant time, and both always, so the time taken
+	// tells neither whether the user was right nor how much of either.
+	userOK := subtle.ConstantTimeCompare(user, []byte(s.Auth.User))
+	passOK := subtle.ConstantTimeCompare(password, []byte(s.Auth.Password))
+	if userOK&passOK != 1 {
+		_, _ = c.Write([]byte{userPassVersion, userPassFailed})
+		return fmt.Errorf("authentication: wrong username or password for user %q", user)
+	}
+	if _, err := c.Write([]byte{userPassVersion, userPassOK}); err != nil {
+		return fmt.Errorf("authentication: %w", err)
+	}
+	return nil
 }
 
 // readRequest reads a request; a refused request comes with the reply to

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -31,13 +32,19 @@ func echoServer(t *testing.T) netip.AddrPort {
 // destination and decides. It returns the listener's address.
 func startServer(t *testing.T, dial DialFunc) string {
 	t.Helper()
+	return startServerWith(t, &Server{Dial: dial, HandshakeTimeout: 2 * time.Second})
+}
+
+// startServerWith serves SOCKS5 with srv on loopback.
+func startServerWith(t *testing.T, srv *Server) string {
+	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- (&Server{Dial: dial, HandshakeTimeout: 2 * time.Second}).Serve(ctx, ln) }()
+	go func() { done <- srv.Serve(ctx, ln) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -171,6 +178,132 @@ func TestReplyFor(t *testing.T) {
 		t.Run(tc.err.Error(), func(t *testing.T) {
 			if got := ReplyFor(tc.err); got != tc.want {
 				t.Errorf("ReplyFor(%v) = %#x, want %#x", tc.err, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestUsernamePassword(t *testing.T) {
+	echo := echoServer(t)
+	dial := func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp4", echo.String())
+	}
+	const user, password = "alice", "correct horse"
+	addr := startServerWith(t, &Server{Dial: dial, HandshakeTimeout: 2 * time.Second, Auth: &Credentials{User: user, Password: password}})
+
+	// userPass is RFC 1929's request; it trusts its caller with lengths.
+	userPass := func(version byte, u, p string) []byte {
+		b := append([]byte{version, byte(len(u))}, u...)
+		return append(append(b, byte(len(p))), p...)
+	}
+	long := strings.Repeat("a", 255)
+	tests := []struct {
+		name       string
+		greeting   []byte
+		wantMethod byte
+		auth       []byte // after the method selection; nil: none is sent
+		wantStatus int    // -1: the server closes without a status
+	}{
+		{"right credentials", []byte{5, 1, methodUserPass}, methodUserPass, userPass(1, user, password), userPassOK},
+		{"right credentials among other methods", []byte{5, 2, methodNoAuth, methodUserPass}, methodUserPass, userPass(1, user, password), userPassOK},
+		{"wrong password", []byte{5, 1, methodUserPass}, methodUserPass, userPass(1, user, "wrong horse"), userPassFailed},
+		{"the password as a prefix of the right one", []byte{5, 1, methodUserPass}, methodUserPass, userPass(1, user, "correct"), userPassFailed},
+		{"wrong user", []byte{5, 1, methodUserPass}, methodUserPass, userPass(1, "mallory", password), userPassFailed},
+		{"empty username and password", []byte{5, 1, methodUserPass}, methodUserPass, userPass(1, "", ""), userPassFailed},
+		{"the longest username the protocol carries", []byte{5, 1, methodUserPass}, methodUserPass, userPass(1, long, password), userPassFailed},
+		{"the longest password the protocol carries", []byte{5, 1, methodUserPass}, methodUserPass, userPass(1, user, long), userPassFailed},
+		// The length byte says more than is sent: the server waits for the
+		// rest until its handshake timeout, then closes without a status.
+		{"a username longer than what is sent", []byte{5, 1, methodUserPass}, methodUserPass, []byte{1, 200, 'a', 'l', 'i'}, -1},
+		{"a password longer than what is sent", []byte{5, 1, methodUserPass}, methodUserPass, append(userPass(1, user, "")[:len(user)+2], 255, 'x'), -1},
+		{"no-auth client against an auth server", []byte{5, 1, methodNoAuth}, methodNoAcceptable, nil, -1},
+		{"subnegotiation version 5 instead of 1", []byte{5, 1, methodUserPass}, methodUserPass, userPass(5, user, password), userPassFailed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(tc.greeting); err != nil {
+				t.Fatal(err)
+			}
+			var method [2]byte
+			if _, err := io.ReadFull(c, method[:]); err != nil {
+				t.Fatalf("method selection: %v", err)
+			}
+			if method != [2]byte{5, tc.wantMethod} {
+				t.Fatalf("method selection %x, want 05%02x", method, tc.wantMethod)
+			}
+			if tc.auth != nil {
+				if _, err := c.Write(tc.auth); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.wantStatus < 0 {
+				if n, err := c.Read(make([]byte, 2)); n != 0 || err == nil {
+					t.Fatalf("the server answered (%d bytes), want it to close without a status", n)
+				}
+				return
+			}
+			var status [2]byte
+			if _, err := io.ReadFull(c, status[:]); err != nil {
+				t.Fatalf("status: %v", err)
+			}
+			if status != [2]byte{userPassVersion, byte(tc.wantStatus)} {
+				t.Fatalf("status %x, want 01%02x", status, tc.wantStatus)
+			}
+			if tc.wantStatus != userPassOK {
+				// RFC 1929: after a failure the server must close.
+				if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+					t.Errorf("the server kept the connection open after a failed authentication")
+				}
+				return
+			}
+			req := append([]byte{5, cmdConnect, 0, atypIPv4, 192, 168, 0, 69}, 0, 80)
+			if _, err := c.Write(req); err != nil {
+				t.Fatal(err)
+			}
+			var reply [10]byte
+			if _, err := io.ReadFull(c, reply[:]); err != nil || reply[1] != byte(Succeeded) {
+				t.Fatalf("reply %x (%v), want success", reply, err)
+			}
+			msg := []byte("authenticated")
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+				t.Errorf("echo %q (%v), want %q", got, err, msg)
+			}
+		})
+	}
+}
+
+// TestGreetingVersion: a greeting that is not SOCKS5 gets no answer, with
+// or without authentication.
+func TestGreetingVersion(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		auth *Credentials
+	}{{"without authentication", nil}, {"with authentication", &Credentials{User: "u", Password: "p"}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := startServerWith(t, &Server{HandshakeTimeout: 2 * time.Second, Auth: tc.auth,
+				Dial: func(context.Context, netip.AddrPort) (net.Conn, error) { return nil, errors.New("unused") }})
+			c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write([]byte{4, 1, methodNoAuth, methodUserPass}); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := c.Read(make([]byte, 2)); n != 0 || err == nil {
+				t.Errorf("the server answered a SOCKS4 greeting (%d bytes)", n)
 			}
 		})
 	}

@@ -6,9 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -19,31 +22,43 @@ import (
 
 // The command-line clients of the running daemon's admin API.
 
-// adminFlags find the daemon's admin API: --admin, or the cluster file's
-// [metrics] listen, or the default.
+// adminFlags find the daemon's admin socket: --admin-socket, or the
+// socket of --node (by default the host's name, as Calico's node name is)
+// as --config's [admin] socket or the default places it.
 type adminFlags struct {
-	addr   string
+	socket string
+	node   string
 	config string
 }
 
+// adminUsage is the synopsis of the flags adminFlags registers.
+const adminUsage = "[--admin-socket PATH | --node NAME [--config FILE]]"
+
 func (f *adminFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.addr, "admin", "", "the daemon's admin address (default: [metrics] listen of --config, else "+config.DefaultMetricsListen+")")
-	fs.StringVar(&f.config, "config", "", "the cluster file, to find [metrics] listen")
+	fs.StringVar(&f.socket, "admin-socket", "", "the daemon's admin socket (default: that of --node)")
+	fs.StringVar(&f.node, "node", "", "the node whose daemon to ask (default: the host name)")
+	fs.StringVar(&f.config, "config", "", "the cluster file, for its [admin] socket")
 }
 
-func (f *adminFlags) base() (string, error) {
-	addr := f.addr
-	if addr == "" && f.config != "" {
-		c, err := config.Load(f.config)
-		if err != nil {
-			return "", badInput(err)
+// target returns the node asked (empty when --admin-socket names the
+// socket) and its socket's path.
+func (f *adminFlags) target() (node, socket string, err error) {
+	if f.socket != "" {
+		return f.node, f.socket, nil
+	}
+	node = f.node
+	if node == "" {
+		if node, err = os.Hostname(); err != nil {
+			return "", "", fmt.Errorf("which node? give --node NAME or --admin-socket PATH (the host name is unknown: %w)", err)
 		}
-		addr = c.Metrics.Listen
 	}
-	if addr == "" {
-		addr = config.DefaultMetricsListen
+	var c *config.Cluster // nil: the default places
+	if f.config != "" {
+		if c, err = config.Load(f.config); err != nil {
+			return "", "", badInput(err)
+		}
 	}
-	return "http://" + addr, nil
+	return node, c.AdminSocket(node), nil
 }
 
 // apiError is the daemon's answer when it is not 200 OK.
@@ -60,34 +75,53 @@ func (e *apiError) Error() string {
 
 // call asks the daemon's admin API and decodes its JSON answer into v.
 func (f *adminFlags) call(method, path string, v any) error {
-	base, err := f.base()
+	node, socket, err := f.target()
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequest(method, base+path, nil)
+	req, err := http.NewRequest(method, daemon.AdminURL+path, nil)
 	if err != nil {
 		return err
 	}
-	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Do(req)
+	resp, err := daemon.AdminClient(socket, 10*time.Second).Do(req)
 	if err != nil {
-		return fmt.Errorf("asking overlayd at %s: %w (is `overlayd run` running, with [metrics] listen there?)", base, err)
+		return dialError(node, socket, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("reading the answer from %s: %w", base, err)
+		return fmt.Errorf("reading the answer on %s: %w", socket, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return &apiError{method: method, path: path, status: resp.StatusCode, statusText: resp.Status, body: strings.TrimSpace(string(body))}
 	}
-	return json.Unmarshal(body, v)
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("the answer to %s %s on %s: %w", method, path, socket, err)
+	}
+	return nil
+}
+
+// dialError says why the daemon could not be asked, in the user's terms.
+func dialError(node, socket string, err error) error {
+	forNode := ""
+	if node != "" {
+		forNode = fmt.Sprintf(" for node %q", node)
+	}
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("overlayd is not running%s: there is no admin socket at %s (another node? give --node; another socket? --admin-socket or --config)", forNode, socket)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("overlayd is not running%s: nothing answers on its admin socket %s (left by an overlayd that did not exit cleanly; the next one removes it)", forNode, socket)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("asking overlayd%s on %s: %w: the admin socket is for overlayd's own user (and root)", forNode, socket, err)
+	}
+	return fmt.Errorf("asking overlayd%s on %s: %w", forNode, socket, err)
 }
 
 // query is one read-only client command: it asks path and prints the reply
 // as JSON with --json, else with format.
 func query[R any](env *cliEnv, args []string, name, about, path string, format func(io.Writer, *R)) error {
-	fs := newFlagSet(env, name, "[--admin ADDR | --config FILE] [--json]", about)
+	fs := newFlagSet(env, name, adminUsage+" [--json]", about)
 	var af adminFlags
 	af.register(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -185,7 +219,7 @@ func printStatus(w io.Writer, s *daemon.StatusReply) {
 }
 
 func runReload(env *cliEnv, args []string) error {
-	fs := newFlagSet(env, "reload", "[--admin ADDR | --config FILE]", `
+	fs := newFlagSet(env, "reload", adminUsage, `
 Asks the running overlayd to re-read its cluster file (as SIGHUP does) and
 says whether the new file was applied, with what it changed in the kernel,
 or refused, and why.`)

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/overlayd/overlayd/cni"
 	"github.com/overlayd/overlayd/config"
+	"github.com/overlayd/overlayd/daemon"
 	"github.com/overlayd/overlayd/internal/testbed"
 	"github.com/overlayd/overlayd/plan"
 )
@@ -68,7 +70,25 @@ type cluster struct {
 	workload map[string]*testbed.Host   // by node
 	addr     map[string]netip.Addr      // workload address by node
 	extra    map[string][]*testbed.Host // more workloads (second pool) by node
+	sockets  string                     // the directory of the nodes' admin sockets
 }
+
+// socketDir is a directory for the admin sockets of one test's overlayd
+// processes: the bed's nodes share the filesystem, so each test keeps its
+// own, and none is left in /run. os.MkdirTemp's name is short: a socket's
+// path is at most 107 bytes.
+func socketDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ovl-admin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// socket is node's admin socket.
+func (c *cluster) socket(node string) string { return filepath.Join(c.sockets, node+".sock") }
 
 var nodeNames = []string{"node-a", "node-b", "node-c"}
 
@@ -106,7 +126,7 @@ func startClusterNodes(t *testing.T, file string, run ...string) *cluster {
 	}
 	cfg, tunnelMTU := loadForBed(t, path)
 	bed := testbed.NewStandard(t, testbed.Options{WorkloadMTU: tunnelMTU})
-	c := &cluster{t: t, bed: bed, file: path, cfg: cfg,
+	c := &cluster{t: t, bed: bed, file: path, cfg: cfg, sockets: socketDir(t),
 		procs: map[string]*testbed.Process{}, workload: map[string]*testbed.Host{},
 		addr: map[string]netip.Addr{}, extra: map[string][]*testbed.Host{}}
 	for _, n := range cfg.Nodes {
@@ -136,7 +156,8 @@ func (c *cluster) start(node string) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	proc, err := c.bed.Host(node).Start("env", childEnv+"=1", self, "run", "--config", c.file, "--node", node, "--log-level", "debug")
+	proc, err := c.bed.Host(node).Start("env", childEnv+"=1", self, "run", "--config", c.file, "--node", node,
+		"--admin-socket", c.socket(node), "--log-level", "debug")
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -319,30 +340,9 @@ func TestE2ETwoPoolsSideBySide(t *testing.T) {
 // scrape reads a node's /metrics from inside its namespace.
 func scrape(t *testing.T, h *testbed.Host) map[string]float64 {
 	t.Helper()
-	var body string
-	err := h.Do(func() error {
-		conn, err := net.DialTimeout("tcp", "127.0.0.1:9469", 5*time.Second)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
-			return err
-		}
-		if _, err := fmt.Fprintf(conn, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n"); err != nil {
-			return err
-		}
-		var b strings.Builder
-		sc := bufio.NewScanner(conn)
-		for sc.Scan() {
-			b.WriteString(sc.Text())
-			b.WriteByte('\n')
-		}
-		body = b.String()
-		return sc.Err()
-	})
-	if err != nil {
-		t.Fatalf("scraping %s: %v", h.Name, err)
+	status, body := metricsListener(t, h, http.MethodGet, "/metrics")
+	if status != http.StatusOK {
+		t.Fatalf("scraping %s: status %d", h.Name, status)
 	}
 	m := map[string]float64{}
 	for _, line := range strings.Split(body, "\n") {
@@ -358,6 +358,41 @@ func scrape(t *testing.T, h *testbed.Host) map[string]float64 {
 		}
 	}
 	return m
+}
+
+// metricsListener sends one request to a node's TCP metrics listener from
+// inside its namespace and returns the status line's code and the body.
+func metricsListener(t *testing.T, h *testbed.Host, method, path string) (int, string) {
+	t.Helper()
+	var (
+		status int
+		body   []byte
+	)
+	err := h.Do(func() error {
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:9469", 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintf(conn, "%s %s HTTP/1.0\r\nHost: localhost\r\n\r\n", method, path); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		status = resp.StatusCode
+		body, err = io.ReadAll(resp.Body)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%s %s on %s's metrics listener: %v", method, path, h.Name, err)
+	}
+	return status, string(body)
 }
 
 // forgeVXLAN sends one VXLAN packet from host h to dst:4789 carrying a UDP
@@ -462,7 +497,7 @@ func TestE2EKernelVXLANInterop(t *testing.T) {
 	}
 	cfg, tunnelMTU := loadForBed(t, path)
 	bed := testbed.NewStandard(t, testbed.Options{WorkloadMTU: tunnelMTU})
-	c := &cluster{t: t, bed: bed, file: path, cfg: cfg, procs: map[string]*testbed.Process{},
+	c := &cluster{t: t, bed: bed, file: path, cfg: cfg, sockets: socketDir(t), procs: map[string]*testbed.Process{},
 		workload: map[string]*testbed.Host{}, addr: map[string]netip.Addr{}, extra: map[string][]*testbed.Host{}}
 	for _, name := range []string{"node-a", "node-c"} {
 		w, err := bed.AddNodeWorkload(cfg.Node(name))
@@ -616,7 +651,8 @@ func TestE2EMissingPrivilege(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			// Root with a cut-down bounding set: a container's root.
 			args := append([]string{"--inh-caps=-all"}, tc.caps...)
-			args = append(args, "env", childEnv+"=1", self, "run", "--config", tc.file, "--node", "node-a", "--no-metrics")
+			args = append(args, "env", childEnv+"=1", self, "run", "--config", tc.file, "--node", "node-a", "--no-metrics",
+				"--admin-socket", filepath.Join(socketDir(t), "node-a.sock"))
 			proc, err := bed.Host("node-a").Start("setpriv", args...)
 			if err != nil {
 				t.Fatal(err)
@@ -818,7 +854,7 @@ address = "198.18.2.10/24"
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		out, err := c.bed.Host("node-a").Run(ctx, "env", childEnv+"=1", self, "reload")
+		out, err := c.bed.Host("node-a").Run(ctx, "env", childEnv+"=1", self, "reload", "--admin-socket", c.socket("node-a"))
 		var exit *exec.ExitError
 		if errors.As(err, &exit) {
 			return string(out), exit.ExitCode()
@@ -969,6 +1005,16 @@ func TestE2ENATOutgoing(t *testing.T) {
 		t.Errorf("the NAT table counted %v flows, want the TCP, UDP and ICMP ones", m["overlayd_nat_flows_created_total"])
 	}
 
+	// The metrics listener answers /metrics (above) and nothing else: the
+	// admin API is on the socket.
+	for _, req := range []struct{ method, path string }{
+		{http.MethodPost, daemon.APIReload}, {http.MethodGet, daemon.APINAT}, {http.MethodGet, daemon.APIStatus}, {http.MethodGet, "/debug/pprof/"},
+	} {
+		if status, _ := metricsListener(t, c.bed.Host("node-a"), req.method, req.path); status != http.StatusNotFound {
+			t.Errorf("%s %s on the metrics listener: %d, want 404", req.method, req.path, status)
+		}
+	}
+
 	// The admin commands read the running daemon.
 	self, err := os.Executable()
 	if err != nil {
@@ -979,7 +1025,7 @@ func TestE2ENATOutgoing(t *testing.T) {
 		{"status", "node node-a, running since"},
 		{"routes", "kernel routes owned by overlayd"},
 	} {
-		got := runIn(t, c.bed.Host("node-a"), "env", childEnv+"=1", self, cmd.name)
+		got := runIn(t, c.bed.Host("node-a"), "env", childEnv+"=1", self, cmd.name, "--admin-socket", c.socket("node-a"))
 		if !strings.Contains(got, cmd.want) {
 			t.Errorf("overlayd %s:\n%s\nwant a line with %q", cmd.name, got, cmd.want)
 		}

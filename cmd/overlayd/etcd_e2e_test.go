@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -28,6 +27,7 @@ type etcdCluster struct {
 	etcd     *testbed.Etcd
 	dir      string
 	admin    string // a cluster file for the commands, on etcd's unix sockets
+	sockets  string // the directory of the nodes' admin sockets
 	procs    map[string]*testbed.Process
 	workload map[string]*testbed.Host
 	addr     map[string]netip.Addr
@@ -51,7 +51,7 @@ func startEtcdCluster(t *testing.T) *etcdCluster {
 	for _, n := range nodeNames {
 		hosts = append(hosts, bed.Host(n))
 	}
-	c := &etcdCluster{t: t, bed: bed, dir: t.TempDir(),
+	c := &etcdCluster{t: t, bed: bed, dir: t.TempDir(), sockets: socketDir(t),
 		etcd:  testbed.StartEtcdForTest(t, bed, hosts, testbed.EtcdOptions{UnixSockets: true}),
 		procs: map[string]*testbed.Process{}, workload: map[string]*testbed.Host{}, addr: map[string]netip.Addr{}}
 	c.admin = c.writeFile("admin.toml", c.etcd.UnixEndpoints(), "node-a")
@@ -105,7 +105,8 @@ func (c *etcdCluster) start(node string) {
 		c.t.Fatal(err)
 	}
 	file := c.writeFile(node+".toml", c.etcd.Endpoints(), node)
-	proc, err := c.bed.Host(node).Start("env", childEnv+"=1", self, "run", "--config", file, "--node", node, "--log-level", "debug")
+	proc, err := c.bed.Host(node).Start("env", childEnv+"=1", self, "run", "--config", file, "--node", node,
+		"--admin-socket", c.socket(node), "--log-level", "debug")
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -126,14 +127,12 @@ func (c *etcdCluster) start(node string) {
 	c.workload[node], c.addr[node] = w, addr
 }
 
-// adminGet asks a node's admin API, inside its namespace.
+// socket is node's admin socket.
+func (c *etcdCluster) socket(node string) string { return filepath.Join(c.sockets, node+".sock") }
+
+// adminGet asks a node's admin API on its socket.
 func (c *etcdCluster) adminGet(node, path string, v any) error {
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return c.bed.Host(node).DialContext(ctx, network, addr)
-		},
-	}}
-	resp, err := client.Get("http://127.0.0.1:9469" + path)
+	resp, err := daemon.AdminClient(c.socket(node), 10*time.Second).Get(daemon.AdminURL + path)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -45,7 +46,8 @@ to = "192.168.0.69:5202"
 `))
 	bed, workloads := twoNodeBed(t, file, (*testbed.Bed).AddHost)
 	a, b := bed.Host("node-a"), bed.Host("node-b")
-	procB, err := b.Start("env", childEnv+"=1", exe, "run", "--config", file, "--node", "node-b")
+	sockets := socketDir(t)
+	procB, err := b.Start("env", childEnv+"=1", exe, "run", "--config", file, "--node", "node-b", "--admin-socket", filepath.Join(sockets, "node-b.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +130,8 @@ to = "192.168.0.69:5202"
 		t.Logf("%-28s %-14s %6.2f Gbit/s   (100 MB, server counted %s bytes)", name, "node-a -> wb", float64(size)*8/elapsed.Seconds()/1e9, got)
 	}
 
-	netstackArgs := append(append([]string{}, noPrivileges...), "env", childEnv+"=1", exe, "run", "--config", file, "--node", "node-a", "--tunnel-mode", "netstack")
+	netstackArgs := append(append([]string{}, noPrivileges...), "env", childEnv+"=1", "XDG_RUNTIME_DIR="+runtimeDir(t, nobody),
+		exe, "run", "--config", file, "--node", "node-a", "--tunnel-mode", "netstack")
 	procA, err := a.Start("setpriv", netstackArgs...)
 	if err != nil {
 		t.Fatal(err)
@@ -147,7 +150,7 @@ to = "192.168.0.69:5202"
 		t.Fatal(err)
 	}
 
-	procA, err = a.Start("env", childEnv+"=1", exe, "run", "--config", file, "--node", "node-a")
+	procA, err = a.Start("env", childEnv+"=1", exe, "run", "--config", file, "--node", "node-a", "--admin-socket", filepath.Join(sockets, "node-a.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -227,8 +228,10 @@ func TestRootlessUserNamespace(t *testing.T) {
 			bed, workloads := twoNodeBed(t, file, (*testbed.Bed).AddUserNSHost)
 			for _, node := range []string{"node-a", "node-b"} {
 				h := bed.Host(node)
+				// Root of its user namespace, but not of the machine's /run.
+				socket := filepath.Join(runtimeDir(t, testbed.UserNSOwner), node+".sock")
 				proc, err := h.StartWith(testbed.StartOptions{InUserNS: true, TUNMode: 0o666},
-					"env", childEnv+"=1", exe, "run", "--config", file, "--node", node, "--log-level", "debug")
+					"env", childEnv+"=1", exe, "run", "--config", file, "--node", node, "--admin-socket", socket, "--log-level", "debug")
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -374,6 +377,28 @@ func requireSetpriv(t *testing.T) {
 var noPrivileges = []string{"--reuid=65534", "--regid=65534", "--clear-groups",
 	"--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"}
 
+// nobody is the user noPrivileges runs as.
+const nobody = 65534
+
+// runtimeDir makes a directory only uid may use, as a user's
+// $XDG_RUNTIME_DIR is, inside one every user may enter: where an overlayd
+// without root keeps its admin socket, since it cannot write /run.
+func runtimeDir(t *testing.T, uid int) string {
+	t.Helper()
+	parent := socketDir(t)
+	if err := os.Chmod(parent, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(parent, "run")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // proveNoPrivileges checks, from /proc, that a process holds no capability
 // and is not root.
 func proveNoPrivileges(t *testing.T, proc *testbed.Process) {
@@ -413,8 +438,9 @@ func TestHandedOverTUNNoCapabilities(t *testing.T) {
 		h := bed.Host(node)
 		tunFile := openTUN(t, h, "ovl0")
 		applyKernelSetup(t, h, file, node)
-		args := append(append(append(append([]string{}, noPrivileges...), "env", childEnv+"=1", exe, "run", "--node", node), run.args...),
-			"--no-kernel-routes", "--log-level", "debug")
+		// No --admin-socket: as nobody, overlayd puts it in $XDG_RUNTIME_DIR.
+		args := append(append(append(append([]string{}, noPrivileges...), "env", childEnv+"=1", "XDG_RUNTIME_DIR="+runtimeDir(t, nobody),
+			exe, "run", "--node", node), run.args...), "--no-kernel-routes", "--log-level", "debug")
 		proc, err := h.StartWith(testbed.StartOptions{ExtraFiles: []*os.File{tunFile}}, "setpriv", args...)
 		tunFile.Close() // overlayd holds it now
 		if err != nil {
@@ -474,16 +500,16 @@ func serveHTTP(t *testing.T, h *testbed.Host, addr string) {
 }
 
 // httpGet fetches http://to/ from a host's namespace, through a SOCKS5
-// proxy if socks5 is set (golang.org/x/net/proxy's client: an
-// implementation independent of overlayd's server). The connection is made
-// inside the namespace, then handed to the HTTP client, whose own dials
-// would run on threads outside it.
-func httpGet(ctx context.Context, from *testbed.Host, socks5, to string) (string, error) {
+// proxy if socks5 is set, giving auth if set (golang.org/x/net/proxy's
+// client: an implementation independent of overlayd's server). The
+// connection is made inside the namespace, then handed to the HTTP client,
+// whose own dials would run on threads outside it.
+func httpGet(ctx context.Context, from *testbed.Host, socks5 string, auth *proxy.Auth, to string) (string, error) {
 	var conn net.Conn
 	err := from.Do(func() error {
 		var d proxy.ContextDialer = &net.Dialer{Timeout: 10 * time.Second}
 		if socks5 != "" {
-			sd, err := proxy.SOCKS5("tcp4", socks5, nil, proxy.Direct)
+			sd, err := proxy.SOCKS5("tcp4", socks5, auth, proxy.Direct)
 			if err != nil {
 				return err
 			}
@@ -513,13 +539,16 @@ func httpGet(ctx context.Context, from *testbed.Host, socks5, to string) (string
 // TestNetstackMode: node-a runs overlayd in netstack mode as nobody with no
 // capability and no TUN; node-b runs it with a kernel TUN. A client on
 // node-a reaches an HTTP server on node-b's workload through the SOCKS5
-// listener and through a port forward, and node-b's workload reaches a
-// server on node-a's host through a reverse forward, all across VXLAN.
+// listener (with a username and password; a wrong password is refused) and
+// through a port forward, and node-b's workload reaches a server on
+// node-a's host through a reverse forward, all across VXLAN.
 func TestNetstackMode(t *testing.T) {
 	requireSetpriv(t)
 	cluster := rootlessCluster("vxlanMode", `
 [netstack]
 socks5 = "127.0.0.1:1080"
+socks5User = "alice"
+socks5PasswordFile = "socks5.password"
 
 [[forward]]
 listen = "127.0.0.1:8080"
@@ -531,16 +560,29 @@ listen = ":9000"
 to = "127.0.0.1:9001"
 `)
 	exe, file := unprivilegedDir(t, cluster)
+	// The password is for overlayd's user alone: nobody on node-a.
+	password := filepath.Join(filepath.Dir(file), "socks5.password")
+	if err := os.WriteFile(password, []byte("correct horse\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(password, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	auth := &proxy.Auth{User: "alice", Password: "correct horse"}
 	bed, workloads := twoNodeBed(t, file, (*testbed.Bed).AddHost)
 	a, b := bed.Host("node-a"), bed.Host("node-b")
 
-	args := append(append([]string{}, noPrivileges...), "env", childEnv+"=1", exe, "run", "--config", file, "--node", "node-a",
+	// As nobody, overlayd and its clients find the admin socket in
+	// $XDG_RUNTIME_DIR.
+	xdg := "XDG_RUNTIME_DIR=" + runtimeDir(t, nobody)
+	args := append(append([]string{}, noPrivileges...), "env", childEnv+"=1", xdg, exe, "run", "--config", file, "--node", "node-a",
 		"--tunnel-mode", "netstack", "--log-level", "debug")
 	procA, err := a.Start("setpriv", args...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	procB, err := b.Start("env", childEnv+"=1", exe, "run", "--config", file, "--node", "node-b", "--log-level", "debug")
+	procB, err := b.Start("env", childEnv+"=1", exe, "run", "--config", file, "--node", "node-b",
+		"--admin-socket", filepath.Join(socketDir(t), "node-b.sock"), "--log-level", "debug")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -551,6 +593,10 @@ to = "127.0.0.1:9001"
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	status, err := a.Run(ctx, "setpriv", append(append([]string{}, noPrivileges...), "env", childEnv+"=1", xdg, exe, "status", "--node", "node-a")...)
+	if err != nil || !strings.Contains(string(status), "node node-a, running since") {
+		t.Errorf("overlayd status as nobody, the socket in $XDG_RUNTIME_DIR: %v\n%s", err, status)
+	}
 	// No TUN (nor any other new device) on node-a: only lo, eth0 and the
 	// workload's veth the bed made.
 	links, err := a.Run(ctx, "ip", "-o", "link", "show")
@@ -576,19 +622,28 @@ to = "127.0.0.1:9001"
 		name   string
 		from   *testbed.Host
 		socks5 string // the SOCKS5 proxy to go through; "": none
+		auth   *proxy.Auth
 		to     string
-		want   string
+		want   string // "": the connection is refused
 	}{
-		{"node-a through SOCKS5 to node-b's workload", a, "127.0.0.1:1080", "192.168.0.69:8000", want},
-		{"node-a through the port forward to node-b's workload", a, "", "127.0.0.1:8080", want},
-		{"node-b's workload through the reverse forward to node-a's host", workloads["node-b"], "", tunnelA.String() + ":9000", "hello from node-a to 127.0.0.1"},
+		{"node-a through SOCKS5 to node-b's workload", a, "127.0.0.1:1080", auth, "192.168.0.69:8000", want},
+		{"node-a through SOCKS5 with a wrong password", a, "127.0.0.1:1080", &proxy.Auth{User: "alice", Password: "wrong horse"}, "192.168.0.69:8000", ""},
+		{"node-a through SOCKS5 without credentials", a, "127.0.0.1:1080", nil, "192.168.0.69:8000", ""},
+		{"node-a through the port forward to node-b's workload", a, "", nil, "127.0.0.1:8080", want},
+		{"node-b's workload through the reverse forward to node-a's host", workloads["node-b"], "", nil, tunnelA.String() + ":9000", "hello from node-a to 127.0.0.1"},
 		// natOutgoing: the netstack's traffic to an address in no pool is
 		// NATed to node-a's address, as a workload's would be.
-		{"node-a through SOCKS5 to a host outside every pool, NATed", a, "127.0.0.1:1080", "198.18.1.1:8001", "hello from underlay to 198.18.1.10"},
+		{"node-a through SOCKS5 to a host outside every pool, NATed", a, "127.0.0.1:1080", auth, "198.18.1.1:8001", "hello from underlay to 198.18.1.10"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := httpGet(ctx, tc.from, tc.socks5, tc.to)
+			got, err := httpGet(ctx, tc.from, tc.socks5, tc.auth, tc.to)
+			if tc.want == "" {
+				if err == nil {
+					t.Fatalf("the proxy let the client through: %q", got)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -658,13 +713,22 @@ func TestUnprivilegedSaysWhatIsMissing(t *testing.T) {
 			[]string{"IP-in-IP needs CAP_NET_RAW in this network namespace", "VXLAN pools work without it"}},
 		{"VXLAN below the unprivileged ports", noPrivileges, 0, lowPortFile, []string{"--tunnel-mode", "netstack"},
 			[]string{"binding UDP port 999 needs CAP_NET_BIND_SERVICE", "net.ipv4.ip_unprivileged_port_start <= 999", "it is 1024 here"}},
+		{"the admin socket as nobody without XDG_RUNTIME_DIR", noPrivileges, 0, vxlanFile, []string{"--tunnel-mode", "netstack", "--admin-socket", ""},
+			[]string{"admin socket directory /run/overlayd", "set XDG_RUNTIME_DIR", "--admin-socket or [admin] socket"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			args := append(append(append([]string{}, tc.priv...), "env", childEnv+"=1", exe, "run", "--config", tc.file, "--node", "node-a",
-				"--no-metrics"), tc.extra...)
+			// An admin socket in a directory of the case's user (root
+			// without capabilities cannot enter nobody's); a later
+			// --admin-socket "" in extra asks for the default place.
+			owner := 0
+			if slices.Contains(tc.priv, "--reuid=65534") {
+				owner = nobody
+			}
+			args := append(append(append([]string{}, tc.priv...), "env", "-u", "XDG_RUNTIME_DIR", childEnv+"=1", exe, "run", "--config", tc.file, "--node", "node-a",
+				"--no-metrics", "--admin-socket", filepath.Join(runtimeDir(t, owner), "node-a.sock")), tc.extra...)
 			out, err := node.RunWith(ctx, testbed.StartOptions{TUNMode: tc.tunMode}, "setpriv", args...)
 			if err == nil {
 				t.Fatalf("overlayd started:\n%s", out)
@@ -682,7 +746,7 @@ func TestUnprivilegedSaysWhatIsMissing(t *testing.T) {
 		tunFile := openTUN(t, node, "ovl0")
 		defer tunFile.Close()
 		args := append(append([]string{}, noPrivileges...), "env", childEnv+"=1", exe, "run", "--config", vxlanFile, "--node", "node-a",
-			"--no-metrics", "--tun-fd", "3")
+			"--no-metrics", "--admin-socket", filepath.Join(runtimeDir(t, nobody), "node-a.sock"), "--tun-fd", "3")
 		out, err := node.RunWith(ctx, testbed.StartOptions{ExtraFiles: []*os.File{tunFile}}, "setpriv", args...)
 		if err == nil {
 			t.Fatalf("overlayd started:\n%s", out)
@@ -698,7 +762,7 @@ func TestUnprivilegedSaysWhatIsMissing(t *testing.T) {
 			t.Fatal(err)
 		}
 		args := append(append([]string{}, noPrivileges...), "env", childEnv+"=1", exe, "run", "--config", lowPortFile, "--node", "node-a",
-			"--no-metrics", "--tunnel-mode", "netstack")
+			"--no-metrics", "--admin-socket", filepath.Join(runtimeDir(t, nobody), "node-a.sock"), "--tunnel-mode", "netstack")
 		proc, err := node.Start("setpriv", args...)
 		if err != nil {
 			t.Fatal(err)

@@ -17,7 +17,8 @@ func runRun(env *cliEnv, args []string) error {
 Runs the router: creates the TUN device, programs the kernel's routes, opens
 the VXLAN and IP-in-IP sockets the pools need and carries the node's overlay
 traffic until SIGTERM or SIGINT, then removes its routes. SIGHUP re-reads the
-cluster file.
+cluster file. The admin API (overlayd status, routes, nat, reload) is served
+on a unix socket only this user can use; the TCP listener serves /metrics.
 
 Unprivileged: --tun-fd N --no-kernel-routes uses a TUN opened by the runtime
 and leaves its set-up to it ('overlayd check --print-routes' lists it); with
@@ -29,8 +30,10 @@ and [[forward]] port forwards.`)
 	fs.StringVar(&o.Node, "node", "", "this node's name, as in the cluster file's [[nodes]]")
 	fs.IntVar(&o.UnderlayMTU, "underlay-mtu", 0, "MTU of the underlay interface (0: read from the interface)")
 	fs.StringVar(&o.Device, "device", "", "TUN device name (default: [tunnel] device)")
-	fs.StringVar(&o.MetricsListen, "metrics-listen", "", "address for /metrics and the admin API (default: [metrics] listen)")
-	fs.BoolVar(&o.NoMetrics, "no-metrics", false, "serve neither /metrics nor the admin API")
+	fs.StringVar(&o.MetricsListen, "metrics-listen", "", "TCP address for Prometheus's /metrics, which serves nothing else (default: [metrics] listen)")
+	fs.BoolVar(&o.NoMetrics, "no-metrics", false, "serve no /metrics (the admin socket stays)")
+	fs.StringVar(&o.AdminSocket, "admin-socket", "", "the admin API's unix socket, usable only by this user (default: [admin] socket, else /run/overlayd/NODE.sock, or $XDG_RUNTIME_DIR/overlayd/NODE.sock when not root)")
+	fs.BoolVar(&o.PProf, "pprof", false, "serve /debug/pprof on the admin socket (default: [admin] pprof)")
 	fs.StringVar(&o.TunnelMode, "tunnel-mode", "", "\"tun\" (a kernel TUN device) or \"netstack\" (no device: SOCKS5 and port forwards) (default: [tunnel] mode)")
 	fs.IntVar(&o.TunFD, "tun-fd", -1, "a TUN file descriptor (3 or more) handed over by the runtime, used instead of creating a device; -1: [tunnel] fd if set")
 	fs.BoolVar(&o.NoKernelRoutes, "no-kernel-routes", false, "leave the TUN's link, addresses, routes, rules and sysctls to whoever set up the namespace (see overlayd check --print-routes)")

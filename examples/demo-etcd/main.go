@@ -268,7 +268,7 @@ func (d *demo) join(ctx context.Context, node string, show bool) (time.Time, err
 	if show {
 		fmt.Printf("    %s (the others differ only in the node's name, its address and the state directory):\n%s", filepath.Base(file), indent(string(src), "      "))
 	}
-	proc, err := d.bed.Host(node).Start(d.o.bin, "run", "--config", file, "--node", node)
+	proc, err := d.bed.Host(node).Start(d.o.bin, "run", "--config", file, "--node", node, "--admin-socket", d.adminSocket(node))
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -396,14 +396,14 @@ type nodePlan struct {
 	Routes      []plan.Route      `json:"routes"`
 }
 
-// plan asks node's overlayd for its plan, through its admin API inside the
-// node's namespace.
+// adminSocket is node's admin socket: in the demo's directory, since the
+// bed's nodes share the filesystem.
+func (d *demo) adminSocket(node string) string { return filepath.Join(d.dir, node+".sock") }
+
+// plan asks node's overlayd for its plan, through its admin socket.
 func (d *demo) plan(ctx context.Context, node string) (*nodePlan, error) {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext:       d.bed.Host(node).DialContext,
-		DisableKeepAlives: true,
-	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+config.DefaultMetricsListen+daemon.APIPlan, nil)
+	client := daemon.AdminClient(d.adminSocket(node), 5*time.Second)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, daemon.AdminURL+daemon.APIPlan, nil)
 	if err != nil {
 		return nil, err
 	}

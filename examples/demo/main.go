@@ -91,8 +91,15 @@ func run(ctx context.Context, bin, file string, size, iperfSeconds int) error {
 	}
 
 	step("starting overlayd on every node with %s", filepath.Base(file))
+	// The admin sockets in a directory of this run's: the bed's nodes share
+	// the filesystem with the machine, and with any other bed's node-a.
+	sockets, err := os.MkdirTemp("", "overlayd-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(sockets)
 	for _, n := range cfg.Nodes {
-		proc, err := bed.Host(n.Name).Start(bin, "run", "--config", file, "--node", n.Name)
+		proc, err := bed.Host(n.Name).Start(bin, "run", "--config", file, "--node", n.Name, "--admin-socket", filepath.Join(sockets, n.Name+".sock"))
 		if err != nil {
 			return err
 		}
