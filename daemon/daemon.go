@@ -359,6 +359,9 @@ func (d *daemon) reloadLocked() (kernel.Changes, error) {
 	if err != nil {
 		return nil, badInput(err)
 	}
+	if err := workloadsKeepTheirBlocks(c, d.opts.Node); err != nil {
+		return nil, badInput(err)
+	}
 	p, err := d.plan(c)
 	if err != nil {
 		return nil, err

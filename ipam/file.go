@@ -165,7 +165,7 @@ func describe(blocks []pool.Block) string {
 
 // Release implements Store.
 func (s *FileStore) Release(ctx context.Context, handle string) ([]netip.Addr, error) {
-	if handle == s.tunnelH {
+	if isTunnelHandle(handle, s.node) {
 		return nil, fmt.Errorf("handle %q is the node's tunnel address: it stays reserved", handle)
 	}
 	cidrs, err := s.files()
@@ -268,7 +268,7 @@ func (s *FileStore) use(blk *calico.Block) BlockUse {
 		if attr.HandleID != nil {
 			a.Handle = *attr.HandleID
 		}
-		a.Tunnel = a.Handle == s.tunnelH && a.Addr == s.tunnel
+		a.Tunnel = isTunnelHandle(a.Handle, s.node)
 		u.Allocations = append(u.Allocations, a)
 	}
 	return u
@@ -455,4 +455,16 @@ func (s *FileStore) write(cidr netip.Prefix, blk *calico.Block) error {
 		return fmt.Errorf("IPAM block %s: syncing its directory: %w", cidr, err)
 	}
 	return nil
+}
+
+// isTunnelHandle reports whether handle is one of node's tunnel address
+// handles, whatever its address: a file that moved the tunnel address
+// leaves the old one reserved under its handle.
+func isTunnelHandle(handle, node string) bool {
+	for _, t := range []string{calico.AttrTypeVXLAN, calico.AttrTypeIPIP} {
+		if h, _, err := calico.TunnelAllocation(node, t); err == nil && h == handle {
+			return true
+		}
+	}
+	return false
 }

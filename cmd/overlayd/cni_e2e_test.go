@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -70,10 +71,14 @@ func withState(t *testing.T, example string) string {
 func newCNIBed(t *testing.T, example string) *cniBed {
 	t.Helper()
 	testbed.Require(t)
+	// The plugins are this race-built test binary; the race runtime sleeps
+	// a second at exit unless told not to, which would make every plugin
+	// call take a second.
+	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	path := withState(t, example)
 	cfg, tunnelMTU := loadForBed(t, path)
 	bed := testbed.NewStandard(t, testbed.Options{WorkloadMTU: tunnelMTU})
-	c := &cluster{t: t, bed: bed, file: path, cfg: cfg, procs: map[string]*testbed.Process{},
+	c := &cluster{t: t, bed: bed, file: path, cfg: cfg, sockets: socketDir(t), procs: map[string]*testbed.Process{},
 		workload: map[string]*testbed.Host{}, addr: map[string]netip.Addr{}, extra: map[string][]*testbed.Host{}}
 	for _, n := range nodeNames {
 		c.start(n)
@@ -223,7 +228,7 @@ func (cb *cniBed) leftovers(node string) []string {
 			return err
 		}
 		for _, l := range links {
-			if strings.HasPrefix(l.Attrs().Name, "ovl") {
+			if name := l.Attrs().Name; strings.HasPrefix(name, "ovl") && len(name) == len(cni.HostVeth("", "")) {
 				left = append(left, "veth "+l.Attrs().Name)
 			}
 		}
@@ -384,7 +389,7 @@ func TestE2ECNI(t *testing.T) {
 
 	t.Run("ADD into an existing interface fails and keeps nothing", func(t *testing.T) {
 		ct := cb.newContainer("node-b", vx("node-b"))
-		if err := ct.host.IP("link", "add", "eth0", "type", "dummy"); err != nil {
+		if err := ct.host.IP("link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer"); err != nil {
 			t.Fatal(err)
 		}
 		if err := cb.add(ct); err == nil || !strings.Contains(err.Error(), "already has an interface") {
@@ -520,7 +525,7 @@ func TestE2ECNI(t *testing.T) {
 		cb.mustAdd(peer)
 		ctx, cancel := context.WithCancel(context.Background())
 		loopErr := make(chan error, 1)
-		cycles := 0
+		var cycles atomic.Int64
 		go func() {
 			ct := cb.newContainer("node-a", vx("node-a"))
 			for i := 0; ctx.Err() == nil; i++ {
@@ -533,21 +538,35 @@ func TestE2ECNI(t *testing.T) {
 					loopErr <- fmt.Errorf("cycle %d DEL: %w", i, err)
 					return
 				}
-				cycles++
+				cycles.Add(1)
 			}
 			loopErr <- nil
 		}()
+		// At least three cycles before each stop, while overlayd is down
+		// and after it is back: the loop runs through every phase.
+		waitCycles := func(n int64) {
+			for deadline := time.Now().Add(time.Minute); cycles.Load() < n && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
 		for range 2 {
+			waitCycles(cycles.Load() + 3)
 			if err := cb.procs["node-a"].Stop(); err != nil {
 				t.Logf("stopping overlayd: %v", err)
 			}
+			waitCycles(cycles.Load() + 3)
 			cb.start("node-a")
 		}
+		waitCycles(cycles.Load() + 3)
 		cancel()
 		if err := <-loopErr; err != nil {
 			t.Error(err)
 		}
-		t.Logf("%d ADD/DEL cycles ran across two restarts of overlayd", cycles)
+		if n := cycles.Load(); n < 15 {
+			t.Errorf("only %d ADD/DEL cycles completed across the restarts", n)
+		} else {
+			t.Logf("%d ADD/DEL cycles ran across two restarts of overlayd", n)
+		}
 		if err := cb.check(live); err != nil {
 			t.Errorf("the live container after the restarts: %v", err)
 		}

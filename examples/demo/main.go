@@ -55,6 +55,17 @@ func run(ctx context.Context, bin, file string, size, iperfSeconds int) error {
 	if err != nil {
 		return err
 	}
+	// A copy of the file whose state directory (the IPAM block files) is
+	// this run's, so the demo leaves nothing on the machine.
+	tmp, err := os.MkdirTemp("", "overlayd-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	file, err = withStateDir(file, tmp)
+	if err != nil {
+		return err
+	}
 	cfg, err := config.Load(file)
 	if err != nil {
 		return err
@@ -79,25 +90,10 @@ func run(ctx context.Context, bin, file string, size, iperfSeconds int) error {
 	if err := testbed.BuildStandard(bed); err != nil {
 		return err
 	}
-	workloads := map[string]*testbed.Host{}
-	addrs := map[string]netip.Addr{}
-	for _, n := range cfg.Nodes {
-		w, err := bed.AddNodeWorkload(n)
-		if err != nil {
-			return err
-		}
-		workloads[n.Name], addrs[n.Name] = w, w.Addr.Addr()
-		fmt.Printf("    workload on %s: %s\n", n.Name, w.Addr.Addr())
-	}
-
 	step("starting overlayd on every node with %s", filepath.Base(file))
 	// The admin sockets in a directory of this run's: the bed's nodes share
 	// the filesystem with the machine, and with any other bed's node-a.
-	sockets, err := os.MkdirTemp("", "overlayd-demo-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(sockets)
+	sockets := tmp
 	for _, n := range cfg.Nodes {
 		proc, err := bed.Host(n.Name).Start(bin, "run", "--config", file, "--node", n.Name, "--admin-socket", filepath.Join(sockets, n.Name+".sock"))
 		if err != nil {
@@ -110,6 +106,12 @@ func run(ctx context.Context, bin, file string, size, iperfSeconds int) error {
 			return fmt.Errorf("overlayd on %s: %w", n.Name, err)
 		}
 		fmt.Printf("    %s: running\n", n.Name)
+	}
+
+	step("attaching a container on every node through the CNI plugin (overlayd cni install, then libcni as a runtime calls it)")
+	workloads, addrs, err := attachContainers(ctx, bed, bin, file, cfg, tmp)
+	if err != nil {
+		return err
 	}
 	fmt.Println()
 	for _, r := range p.Routes {
