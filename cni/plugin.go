@@ -71,11 +71,18 @@ func MainWithHooks(name, about string, hooks Hooks) int {
 	return 0
 }
 
-// workloadMTU is the MTU the plan gives the node's workloads: the tunnel
-// MTU for the node's underlay interface, unless the configuration sets it.
+// workloadMTU is the MTU the plan gives the node's workloads, unless the
+// configuration sets one: the MTU of overlayd's TUN device when it runs
+// (overlayd set it from the plan), else the plan's tunnel MTU computed here
+// for the node's underlay interface. With etcd, whose pools this plugin
+// does not read, that is the underlay's MTU less VXLAN's overhead, the
+// largest any pool can add.
 func workloadMTU(conf *NetConf, c *config.Cluster, n *config.Node) (int, error) {
 	if conf.MTU != 0 {
 		return conf.MTU, nil
+	}
+	if tun, err := netlink.LinkByName(c.Tunnel.Device); err == nil && tun.Attrs().MTU > 0 {
+		return tun.Attrs().MTU, nil
 	}
 	k, err := kernel.Open()
 	if err != nil {
@@ -85,6 +92,9 @@ func workloadMTU(conf *NetConf, c *config.Cluster, n *config.Node) (int, error) 
 	_, underlay, err := k.InterfaceOf(n.Address.Addr())
 	if err != nil {
 		return 0, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("node %q: its underlay address %v is not on this host", n.Name, n.Address.Addr()), err.Error())
+	}
+	if c.Datastore.Type == config.DatastoreEtcd {
+		return underlay - plan.EncapVXLAN.Overhead(), nil
 	}
 	mtu, _ := plan.TunnelMTU(c, underlay)
 	return mtu, nil

@@ -46,14 +46,11 @@ type FileStore struct {
 }
 
 // NewFileStore opens the allocations of node in cluster c under dir (see
-// Dir), creating dir when missing.
+// Dir); dir is made by the first change, so reading changes nothing.
 func NewFileStore(dir string, c *config.Cluster, node string) (*FileStore, error) {
 	n := c.Node(node)
 	if n == nil {
 		return nil, fmt.Errorf("node %q is not in the cluster file %s", node, c.Source)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("IPAM state directory: %w", err)
 	}
 	s := &FileStore{dir: dir, node: node, file: c.Source, blocks: n.Blocks, tunnel: n.TunnelAddr, now: time.Now}
 	if n.TunnelAddr.IsValid() {
@@ -282,6 +279,9 @@ func (s *FileStore) files() ([]netip.Prefix, error) {
 		cidrs = append(cidrs, b.Prefix)
 	}
 	entries, err := os.ReadDir(s.dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return cidrs, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("IPAM state directory: %w", err)
 	}
@@ -401,6 +401,9 @@ func (s *FileStore) update(cidr netip.Prefix, change func(*calico.Block) (bool, 
 
 // lock takes the block's lock file, exclusively.
 func (s *FileStore) lock(cidr netip.Prefix) (unlock func(), err error) {
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		return nil, fmt.Errorf("IPAM state directory: %w", err)
+	}
 	f, err := os.OpenFile(s.path(cidr, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("IPAM lock of block %s: %w", cidr, err)

@@ -10,9 +10,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/overlayd/overlayd/cni"
 	"github.com/overlayd/overlayd/daemon"
 	"github.com/overlayd/overlayd/internal/testbed"
 	"github.com/overlayd/overlayd/plan"
@@ -41,6 +46,18 @@ spec:
   cidr: 192.168.0.0/16
   vxlanMode: %s
   natOutgoing: true
+`
+
+// etcdCNIPoolYAML is the pool the CNI part of the etcd test takes its
+// containers' addresses from.
+const etcdCNIPoolYAML = `apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: ippool-cni
+spec:
+  cidr: 10.1.0.0/16
+  vxlanMode: Always
+  blockSize: 26
 `
 
 func startEtcdCluster(t *testing.T) *etcdCluster {
@@ -313,6 +330,102 @@ func TestE2EEtcdCluster(t *testing.T) {
 			c.waitFor(n+" to catch up with the pool's change", func() bool { return slices.Contains(c.routesTo(n), want) })
 		}
 		c.ping("node-a", "node-b")
+	})
+
+	t.Run("containers through CNI: a full block makes the node claim another, and peers route it", func(t *testing.T) {
+		pools := filepath.Join(c.dir, "cni-pool.yaml")
+		if err := os.WriteFile(pools, []byte(etcdCNIPoolYAML), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c.command("apply", "-f", pools)
+		self, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		binDir, cacheDir := t.TempDir(), t.TempDir()
+		for _, name := range []string{cni.PluginName, cni.IPAMName} {
+			if err := os.Symlink(self, filepath.Join(binDir, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+		data, err := cni.ConfList(cni.InstallOptions{Config: filepath.Join(c.dir, "node-b.toml"), Node: "node-b", CNIVersion: "1.0.0", Pools: []string{"ippool-cni"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		list, err := libcni.ConfListFromBytes(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cninet := libcni.NewCNIConfigWithCacheDir([]string{binDir}, cacheDir, nil)
+		const n = 70
+		hosts := make([]*testbed.Host, n)
+		rts := make([]*libcni.RuntimeConf, n)
+		addrs := make([]netip.Addr, n)
+		errs := make([]error, n)
+		for i := range n {
+			h, err := c.bed.AddHost(fmt.Sprintf("ce%d", i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			hosts[i] = h
+			rts[i] = &libcni.RuntimeConf{ContainerID: fmt.Sprintf("etcd-%s-%d", c.bed.ID(), i), NetNS: h.NetnsPath(), IfName: "eth0"}
+		}
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				errs[i] = c.bed.Host("node-b").Do(func() error {
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+					defer cancel()
+					r, err := cninet.AddNetworkList(ctx, list, rts[i])
+					if err != nil {
+						return err
+					}
+					res, err := current.NewResultFromResult(r)
+					if err != nil {
+						return err
+					}
+					addrs[i], _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+					return nil
+				})
+			})
+		}
+		wg.Wait()
+		seen := map[netip.Addr]bool{}
+		blocks := map[netip.Prefix]bool{}
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("ADD %d: %v", i, err)
+			}
+			if seen[addrs[i]] {
+				t.Errorf("%v handed out twice", addrs[i])
+			}
+			seen[addrs[i]] = true
+			blocks[netip.PrefixFrom(addrs[i], 26).Masked()] = true
+			hosts[i].Addr = netip.PrefixFrom(addrs[i], 32)
+		}
+		if len(blocks) != 2 {
+			t.Errorf("70 containers in %d blocks of ippool-cni, want 2 (a /26 holds 64)", len(blocks))
+		}
+		last := hosts[slices.IndexFunc(addrs, func(a netip.Addr) bool {
+			return netip.PrefixFrom(a, 26).Masked() != netip.PrefixFrom(addrs[0], 26).Masked()
+		})]
+		c.waitFor("node-a to route node-b's new block", func() bool {
+			return slices.ContainsFunc(c.plan("node-a").Routes, func(r plan.Route) bool { return r.Block.Contains(last.Addr.Addr()) })
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := c.workload["node-a"].Ping(ctx, last.Addr.Addr(), 3); err != nil {
+			t.Errorf("node-a's workload -> the container %v in node-b's second block: %v", last.Addr.Addr(), err)
+		}
+		for i := range n {
+			if err := c.bed.Host("node-b").Do(func() error { return cninet.DelNetworkList(context.Background(), list, rts[i]) }); err != nil {
+				t.Errorf("DEL %d: %v", i, err)
+			}
+		}
+		if out := c.command("ipam", "show", "--show-handles"); strings.Contains(out, "etcd-"+c.bed.ID()) {
+			t.Errorf("handles left after DEL:\n%s", out)
+		}
 	})
 
 	t.Run("a node deleted: its routes are gone on every peer", func(t *testing.T) {
