@@ -433,6 +433,7 @@ func TestE2ECNI(t *testing.T) {
 		}
 		errs := make([]error, n)
 		var wg sync.WaitGroup
+		_ = cb.cninet.GetVersionInfo // the shared CNIConfig was used already: libcni sets itself up lazily, unguarded
 		for i, ct := range cts {
 			wg.Go(func() { errs[i] = cb.add(ct) })
 		}

@@ -374,6 +374,9 @@ func TestE2EEtcdCluster(t *testing.T) {
 		var wg sync.WaitGroup
 		for i := range n {
 			wg.Go(func() {
+				// A CNIConfig per runtime call: libcni's sets itself up
+				// lazily, unguarded.
+				cninet := libcni.NewCNIConfigWithCacheDir([]string{binDir}, cacheDir, nil)
 				errs[i] = c.bed.Host("node-b").Do(func() error {
 					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 					defer cancel()
