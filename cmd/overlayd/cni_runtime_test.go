@@ -131,31 +131,56 @@ func inNS(ctx context.Context, ns string, env []string, argv ...string) (stdout,
 	return o.Bytes(), e.Bytes(), err
 }
 
+// withPrivateVarLib wraps argv so that it runs in a mount namespace of its
+// own where the directory varLib is /var/lib. libcni keeps its cache in
+// /var/lib/cni and neither cnitool nor podman 4.3's CNI backend has a
+// setting for another place; this way the machine's /var/lib stays as it
+// was, and what libcni cached can be checked.
+func withPrivateVarLib(varLib string, argv ...string) []string {
+	return append([]string{"unshare", "--mount", "--propagation", "private", "--",
+		"sh", "-c", `mount --bind "$0" /var/lib && exec "$@"`, varLib}, argv...)
+}
+
 // podman is podman with everything it keeps in temporary directories:
 // storage (vfs, --root, --runroot), its own temporary files (--tmpdir),
 // its events (a file), the CNI configuration directory and the plugin
-// directory, through a containers.conf of the test's own.
+// directory (a containers.conf of the test's own), runc's state (a
+// wrapper giving runc --root: podman's --runtime-flag does not reach the
+// `podman container cleanup` conmon runs, whose runc would use /run/runc)
+// and libcni's cache (withPrivateVarLib).
 type podman struct {
 	env   []string
 	flags []string
 	// confDir is the CNI configuration directory podman reads networks from.
 	confDir string
+	// varLib is /var/lib for podman, so varLib/cni is libcni's cache.
+	varLib string
 }
 
 func newPodman(t *testing.T, pluginDir string) *podman {
 	t.Helper()
 	base := t.TempDir()
-	p := &podman{confDir: filepath.Join(base, "net.d")}
-	for _, d := range []string{"root", "runroot", "tmp", "net.d"} {
+	p := &podman{confDir: filepath.Join(base, "net.d"), varLib: filepath.Join(base, "varlib")}
+	for _, d := range []string{"root", "runroot", "tmp", "net.d", "varlib", "runc"} {
 		if err := os.MkdirAll(filepath.Join(base, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapper := filepath.Join(base, "runc-wrapper")
+	script := fmt.Sprintf("#!/bin/sh\nexec %s --root %s \"$@\"\n", runc, filepath.Join(base, "runc"))
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	// runc, not crun: Debian 12's crun refuses a machine with cgroup v1
 	// controllers and a cgroup v2 hierarchy mounted side by side ("cgroups
-	// in hybrid mode not supported"). The ulimits are podman's defaults for
-	// root lowered to what a process without CAP_SYS_RESOURCE (a
-	// container's test machine) may set.
+	// in hybrid mode not supported"). The ulimits are below podman's
+	// defaults for root, which a process without CAP_SYS_RESOURCE (as on
+	// this test machine) may not set ("setrlimit RLIMIT_NOFILE: Operation
+	// not permitted").
 	conf := fmt.Sprintf(`[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 
@@ -163,13 +188,16 @@ default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 events_logfile_path = %q
-runtime = "runc"
+runtime = "ovlrunc"
+
+[engine.runtimes]
+ovlrunc = [%q]
 
 [network]
 network_backend = "cni"
 cni_plugin_dirs = [%q]
 network_config_dir = %q
-`, filepath.Join(base, "events.log"), pluginDir, p.confDir)
+`, filepath.Join(base, "events.log"), wrapper, pluginDir, p.confDir)
 	confPath := filepath.Join(base, "containers.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -177,12 +205,18 @@ network_config_dir = %q
 	p.env = []string{"CONTAINERS_CONF=" + confPath}
 	p.flags = []string{"--root", filepath.Join(base, "root"), "--runroot", filepath.Join(base, "runroot"),
 		"--tmpdir", filepath.Join(base, "tmp"), "--storage-driver", "vfs"}
+	t.Cleanup(func() {
+		// Everything runc knew of was deleted.
+		if left, _ := os.ReadDir(filepath.Join(base, "runc")); len(left) != 0 {
+			t.Errorf("runc's state still holds %d containers", len(left))
+		}
+	})
 	return p
 }
 
 // run runs `podman ARGS` in namespace ns.
 func (p *podman) run(ctx context.Context, ns string, args ...string) (stdout, stderr []byte, err error) {
-	return inNS(ctx, ns, p.env, append(append([]string{"podman"}, p.flags...), args...)...)
+	return inNS(ctx, ns, p.env, withPrivateVarLib(p.varLib, append(append([]string{"podman"}, p.flags...), args...)...)...)
 }
 
 // cmdline is how a podman command is shown in messages.
@@ -385,6 +419,12 @@ echo transfer-ok`, peer.addr, port)
 	if l := cb.leftovers("node-a"); len(l) != 0 {
 		t.Errorf("left on node-a after the container was removed: %v", l)
 	}
+	if _, err := os.Stat(filepath.Join(p.varLib, "cni", "results")); err != nil {
+		t.Errorf("podman's libcni cached nothing: %v", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(p.varLib, "cni", "results")); len(entries) != 0 {
+		t.Errorf("podman's libcni cache after the container was removed: %d entries", len(entries))
+	}
 	checkHostUntouched(t, before)
 }
 
@@ -424,18 +464,14 @@ func TestE2ECNITool(t *testing.T) {
 		t.Fatal(err)
 	}
 	ct := cb.newContainer("node-a", nil)
-	// cnitool's libcni keeps its results in /var/lib/cni and cnitool has
-	// no setting for another place: it runs in a mount namespace of its own
-	// where a temporary directory is /var/lib, so the machine's stays as it
-	// was and what libcni cached can be checked.
+	// libcni's cache, /var/lib/cni for cnitool (withPrivateVarLib).
 	varLib := t.TempDir()
 	env := []string{"NETCONFPATH=" + confDir, "CNI_PATH=" + cb.binDir}
 	tool := func(command string) []byte {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		argv := []string{"unshare", "--mount", "--propagation", "private", "--", "sh", "-c", `mount --bind "$0" /var/lib && exec "$@"`,
-			varLib, cnitool, command, cni.NetworkName, ct.host.NetnsPath()}
+		argv := withPrivateVarLib(varLib, cnitool, command, cni.NetworkName, ct.host.NetnsPath())
 		start := time.Now()
 		stdout, stderr, err := inNS(ctx, cb.bed.Host("node-a").NS, env, argv...)
 		t.Logf("cnitool %s overlayd %s (in %s) in %v", command, ct.host.NetnsPath(), cb.bed.Host("node-a").NS, time.Since(start).Round(time.Millisecond))
