@@ -221,7 +221,8 @@ func (p *podman) run(ctx context.Context, ns string, args ...string) (stdout, st
 
 // cmdline is how a podman command is shown in messages.
 func (p *podman) cmdline(args ...string) string {
-	return strings.Join(append(append([]string{strings.Join(p.env, " "), "podman"}, p.flags...), args...), " ")
+	return strings.Join(append(append([]string{strings.Join(p.env, " "), "podman"}, p.flags...), args...), " ") +
+		" (with " + p.varLib + " as /var/lib)"
 }
 
 // podmanWorks runs a container with no network in the machine's namespace,
