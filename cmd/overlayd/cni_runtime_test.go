@@ -392,7 +392,7 @@ echo transfer-ok`, peer.addr, port)
 	}
 	elapsed := time.Since(start)
 	out := string(res.stdout)
-	t.Logf("%s\nin %v:\n%s%s", p.cmdline(args[:len(args)-1]...)+" '…'", elapsed.Round(time.Millisecond), out, res.stderr)
+	t.Logf("%s\nin %v:\n%s%s", p.cmdline(append(args[:len(args)-1:len(args)-1], "'…'")...), elapsed.Round(time.Millisecond), out, res.stderr)
 	if res.err != nil {
 		t.Fatalf("podman run: %v: %s", res.err, res.stderr)
 	}
