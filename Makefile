@@ -14,7 +14,7 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/overlayd
 
 deps:
-	@scripts/deps.sh ip:iproute2 ping:iputils-ping iperf3:iperf3 traceroute:traceroute etcd:etcd-server etcdctl:etcd-client
+	@scripts/deps.sh ip:iproute2 ping:iputils-ping iperf3:iperf3 traceroute:traceroute etcd:etcd-server etcdctl:etcd-client podman:podman runc:runc busybox:busybox-static
 
 vet:
 	$(GO) vet $(PKGS)
