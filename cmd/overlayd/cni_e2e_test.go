@@ -461,6 +461,13 @@ func TestE2ECNI(t *testing.T) {
 		if len(ok) != 63 || full != 7 {
 			t.Errorf("got %d addresses and %d block-full errors, want 63 and 7", len(ok), full)
 		}
+		t.Run("STATUS says the node's blocks are full", func(t *testing.T) {
+			err := cb.inNode("node-c", func(ctx context.Context) error { return cb.cninet.GetStatusNetworkList(ctx, vx("node-c")) })
+			var cniErr *types.Error
+			if !errors.As(err, &cniErr) || cniErr.Code != types.ErrPluginNotAvailable || !strings.Contains(cniErr.Msg, "full") {
+				t.Errorf("STATUS with node-c's block full: got %v, want code 50 saying its blocks are full", err)
+			}
+		})
 		from := cb.newContainer("node-a", vx("node-a"))
 		cb.mustAdd(from)
 		var pw sync.WaitGroup
