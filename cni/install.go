@@ -4,11 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 
 	"github.com/overlayd/overlayd/config"
+	"github.com/overlayd/overlayd/internal/atomicfile"
 )
 
 // NetworkName is the network the installed conflist defines; runtimes
@@ -107,33 +107,9 @@ func Install(o InstallOptions) (Installed, error) {
 		return done, err
 	}
 	path := filepath.Join(o.ConfDir, ConfListFile)
-	if err := writeAtomic(path, append(data, '\n')); err != nil {
+	if err := atomicfile.Write(path, append(data, '\n'), 0o644); err != nil {
 		return done, err
 	}
 	done.ConfList = path
 	return done, nil
-}
-
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(fs.FileMode(0o644)); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

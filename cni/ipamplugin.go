@@ -55,17 +55,24 @@ func ipamCall(args *skel.CmdArgs) (*NetConf, ipam.Store, context.Context, contex
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
+	s, ctx, cancel, err := openNodeStore(conf)
+	return conf, s, ctx, cancel, err
+}
+
+// openNodeStore loads conf's cluster and opens its node's IPAM store, with
+// a context bounding the call; cancel also closes the store.
+func openNodeStore(conf *NetConf) (ipam.Store, context.Context, context.CancelFunc, error) {
 	c, _, err := loadCluster(conf)
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	s, err := OpenStore(ctx, c, conf.Node)
 	if err != nil {
 		cancel()
-		return nil, nil, nil, nil, storeError("opening the IPAM store", err)
+		return nil, nil, nil, storeError("opening the IPAM store", err)
 	}
-	return conf, s, ctx, cancel, nil
+	return s, ctx, func() { s.Close(); cancel() }, nil
 }
 
 func (p plugin) ipamAdd(args *skel.CmdArgs) error {
@@ -74,7 +81,6 @@ func (p plugin) ipamAdd(args *skel.CmdArgs) error {
 		return err
 	}
 	defer cancel()
-	defer s.Close()
 	a, err := s.Assign(ctx, ipam.Request{
 		Handle: ipam.Handle(conf.Name, args.ContainerID, args.IfName),
 		Pools:  conf.IPAMConf.Pools,
@@ -100,7 +106,6 @@ func (p plugin) ipamDel(args *skel.CmdArgs) error {
 		return err
 	}
 	defer cancel()
-	defer s.Close()
 	if _, err := s.Release(ctx, ipam.Handle(conf.Name, args.ContainerID, args.IfName)); err != nil {
 		return storeError("releasing the address", err)
 	}
@@ -115,7 +120,6 @@ func (p plugin) ipamCheck(args *skel.CmdArgs) error {
 		return err
 	}
 	defer cancel()
-	defer s.Close()
 	handle := ipam.Handle(conf.Name, args.ContainerID, args.IfName)
 	held, err := s.Lookup(ctx, handle)
 	if err != nil {
@@ -144,7 +148,6 @@ func (p plugin) ipamGC(args *skel.CmdArgs) error {
 		return err
 	}
 	defer cancel()
-	defer s.Close()
 	_, err = gcStore(ctx, s, conf)
 	return err
 }
@@ -187,7 +190,6 @@ func (p plugin) ipamStatus(args *skel.CmdArgs) error {
 		return err
 	}
 	defer cancel()
-	defer s.Close()
 	return capacity(ctx, s, conf)
 }
 

@@ -1,7 +1,6 @@
 package cni
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -270,17 +269,11 @@ func (p plugin) cmdGC(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	c, _, err := loadCluster(conf)
+	s, ctx, done, err := openNodeStore(conf)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	defer cancel()
-	s, err := OpenStore(ctx, c, conf.Node)
-	if err != nil {
-		return storeError("opening the IPAM store", err)
-	}
-	defer s.Close()
+	defer done()
 	stale, err := gcStore(ctx, s, conf)
 	var errs []error
 	if err != nil {

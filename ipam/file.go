@@ -17,6 +17,7 @@ import (
 
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/datastore/calico"
+	"github.com/overlayd/overlayd/internal/atomicfile"
 	"github.com/overlayd/overlayd/pool"
 )
 
@@ -421,41 +422,15 @@ func (s *FileStore) lock(cidr netip.Prefix) (unlock func(), err error) {
 	return func() { f.Close() }, nil // closing the descriptor drops the lock
 }
 
-// write replaces the block's file: a temporary file in the same directory,
-// synced, renamed over it, and the directory synced, so a crash leaves the
-// old block or the new one, never half of one.
+// write replaces the block's file atomically (package atomicfile), so a
+// crash leaves the old block or the new one, never half of one.
 func (s *FileStore) write(cidr netip.Prefix, blk *calico.Block) error {
 	data, err := json.Marshal(blk)
 	if err != nil {
 		return fmt.Errorf("IPAM block %s: %w", cidr, err)
 	}
-	final := s.path(cidr, ".json")
-	tmp, err := os.CreateTemp(s.dir, "."+filepath.Base(final)+".*.tmp")
-	if err != nil {
+	if err := atomicfile.Write(s.path(cidr, ".json"), data, 0o644); err != nil {
 		return fmt.Errorf("IPAM block %s: %w", cidr, err)
-	}
-	defer os.Remove(tmp.Name()) // after a successful rename there is nothing left to remove
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("IPAM block %s: writing %s: %w", cidr, tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("IPAM block %s: syncing %s: %w", cidr, tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("IPAM block %s: %w", cidr, err)
-	}
-	if err := os.Rename(tmp.Name(), final); err != nil {
-		return fmt.Errorf("IPAM block %s: %w", cidr, err)
-	}
-	d, err := os.Open(s.dir)
-	if err != nil {
-		return fmt.Errorf("IPAM block %s: syncing its directory: %w", cidr, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("IPAM block %s: syncing its directory: %w", cidr, err)
 	}
 	return nil
 }

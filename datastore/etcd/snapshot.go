@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/overlayd/overlayd/datastore/calico"
+	"github.com/overlayd/overlayd/internal/atomicfile"
 )
 
 // SnapshotFile is the file in the state directory that keeps the last
@@ -195,37 +196,8 @@ func saveSnapshot(dir string, s *snapshot) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("datastore snapshot: the state directory: %w", err)
 	}
-	f, err := os.CreateTemp(dir, "."+SnapshotFile+".*")
-	if err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, SnapshotFile), data, 0o600); err != nil {
 		return fmt.Errorf("datastore snapshot: %w", err)
-	}
-	defer os.Remove(f.Name()) // fails harmlessly once renamed
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return fmt.Errorf("datastore snapshot: %w", err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("datastore snapshot: writing %s: %w", f.Name(), err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("datastore snapshot: syncing %s: %w", f.Name(), err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("datastore snapshot: %w", err)
-	}
-	path := filepath.Join(dir, SnapshotFile)
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("datastore snapshot: %w", err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("datastore snapshot: syncing %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("datastore snapshot: syncing %s: %w", dir, err)
 	}
 	return nil
 }
