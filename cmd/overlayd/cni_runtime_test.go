@@ -324,13 +324,7 @@ func TestE2ECNIPodman(t *testing.T) {
 	before := existingHostPaths()
 
 	cb := newCNIBed(t, "two-pools.toml")
-	peer := cb.newContainer("node-c", cb.list("node-c", "overlayd", "pool-vxlan"))
-	cb.mustAdd(peer)
-	defer func() {
-		if err := cb.del(peer); err != nil {
-			t.Errorf("DEL the workload on node-c: %v", err)
-		}
-	}()
+	peer := cb.peerOnNodeC(t)
 
 	p := newPodman(t, cb.binDir)
 	data, err := cni.ConfList(cni.InstallOptions{Config: cb.file, Node: "node-a", CNIVersion: "1.0.0"})
@@ -449,13 +443,7 @@ func TestE2ECNITool(t *testing.T) {
 	before := existingHostPaths()
 
 	cb := newCNIBed(t, "two-pools.toml")
-	peer := cb.newContainer("node-c", cb.list("node-c", "overlayd", "pool-vxlan"))
-	cb.mustAdd(peer)
-	defer func() {
-		if err := cb.del(peer); err != nil {
-			t.Errorf("DEL the workload on node-c: %v", err)
-		}
-	}()
+	peer := cb.peerOnNodeC(t)
 	confDir := t.TempDir()
 	data, err := cni.ConfList(cni.InstallOptions{Config: cb.file, Node: "node-a", CNIVersion: "1.0.0"})
 	if err != nil {
@@ -518,4 +506,18 @@ func TestE2ECNITool(t *testing.T) {
 		t.Errorf("libcni's cache after cnitool del: %d entries", len(entries))
 	}
 	checkHostUntouched(t, before)
+}
+
+// peerOnNodeC adds the container on node C that the runtime's container
+// reaches, and removes it (DEL) when the test ends.
+func (cb *cniBed) peerOnNodeC(t *testing.T) *container {
+	t.Helper()
+	peer := cb.newContainer("node-c", cb.list("node-c", "overlayd", "pool-vxlan"))
+	cb.mustAdd(peer)
+	t.Cleanup(func() {
+		if err := cb.del(peer); err != nil {
+			t.Errorf("DEL the workload on node-c: %v", err)
+		}
+	})
+	return peer
 }
