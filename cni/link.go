@@ -72,7 +72,8 @@ type wiring struct {
 }
 
 // wire makes the veth from the container's namespace, addresses it there,
-// and finishes the host side. On error the caller removes the host veth
+// and finishes the host side. cmdAdd has checked, before allocating, that
+// the container has no interface of that name. On error the caller removes the host veth
 // (which takes its peer with it).
 func wire(w *wiring) error {
 	hostNS, err := ns.GetCurrentNS()
@@ -81,9 +82,6 @@ func wire(w *wiring) error {
 	}
 	defer hostNS.Close()
 	err = ns.WithNetNSPath(w.netnsPath, func(ns.NetNS) error {
-		if _, err := netlink.LinkByName(w.contIface); err == nil {
-			return fmt.Errorf("the container already has an interface %q", w.contIface)
-		}
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name, attrs.MTU = w.contIface, w.mtu
 		veth := &netlink.Veth{LinkAttrs: attrs, PeerName: w.hostVeth, PeerHardwareAddr: HostMAC,

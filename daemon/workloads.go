@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/ipam"
+	"github.com/overlayd/overlayd/pool"
 )
 
 // workloadsKeepTheirBlocks refuses a cluster file that takes from node a
@@ -34,7 +36,7 @@ func workloadsKeepTheirBlocks(c *config.Cluster, node string) error {
 	}
 	var lost []string
 	for _, b := range blocks {
-		if !nodeHasBlock(c.Node(node), b.CIDR.String()) && b.Workloads() > 0 {
+		if !slices.ContainsFunc(c.Node(node).Blocks, func(nb pool.Block) bool { return nb.Prefix == b.CIDR }) && b.Workloads() > 0 {
 			lost = append(lost, fmt.Sprintf("%s (%d workload addresses)", b.CIDR, b.Workloads()))
 		}
 	}
@@ -43,13 +45,4 @@ func workloadsKeepTheirBlocks(c *config.Cluster, node string) error {
 			c.Source, node, strings.Join(lost, ", "), c.Source, node)
 	}
 	return nil
-}
-
-func nodeHasBlock(n *config.Node, cidr string) bool {
-	for _, b := range n.Blocks {
-		if b.Prefix.String() == cidr {
-			return true
-		}
-	}
-	return false
 }

@@ -54,6 +54,29 @@ func startServerWith(t *testing.T, srv *Server) string {
 	return ln.Addr().String()
 }
 
+// greet dials the server at addr, sends greeting and checks that the
+// server selects wantMethod; the connection closes when the test ends.
+func greet(t *testing.T, addr string, greeting []byte, wantMethod byte) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(greeting); err != nil {
+		t.Fatal(err)
+	}
+	var method [2]byte
+	if _, err := io.ReadFull(c, method[:]); err != nil {
+		t.Fatalf("method selection: %v", err)
+	}
+	if method != [2]byte{5, wantMethod} {
+		t.Fatalf("method selection %x, want 05%02x", method, wantMethod)
+	}
+	return c
+}
+
 func TestServer(t *testing.T) {
 	echo := echoServer(t)
 	overlay := netip.MustParseAddrPort("192.168.0.69:80")
@@ -107,22 +130,7 @@ func TestServer(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			if _, err := c.Write(tc.greeting); err != nil {
-				t.Fatal(err)
-			}
-			var method [2]byte
-			if _, err := io.ReadFull(c, method[:]); err != nil {
-				t.Fatalf("method selection: %v", err)
-			}
-			if method != [2]byte{5, tc.wantMethod} {
-				t.Fatalf("method selection %x, want 05%02x", method, tc.wantMethod)
-			}
+			c := greet(t, addr, tc.greeting, tc.wantMethod)
 			if tc.request == nil {
 				if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
 					t.Errorf("the server kept the connection open after refusing every method")
@@ -222,22 +230,7 @@ func TestUsernamePassword(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			if _, err := c.Write(tc.greeting); err != nil {
-				t.Fatal(err)
-			}
-			var method [2]byte
-			if _, err := io.ReadFull(c, method[:]); err != nil {
-				t.Fatalf("method selection: %v", err)
-			}
-			if method != [2]byte{5, tc.wantMethod} {
-				t.Fatalf("method selection %x, want 05%02x", method, tc.wantMethod)
-			}
+			c := greet(t, addr, tc.greeting, tc.wantMethod)
 			if tc.auth != nil {
 				if _, err := c.Write(tc.auth); err != nil {
 					t.Fatal(err)

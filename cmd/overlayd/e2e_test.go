@@ -697,6 +697,30 @@ type stream struct {
 	got      atomic.Int64
 }
 
+// finish ends the stream and checks that every byte sent arrived and the
+// receiver saw the end, across what (for the messages); it returns the
+// bytes sent.
+func (s *stream) finish(t *testing.T, across string) int64 {
+	t.Helper()
+	close(s.stop)
+	sent := <-s.sent
+	if sent < 0 {
+		t.Fatalf("the sender failed after %d bytes", -sent)
+	}
+	select {
+	case err := <-s.received:
+		if err != nil {
+			t.Fatalf("the stream broke across %s: %v", across, err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the receiver never saw the end of the stream")
+	}
+	if got := s.got.Load(); got != sent {
+		t.Errorf("received %d bytes of %d", got, sent)
+	}
+	return sent
+}
+
 func startStream(t *testing.T, client, server *testbed.Host, addr netip.AddrPort) *stream {
 	t.Helper()
 	s := &stream{stop: make(chan struct{}), sent: make(chan int64, 1), received: make(chan error, 1)}
@@ -872,22 +896,7 @@ address = "198.18.2.10/24"
 	}
 	progress("overlayd reload")
 
-	close(s.stop)
-	sent := <-s.sent
-	if sent < 0 {
-		t.Fatalf("the sender failed after %d bytes", -sent)
-	}
-	select {
-	case err := <-s.received:
-		if err != nil {
-			t.Fatalf("the stream broke: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the receiver never saw the end of the stream")
-	}
-	if got := s.got.Load(); got != sent {
-		t.Errorf("received %d bytes of %d", got, sent)
-	}
+	s.finish(t, "the mode switches")
 }
 
 // TestE2EMetricsMatchTraffic scrapes /metrics around a known amount of

@@ -263,22 +263,7 @@ func TestE2EEtcdCluster(t *testing.T) {
 		c.waitFor("node-a to send to node-b over VXLAN", func() bool { return slices.Equal(c.routesTo("node-a"), []string{"node-b:vxlan", "node-c:vxlan"}) })
 		c.waitFor("node-b to send to node-a over VXLAN", func() bool { return slices.Contains(c.routesTo("node-b"), "node-a:vxlan") })
 		flowing("after the switch")
-		close(st.stop)
-		sent := <-st.sent
-		if sent < 0 {
-			t.Fatalf("the sender failed after %d bytes", -sent)
-		}
-		select {
-		case err := <-st.received:
-			if err != nil {
-				t.Fatalf("the stream broke across the switch: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatal("the receiver never saw the end of the stream")
-		}
-		if got := st.got.Load(); got != sent {
-			t.Errorf("received %d bytes of %d", got, sent)
-		}
+		st.finish(t, "the switch")
 		if m := scrape(t, c.bed.Host("node-a")); m[`overlayd_tx_packets_total{encap="vxlan"}`] == 0 {
 			t.Error("node-a sent nothing over VXLAN after the switch")
 		}

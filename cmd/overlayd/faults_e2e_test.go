@@ -103,22 +103,7 @@ func streamThrough(t *testing.T, c *cluster, port uint16, fault func()) {
 	fault()
 	flowing("after the fault")
 
-	close(st.stop)
-	sent := <-st.sent
-	if sent < 0 {
-		t.Fatalf("the sender failed after %d bytes", -sent)
-	}
-	select {
-	case err := <-st.received:
-		if err != nil {
-			t.Fatalf("the stream broke across the fault: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("the receiver never saw the end of the stream")
-	}
-	if got := st.got.Load(); got != sent {
-		t.Errorf("received %d bytes of %d", got, sent)
-	}
+	sent := st.finish(t, "the fault")
 	after := ownedKernelState(t, a)
 	if !slices.Equal(before, after) {
 		t.Errorf("overlayd's routes and rules on node A after the fault:\n%s\nwant as before:\n%s", strings.Join(after, "\n"), strings.Join(before, "\n"))
