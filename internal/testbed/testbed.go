@@ -76,6 +76,7 @@ type Bed struct {
 	order    []*Host // creation order; Close tears down in reverse
 	procs    []*Process
 	captures []*Capture
+	relays   []*ImpairedLink
 }
 
 // Require skips the test unless this process can build beds: it runs as
@@ -218,11 +219,15 @@ func (b *Bed) Close() error {
 	hosts := slices.Clone(b.order)
 	procs := slices.Clone(b.procs)
 	captures := slices.Clone(b.captures)
+	relays := slices.Clone(b.relays)
 	b.mu.Unlock()
 
 	var errs []error
 	for _, c := range captures {
 		c.Stop()
+	}
+	for _, l := range relays {
+		l.Stop()
 	}
 	var wg sync.WaitGroup
 	for _, p := range procs {
