@@ -316,8 +316,12 @@ func TestCloseRemovesEverything(t *testing.T) {
 	if _, err := b.Host("node-a").Capture("eth0"); err != nil {
 		t.Fatal(err)
 	}
-	if got := namespacesOf(t, b.ID()); len(got) != 6 {
-		t.Errorf("the bed has namespaces %v, want 6", got)
+	impaired, err := b.Impair(b.Host("router"), "to-node-c", Impairment{Loss: 0.5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := namespacesOf(t, b.ID()); len(got) != 7 {
+		t.Errorf("the bed has namespaces %v, want 7 (with the relay's)", got)
 	}
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
@@ -336,6 +340,9 @@ func TestCloseRemovesEverything(t *testing.T) {
 	}
 	if left := namespacesOf(t, b.ID()); len(left) > 0 {
 		t.Errorf("namespaces left after Close: %v", left)
+	}
+	if err := impaired.sockets[0].Close(); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("the relay's socket was still open after Close: %v", err)
 	}
 	if after := rootLinkNames(t); !slices.Equal(after, rootLinks) {
 		t.Errorf("the machine's own links changed: %v -> %v", rootLinks, after)

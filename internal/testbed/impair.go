@@ -111,9 +111,10 @@ type ImpairedLink struct {
 	Peer      *Host
 	PeerIface string
 
-	dirs [2]*relayDirection // toPeer, fromPeer
-	once sync.Once
-	done sync.WaitGroup
+	dirs    [2]*relayDirection // toPeer, fromPeer
+	sockets [2]*os.File        // near, far
+	once    sync.Once
+	done    sync.WaitGroup
 }
 
 // Stats returns the counts of each direction: frames from the host Impair
@@ -126,13 +127,11 @@ func (l *ImpairedLink) Stats() (toPeer, fromPeer ImpairStats) {
 // stops every relay.
 func (l *ImpairedLink) Stop() {
 	l.once.Do(func() {
-		for _, d := range l.dirs {
-			d.from.Close()
+		// Closing wakes a read or write in progress.
+		for _, s := range l.sockets {
+			s.Close()
 		}
 		l.done.Wait()
-		for _, d := range l.dirs {
-			d.to.Close()
-		}
 	})
 }
 
@@ -229,6 +228,7 @@ func (b *Bed) impair(h *Host, iface string, imp Impairment) (*ImpairedLink, erro
 	if err != nil {
 		return nil, err
 	}
+	l.sockets = [2]*os.File{near, far}
 	l.dirs[0] = &relayDirection{from: near, to: far, decide: newDecider(imp, 0), gap: imp.gap()}
 	l.dirs[1] = &relayDirection{from: far, to: near, decide: newDecider(imp, 1), gap: imp.gap()}
 	if err := b.register(func() { b.relays = append(b.relays, l) }); err != nil {
