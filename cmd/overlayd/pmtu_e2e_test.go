@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -93,6 +96,12 @@ func TestE2EPathMTUDrop(t *testing.T) {
 				t.Errorf("a %d-byte DF ping got no fragmentation needed with MTU %d:\n%s", tunnelMTU, want, out)
 			}
 
+			// A packet without DF that fits the tunnel but not the path is
+			// carried, fragmented on the underlay: from node A itself, whose
+			// kernel, unlike the workload's, has no smaller MTU for C's
+			// workload to fragment it by first.
+			nonDFDatagram(t, c.bed.Host("node-a"), c.workload["node-c"], netip.AddrPortFrom(c.addr["node-c"], uint16(7301+i)), tunnelMTU)
+
 			// The path grows again: once node A's kernel and overlayd forget
 			// the smaller MTU, a full-size DF packet crosses.
 			if err := router.IP("link", "set", "to-node-c", "mtu", strconv.Itoa(testbed.DefaultMTU)); err != nil {
@@ -114,6 +123,53 @@ func TestE2EPathMTUDrop(t *testing.T) {
 			t.Logf("%d bytes crossed intact; %v packets answered too big", sent, tooBig)
 		})
 	}
+}
+
+// nonDFDatagram sends one UDP datagram of size bytes (IP header included)
+// without DF from host from to addr in host to and checks it arrives whole.
+func nonDFDatagram(t *testing.T, from, to *testbed.Host, addr netip.AddrPort, size int) {
+	t.Helper()
+	const headers = 28 // IPv4 and UDP headers
+	var ln *net.UDPConn
+	if err := to.Do(func() (err error) { ln, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var conn *net.UDPConn
+	if err := from.Do(func() (err error) { conn, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var optErr error
+	if err := rc.Control(func(fd uintptr) {
+		optErr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_MTU_DISCOVER, syscall.IP_PMTUDISC_DONT)
+	}); err != nil || optErr != nil {
+		t.Fatalf("clearing DF: %v %v", err, optErr)
+	}
+	want := make([]byte, size-headers)
+	for i := range want {
+		want[i] = byte(i * 7)
+	}
+	buf := make([]byte, 2*len(want))
+	// Datagrams can be lost; a few tries, each awaited briefly.
+	for try := range 5 {
+		if _, err := conn.Write(want); err != nil {
+			t.Fatal(err)
+		}
+		if err := ln.SetReadDeadline(time.Now().Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		n, err := ln.Read(buf)
+		if err == nil && bytes.Equal(buf[:n], want) {
+			return
+		}
+		t.Logf("try %d: %d bytes, %v", try, n, err)
+	}
+	t.Errorf("a %d-byte datagram without DF from %s never arrived whole", len(want)+headers, from.Name)
 }
 
 // dfPing sends one ping of size bytes (IP header included) with DF from A's
