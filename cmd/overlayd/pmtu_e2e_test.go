@@ -32,7 +32,7 @@ func TestE2EPathMTUDrop(t *testing.T) {
 		// expiry is node A's (and its workload's) PMTU cache expiry for
 		// the test, in seconds: long enough for the checks under the
 		// lowered MTU, short enough to wait for.
-		expiry = 15
+		expiry = 10
 	)
 	for i, tc := range []struct {
 		name, file string
@@ -72,13 +72,15 @@ func TestE2EPathMTUDrop(t *testing.T) {
 			// overlayd learns the smaller path from the first send the
 			// kernel refuses, within a second or so of the drop.
 			pathMTU := `overlayd_peer_path_mtu{peer="node-c"}`
-			deadline := time.Now().Add(20 * time.Second)
+			dropped := time.Now()
+			deadline := dropped.Add(20 * time.Second)
 			for scrape(t, c.bed.Host("node-a"))[pathMTU] != lowMTU {
 				if time.Now().After(deadline) {
 					t.Fatalf("node A's path MTU to node C is %v 20 s after the drop, want %d", scrape(t, c.bed.Host("node-a"))[pathMTU], lowMTU)
 				}
 				time.Sleep(100 * time.Millisecond)
 			}
+			learnedIn := time.Since(dropped)
 			flowing("after the MTU drop")
 			after := scrape(t, c.bed.Host("node-a"))
 			tooBig := after[`overlayd_drops_total{reason="too_big"}`] - before[`overlayd_drops_total{reason="too_big"}`]
@@ -107,20 +109,26 @@ func TestE2EPathMTUDrop(t *testing.T) {
 			if err := router.IP("link", "set", "to-node-c", "mtu", strconv.Itoa(testbed.DefaultMTU)); err != nil {
 				t.Fatal(err)
 			}
-			deadline = time.Now().Add(3 * expiry * time.Second)
+			raised := time.Now()
+			// Node A's kernel forgets at most expiry after its last lesson,
+			// overlayd asks within 5 s, and the workload's kernel forgets
+			// at most expiry after overlayd's last fragmentation needed.
+			deadline = raised.Add(4 * expiry * time.Second)
 			for {
 				out := dfPing(t, c, tunnelMTU)
 				if strings.Contains(out, " 0% packet loss") {
 					break
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("%d s after the MTU went back up, a %d-byte DF ping still does not cross:\n%s", 3*expiry, tunnelMTU, out)
+					t.Fatalf("%d s after the MTU went back up, a %d-byte DF ping still does not cross:\n%s", 4*expiry, tunnelMTU, out)
 				}
 				time.Sleep(time.Second)
 			}
+			fullIn := time.Since(raised)
 			flowing("after the MTU went back up")
 			sent := st.finish(t, "the path MTU changes")
-			t.Logf("%d bytes crossed intact; %v packets answered too big", sent, tooBig)
+			t.Logf("%d bytes crossed intact; path MTU learned within %v of the drop; %v packets answered too big; full size again %v after the MTU went back up",
+				sent, learnedIn.Round(10*time.Millisecond), tooBig, fullIn.Round(100*time.Millisecond))
 		})
 	}
 }
