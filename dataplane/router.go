@@ -57,8 +57,10 @@ type Router struct {
 	// bufSize is each data-path buffer's size: a TUN with offloads can hand
 	// over and coalesce up to 64 KiB packets.
 	bufSize int
-	// pathNews takes the addresses of peers a send was refused to as too
-	// big to the path MTU watcher (pmtu.go).
+	// pathNews carries to the path MTU watcher (pmtu.go) the address of
+	// each peer a send to was refused as too big; pathProbe is how the
+	// watcher asks the kernel, pathRecheck how often it asks again while
+	// a path is smaller.
 	pathNews    chan [4]byte
 	pathProbe   func(dst [4]byte) (int, error)
 	pathRecheck time.Duration
@@ -137,8 +139,8 @@ func (r *Router) Update(p *plan.Plan, vxlan, ipip conn.Transport) error {
 			r.peerStats[pe.name] = new(peerCounters)
 		}
 		pe.counters = r.peerStats[pe.name]
-		// What was learned of the path to an address stays; a node that
-		// left, or moved, takes its path's state along.
+		// What was learned of the path to an address stays across plans;
+		// the state of an address no peer has any longer is dropped.
 		if pe.path = r.paths[pe.addr]; pe.path == nil {
 			pe.path = new(pathMTU)
 		}
