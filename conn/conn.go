@@ -33,6 +33,20 @@ type Message struct {
 	// kernel dropped the rest (MSG_TRUNC), and N is len(Buf). A flag, not
 	// an error, so the other packets of the batch are still delivered.
 	Truncated bool
+	// TooBig is set by WriteBatch on each message the kernel refused for
+	// being larger than its path MTU toward Addr (EMSGSIZE; on the UDP
+	// socket also EINVAL for a GSO train, whose segments would need
+	// fragmenting), and cleared on the others it sent or refused; PathMTU
+	// says what fits. Unused on receive.
+	TooBig bool
+	// Fragment, on send, marks a message that may be larger than the path
+	// MTU toward Addr and may be fragmented on the way. The UDP socket sends
+	// every other datagram with DF, so that a router on the path with a
+	// smaller MTU says so (ICMP fragmentation needed) and the kernel learns
+	// the path MTU; a Fragment message goes out of a socket of its own that
+	// lets the kernel fragment it instead. The raw IP-in-IP socket
+	// fragments any packet whose header has no DF and ignores the flag.
+	Fragment bool
 }
 
 // Transport is an underlay socket with batched I/O. ReadBatch and WriteBatch
@@ -50,6 +64,7 @@ type Transport interface {
 	// kernel refuses (too big, no route, filtered) is skipped, the rest
 	// still sent, and the first refusal returned as the error; so n <
 	// len(msgs) comes with an error, and len(msgs)-n is the count lost.
+	// Each message's TooBig says whether it was refused for its size.
 	WriteBatch(msgs []Message) (n int, err error)
 	// Close closes the socket and unblocks a waiting ReadBatch.
 	Close() error

@@ -40,6 +40,8 @@ type batch struct {
 	// done counts the headers the kernel is through with, sent or
 	// refused; failed counts the messages of the refused ones (send only).
 	done, failed int
+	// tooBig: the kernel refused the header for its size (send only).
+	tooBig [MaxBatch]bool
 	// gsoRefused: the kernel refused a GSO train with EIO (the route's
 	// device cannot checksum for it); the call stopped there.
 	gsoRefused bool
@@ -170,6 +172,7 @@ func (c *batchConn) prepareWrite(msgs []Message) int {
 			h.hdr.SetControllen(ctrl)
 		}
 		b.pkts[b.n] = count
+		b.tooBig[b.n] = false
 		b.n++
 		used += count
 	}
@@ -274,7 +277,10 @@ func (c *batchConn) sendmmsg(fd uintptr) bool {
 			}
 			// sendmmsg stops at a message the kernel refuses and reports
 			// the error only when that message comes first, as here: skip
-			// it, keep the first error, and send the rest.
+			// it, keep the first error, and send the rest. A datagram over
+			// the path MTU that may not be fragmented is EMSGSIZE; a GSO
+			// train whose segments are is EINVAL (udp_send_skb).
+			b.tooBig[b.done] = e == unix.EMSGSIZE || (e == unix.EINVAL && b.pkts[b.done] > 1)
 			if b.err == nil {
 				b.err = fmt.Errorf("sendmmsg to %s: %w", c.peer(&b.names[b.done]), e)
 			}
@@ -338,6 +344,9 @@ func (c *batchConn) WriteBatch(msgs []Message) (int, error) {
 		err := c.rc.Write(b.op)
 		consumed := 0
 		for i := range b.done {
+			for k := range b.pkts[i] {
+				msgs[consumed+k].TooBig = b.tooBig[i]
+			}
 			consumed += b.pkts[i]
 		}
 		sent += consumed - b.failed

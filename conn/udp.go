@@ -63,11 +63,15 @@ type UDPConn struct {
 	// gro holds the messages received with GRO and not yet handed out.
 	gro *groQueue
 	// senders, when set, send in the socket's stead, each from a port of
-	// its own; spread is a batch's messages by sender, reused under
-	// spreadMu.
+	// its own; spread is a batch's messages by sender and spreadAt where
+	// each sender is in its part, reused under spreadMu.
 	senders  []*udpSender
 	spread   [][]Message
+	spreadAt []int
 	spreadMu sync.Mutex
+	// frag sends the messages marked Fragment: without DF where they are
+	// too big for the path, and with no GSO.
+	frag *udpSender
 }
 
 // udpSender is one of the sockets a UDPConn spreads its source ports over.
@@ -98,11 +102,16 @@ var _ Transport = (*UDPConn)(nil)
 // GSO needs the checksum, which the device or the kernel computes once per
 // train.
 func ListenUDP(local netip.AddrPort) (*UDPConn, error) {
-	pc, bc, gso, gro, err := openUDP(local, true)
+	pc, bc, gso, gro, err := openUDP(local, true, true)
 	if err != nil {
 		return nil, err
 	}
-	c := &UDPConn{batchConn: bc, pc: pc}
+	fragPC, fragBC, _, _, err := openUDP(netip.AddrPortFrom(local.Addr(), 0), false, false)
+	if err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("the VXLAN socket for datagrams the kernel may fragment: %w", err)
+	}
+	c := &UDPConn{batchConn: bc, pc: pc, frag: &udpSender{batchConn: fragBC, pc: fragPC}}
 	if gso {
 		c.gsoSegment.Store(defaultUnderlayMTU - udpIPv4Headers)
 	}
@@ -117,8 +126,13 @@ func ListenUDP(local netip.AddrPort) (*UDPConn, error) {
 }
 
 // openUDP opens one UDP socket bound to local with the offloads the kernel
-// has: GSO always where known, GRO if withGRO.
-func openUDP(local netip.AddrPort, withGRO bool) (pc *net.UDPConn, bc *batchConn, gso, gro bool, err error) {
+// has: GSO always where known, GRO if withGRO. With df, every datagram it
+// sends has DF (IP_PMTUDISC_DO), GSO trains included, so that a router
+// whose MTU is too small answers with the MTU it has; a datagram over the
+// path MTU the kernel learned so is refused (EMSGSIZE) rather than
+// fragmented. Without df it keeps Linux's default, IP_PMTUDISC_WANT: DF
+// on what fits the path MTU, the rest fragmented.
+func openUDP(local netip.AddrPort, withGRO, df bool) (pc *net.UDPConn, bc *batchConn, gso, gro bool, err error) {
 	pc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(local))
 	if err != nil {
 		return nil, nil, false, false, fmt.Errorf("listening on UDP %s: %w", local, err)
@@ -139,6 +153,11 @@ func openUDP(local netip.AddrPort, withGRO bool) (pc *net.UDPConn, bc *batchConn
 		}
 		if !gso {
 			optErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_NO_CHECK, 1)
+		}
+		if df {
+			if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO); err != nil {
+				optErr = errors.Join(optErr, fmt.Errorf("IP_MTU_DISCOVER: %w", err))
+			}
 		}
 		// Each received datagram's TOS comes as a control message, so
 		// that VXLAN can pass the outer ECN on (Message.TOS).
@@ -165,7 +184,7 @@ func (c *UDPConn) SpreadSourcePorts(n int) error {
 	local := netip.AddrPortFrom(c.LocalAddr().Addr(), 0)
 	senders := make([]*udpSender, 0, n)
 	for range n {
-		pc, bc, _, _, err := openUDP(local, false)
+		pc, bc, _, _, err := openUDP(local, false, true)
 		if err != nil {
 			for _, s := range senders {
 				s.pc.Close()
@@ -177,6 +196,7 @@ func (c *UDPConn) SpreadSourcePorts(n int) error {
 	}
 	c.senders = senders
 	c.spread = make([][]Message, n)
+	c.spreadAt = make([]int, n)
 	for i := range c.spread {
 		c.spread[i] = make([]Message, 0, MaxBatch)
 	}
@@ -195,10 +215,37 @@ func (c *UDPConn) SourcePorts() []uint16 {
 	return ports
 }
 
-// WriteBatch sends msgs; see Transport.WriteBatch. With spread source
-// ports, each message goes out of the sender its Flow picks, a system call
-// per sender the batch uses.
+// WriteBatch sends msgs; see Transport.WriteBatch. A run of messages marked
+// Fragment goes out of the socket that lets the kernel fragment; the
+// others, with DF, as writeDF says.
 func (c *UDPConn) WriteBatch(msgs []Message) (int, error) {
+	sent := 0
+	var firstErr error
+	for len(msgs) > 0 {
+		run := 1
+		for run < len(msgs) && msgs[run].Fragment == msgs[0].Fragment {
+			run++
+		}
+		var n int
+		var err error
+		if msgs[0].Fragment {
+			n, err = c.frag.WriteBatch(msgs[:run])
+		} else {
+			n, err = c.writeDF(msgs[:run])
+		}
+		sent += n
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+		msgs = msgs[run:]
+	}
+	return sent, firstErr
+}
+
+// writeDF sends msgs with DF. With spread source ports, each message goes
+// out of the sender its Flow picks, a system call per sender the batch
+// uses.
+func (c *UDPConn) writeDF(msgs []Message) (int, error) {
 	if len(c.senders) == 0 {
 		return c.batchConn.WriteBatch(msgs)
 	}
@@ -213,26 +260,49 @@ func (c *UDPConn) WriteBatch(msgs []Message) (int, error) {
 			c.spread[i] = c.spread[i][:0]
 		}
 		for i := range chunk {
-			s := int(uint64(chunk[i].Flow) * uint64(len(c.senders)) >> 32)
+			s := c.senderOf(chunk[i].Flow)
 			c.spread[s] = append(c.spread[s], chunk[i])
 		}
+		refused := false
 		for i, part := range c.spread {
 			if len(part) == 0 {
 				continue
 			}
 			n, err := c.senders[i].WriteBatch(part)
 			sent += n
-			if err != nil && firstErr == nil {
-				firstErr = err
+			if err != nil {
+				refused = true
+				if firstErr == nil {
+					firstErr = err
+				}
+			}
+		}
+		if refused {
+			// The senders marked their copies of the messages; the
+			// caller reads its own.
+			clear(c.spreadAt)
+			for i := range chunk {
+				s := c.senderOf(chunk[i].Flow)
+				chunk[i].TooBig = c.spread[s][c.spreadAt[s]].TooBig
+				c.spreadAt[s]++
+			}
+		} else {
+			for i := range chunk {
+				chunk[i].TooBig = false
 			}
 		}
 	}
 	return sent, firstErr
 }
 
+// senderOf picks the sender of a message by its flow hash.
+func (c *UDPConn) senderOf(flow uint32) int {
+	return int(uint64(flow) * uint64(len(c.senders)) >> 32)
+}
+
 // Close closes the socket and its senders.
 func (c *UDPConn) Close() error {
-	err := c.batchConn.Close()
+	err := errors.Join(c.batchConn.Close(), c.frag.pc.Close())
 	for _, s := range c.senders {
 		err = errors.Join(err, s.pc.Close())
 	}

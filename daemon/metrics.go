@@ -21,6 +21,7 @@ type routerCollector struct {
 	drops, arpReplies, icmpReplies *prometheus.Desc
 	overhead, routes, ioErrors     *prometheus.Desc
 	peerPackets, peerBytes         *prometheus.Desc
+	peerPathMTU, pathMTUsLearned   *prometheus.Desc
 }
 
 func newRouterCollector(r *dataplane.Router) *routerCollector {
@@ -50,13 +51,17 @@ func newRouterCollector(r *dataplane.Router) *routerCollector {
 			"Encapsulated packets exchanged with each node, by direction.", []string{"peer", "direction"}, nil),
 		peerBytes: prometheus.NewDesc("overlayd_peer_bytes_total",
 			"Encapsulated bytes on the wire exchanged with each node, by direction.", []string{"peer", "direction"}, nil),
+		peerPathMTU: prometheus.NewDesc("overlayd_peer_path_mtu",
+			"The underlay path MTU toward each node: the underlay MTU, or less once a router on the way said so.", []string{"peer"}, nil),
+		pathMTUsLearned: prometheus.NewDesc("overlayd_path_mtus_learned_total",
+			"Times the underlay path toward a node was found smaller than the underlay MTU, or than it was.", nil, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *routerCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.txPackets, c.txBytes, c.rxPackets, c.rxBytes, c.drops, c.arpReplies,
-		c.icmpReplies, c.overhead, c.routes, c.ioErrors, c.peerPackets, c.peerBytes} {
+		c.icmpReplies, c.overhead, c.routes, c.ioErrors, c.peerPackets, c.peerBytes, c.peerPathMTU, c.pathMTUsLearned} {
 		ch <- d
 	}
 }
@@ -93,7 +98,11 @@ func (c *routerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.peerPackets, prometheus.CounterValue, float64(ps.RxPackets), name, "rx")
 		ch <- prometheus.MustNewConstMetric(c.peerBytes, prometheus.CounterValue, float64(ps.TxBytes), name, "tx")
 		ch <- prometheus.MustNewConstMetric(c.peerBytes, prometheus.CounterValue, float64(ps.RxBytes), name, "rx")
+		if ps.PathMTU != 0 {
+			ch <- prometheus.MustNewConstMetric(c.peerPathMTU, prometheus.GaugeValue, float64(ps.PathMTU), name)
+		}
 	}
+	ch <- prometheus.MustNewConstMetric(c.pathMTUsLearned, prometheus.CounterValue, float64(s.PathMTUsLearned))
 	ch <- prometheus.MustNewConstMetric(c.arpReplies, prometheus.CounterValue, float64(s.ARPReplies))
 	ch <- prometheus.MustNewConstMetric(c.icmpReplies, prometheus.CounterValue, float64(s.ICMPSent))
 }

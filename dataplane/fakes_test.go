@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/overlayd/overlayd/config"
 	"github.com/overlayd/overlayd/conn"
+	"github.com/overlayd/overlayd/encap"
 	"github.com/overlayd/overlayd/plan"
 )
 
@@ -216,10 +218,11 @@ type datagram struct {
 
 // sentMsg is a copy of one message a router sent.
 type sentMsg struct {
-	b    []byte
-	to   [4]byte
-	port uint16
-	flow uint32
+	b        []byte
+	to       [4]byte
+	port     uint16
+	flow     uint32
+	fragment bool
 }
 
 // memTransport is a conn.Transport in memory: ReadBatch takes what was
@@ -235,6 +238,10 @@ type memTransport struct {
 	// refuse makes WriteBatch refuse every message, as a socket does a
 	// packet with no route.
 	refuse bool
+	// pathMTU, when set and not zero, is the kernel's path MTU toward every
+	// peer: WriteBatch refuses, marked TooBig, an outer packet over it that
+	// may not be fragmented, as the sockets do.
+	pathMTU *atomic.Int32
 
 	in        *queue[datagram]
 	scratch   []datagram
@@ -283,19 +290,52 @@ func (tr *memTransport) WriteBatch(msgs []conn.Message) (int, error) {
 	if tr.refuse {
 		return 0, errors.New("memTransport: no route to host")
 	}
+	refused := 0
+	for i := range msgs {
+		msgs[i].TooBig = tr.tooBig(&msgs[i])
+		if msgs[i].TooBig {
+			refused++
+		}
+	}
 	if tr.discard {
-		return len(msgs), nil
+		return len(msgs) - refused, refusedErr(refused)
 	}
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	for _, m := range msgs {
+		if m.TooBig {
+			continue
+		}
 		b := append([]byte(nil), m.Buf...)
-		tr.sent = append(tr.sent, sentMsg{b: b, to: m.Addr, port: m.Port, flow: m.Flow})
+		tr.sent = append(tr.sent, sentMsg{b: b, to: m.Addr, port: m.Port, flow: m.Flow, fragment: m.Fragment})
 		if tr.network != nil {
 			tr.network.deliver(tr.kind, m.Addr, datagram{b: b, from: tr.addr, port: tr.port})
 		}
 	}
-	return len(msgs), nil
+	return len(msgs) - refused, refusedErr(refused)
+}
+
+// tooBig reports whether the kernel would refuse m as over the path MTU:
+// the UDP socket sends what is not marked Fragment with DF, the raw socket
+// what its header says.
+func (tr *memTransport) tooBig(m *conn.Message) bool {
+	if tr.pathMTU == nil {
+		return false
+	}
+	mtu := int(tr.pathMTU.Load())
+	switch tr.kind {
+	case plan.EncapVXLAN:
+		return mtu != 0 && len(m.Buf)+encap.OuterIPv4UDPLen > mtu && !m.Fragment
+	default:
+		return mtu != 0 && len(m.Buf) > mtu && encap.IPv4DF(m.Buf)
+	}
+}
+
+func refusedErr(n int) error {
+	if n == 0 {
+		return nil
+	}
+	return fmt.Errorf("memTransport: %d messages: %w", n, syscall.EMSGSIZE)
 }
 
 func (tr *memTransport) Close() error {
@@ -350,6 +390,11 @@ type nodeOpts struct {
 	tunBatch int
 	noNAT    bool
 	discard  bool // the TUN, transports and NAT discard what they are given
+	// pathMTU, when set, is the path MTU toward every peer, for the
+	// transports and the router's probe alike (0: the underlay's); the
+	// router asks again every pathRecheck.
+	pathMTU     *atomic.Int32
+	pathRecheck time.Duration
 }
 
 // natSink is a Config.NAT that keeps copies of the packets it is given,
@@ -396,7 +441,16 @@ func newNode(t testing.TB, network *memNetwork, p *plan.Plan, o nodeOpts) *testN
 		network.attach(n.vxlan)
 		network.attach(n.ipip)
 	}
-	cfg := Config{Plan: p, TUN: n.tun, VXLAN: n.vxlan, IPIP: n.ipip}
+	cfg := Config{Plan: p, TUN: n.tun, VXLAN: n.vxlan, IPIP: n.ipip, PathRecheck: o.pathRecheck}
+	if o.pathMTU != nil {
+		n.vxlan.pathMTU, n.ipip.pathMTU = o.pathMTU, o.pathMTU
+		cfg.PathMTU = func([4]byte) (int, error) {
+			if m := int(o.pathMTU.Load()); m != 0 {
+				return m, nil
+			}
+			return p.UnderlayMTU, nil
+		}
+	}
 	if !o.noNAT {
 		n.nat = &natSink{keep: !o.discard}
 		cfg.NAT = n.nat.handle

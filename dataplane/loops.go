@@ -95,9 +95,10 @@ func (r *Router) tunLoop() error {
 				}
 				continue
 			}
-			if size > limits[d.encap] && encap.IPv4DF(pkt) {
+			limit := d.peer.innerLimit(d.encap, limits[d.encap])
+			if size > limit && encap.IPv4DF(pkt) {
 				t.drops[DropTooBig]++
-				if replies.add(encap.FragNeeded(replies.slot(), pkt, d.peer.icmpSource(dst), limits[d.encap])) {
+				if replies.add(encap.FragNeeded(replies.slot(), pkt, d.peer.icmpSource(dst), limit)) {
 					t.icmpSent++
 				}
 				continue
@@ -109,7 +110,7 @@ func (r *Router) tunLoop() error {
 			case plan.EncapVXLAN:
 				flow := encap.FlowHash(pkt)
 				out := enc.VXLANPayload(buf, size, d.peer.mac)
-				vxlanMsgs = append(vxlanMsgs, conn.Message{Buf: out, Addr: d.peer.addr, Port: tb.plan.VXLANPort, Flow: flow, TOS: encap.OuterTOS(pkt)})
+				vxlanMsgs = append(vxlanMsgs, conn.Message{Buf: out, Addr: d.peer.addr, Port: tb.plan.VXLANPort, Flow: flow, TOS: encap.OuterTOS(pkt), Fragment: size > limit})
 				t.txPackets[plan.EncapVXLAN]++
 				t.txBytes[plan.EncapVXLAN] += uint64(len(out) + encap.OuterIPv4UDPLen)
 				t.countTx(d.peer, len(out)+encap.OuterIPv4UDPLen)
@@ -164,6 +165,7 @@ func (r *Router) send(tr conn.Transport, msgs []conn.Message, t *tally) {
 		t.ioErrors[errSocketWrite]++
 		t.drops[DropSendError] += uint64(len(msgs) - sent)
 		r.log.Debug("underlay send failed", "err", err, "unsent", len(msgs)-sent)
+		r.noteTooBig(msgs)
 	}
 }
 

@@ -39,13 +39,15 @@ func passOver(t *testing.T, readCalls interface{ Load() int64 }, push func()) fu
 func TestSendLoopPassAllocatesNothing(t *testing.T) {
 	const runs = 100
 	in := []pkt{
-		{src: "192.168.0.5", dst: "192.168.0.70"},                       // VXLAN
-		{src: "10.1.0.5", dst: "10.1.0.70", tcp: true},                  // IP-in-IP
-		{src: "192.168.0.5", dst: "192.168.0.130"},                      // VXLAN to another peer
-		{src: "192.168.0.5", dst: "192.168.0.70", size: 1451, df: true}, // too big: fragmentation needed
-		{src: "10.2.0.5", dst: "10.2.0.70"},                             // direct block: unreachable
-		{src: "192.168.0.5", dst: "203.0.113.9"},                        // the NAT's
-		{src: "10.1.0.5", dst: "203.0.113.9"},                           // not overlay
+		{src: "192.168.0.5", dst: "192.168.0.70"},                        // VXLAN
+		{src: "10.1.0.5", dst: "10.1.0.70", tcp: true},                   // IP-in-IP
+		{src: "192.168.0.5", dst: "192.168.0.130"},                       // VXLAN to another peer
+		{src: "192.168.0.5", dst: "192.168.0.70", size: 1451, df: true},  // too big: fragmentation needed
+		{src: "192.168.0.5", dst: "192.168.0.130", size: 1300, df: true}, // too big for the path to C
+		{src: "192.168.0.5", dst: "192.168.0.130", size: 1300},           // the same without DF: sent, to fragment
+		{src: "10.2.0.5", dst: "10.2.0.70"},                              // direct block: unreachable
+		{src: "192.168.0.5", dst: "203.0.113.9"},                         // the NAT's
+		{src: "10.1.0.5", dst: "203.0.113.9"},                            // not overlay
 	}
 	batch := make([][]byte, 0, len(in)+1)
 	for _, p := range in {
@@ -53,6 +55,10 @@ func TestSendLoopPassAllocatesNothing(t *testing.T) {
 	}
 	batch = append(batch, []byte{0x60, 0, 0, 0, 0, 0, 17, 64}) // not IPv4
 	a := startNode(t, nil, planFor(t, testCluster, "node-a"), nodeOpts{tunBatch: len(batch), discard: true})
+	// As if a router toward node C had said its MTU is 1300.
+	a.r.mu.Lock()
+	a.r.paths[underlayC].mtu.Store(1300)
+	a.r.mu.Unlock()
 
 	pass := passOver(t, &a.tun.readCalls, func() { a.tun.inject(batch...) })
 	if allocs := testing.AllocsPerRun(runs, pass); allocs != 0 {
@@ -62,7 +68,7 @@ func TestSendLoopPassAllocatesNothing(t *testing.T) {
 	// Every branch ran in every pass (AllocsPerRun adds a warm-up run).
 	n := runs + 1
 	waitCounts(t, a, fmt.Sprintf("drop.no_route=%d drop.not_ipv4=%d drop.not_overlay=%d drop.too_big=%d icmp_sent=%d nat=%d tx.ipip=%d tx.vxlan=%d",
-		n, n, n, n, 2*n, n, n, 2*n))
+		n, n, n, 2*n, 3*n, n, n, 3*n))
 	if m := a.tun.maxRead.Load(); m != int64(len(batch)) {
 		t.Errorf("the largest read took %d packets, want the whole batch, %d", m, len(batch))
 	}

@@ -98,10 +98,10 @@ func TestEncapsulationBackToBack(t *testing.T) {
 			if got := ts.RxBytes[tc.kind.String()]; got != wire {
 				t.Errorf("%s counted %d bytes received, want %d", tc.to, got, wire)
 			}
-			if got, want := fs.Peers[tc.to], (PeerStats{TxPackets: 1, TxBytes: wire}); got != want {
+			if got, want := fs.Peers[tc.to], (PeerStats{TxPackets: 1, TxBytes: wire, PathMTU: 1500}); got != want {
 				t.Errorf("%s's counters for %s: %+v, want %+v", tc.from, tc.to, got, want)
 			}
-			if got, want := ts.Peers[tc.from], (PeerStats{RxPackets: 1, RxBytes: wire}); got != want {
+			if got, want := ts.Peers[tc.from], (PeerStats{RxPackets: 1, RxBytes: wire, PathMTU: 1500}); got != want {
 				t.Errorf("%s's counters for %s: %+v, want %+v", tc.to, tc.from, got, want)
 			}
 		})

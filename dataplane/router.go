@@ -21,6 +21,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
 
@@ -39,6 +40,11 @@ type Config struct {
 	// natOutgoing pool to outside every pool. nil: no NAT, they are dropped.
 	NAT    func(pkt []byte)
 	Logger *slog.Logger
+	// PathMTU asks the kernel for its path MTU toward a peer's underlay
+	// address (nil: conn.PathMTU), and PathRecheck is how often a path
+	// found smaller than the underlay is asked again (0: every 5 s).
+	PathMTU     func(dst [4]byte) (int, error)
+	PathRecheck time.Duration
 }
 
 // Router moves packets between the TUN device and the underlay.
@@ -51,12 +57,20 @@ type Router struct {
 	// bufSize is each data-path buffer's size: a TUN with offloads can hand
 	// over and coalesce up to 64 KiB packets.
 	bufSize int
+	// pathNews carries to the path MTU watcher (pmtu.go) the address of
+	// each peer a send to was refused as too big; pathProbe is how the
+	// watcher asks the kernel, pathRecheck how often it asks again while
+	// a path is smaller.
+	pathNews    chan [4]byte
+	pathProbe   func(dst [4]byte) (int, error)
+	pathRecheck time.Duration
 
 	// mu guards the transports and the loops' lifecycle; it is taken when
 	// the plan changes or the router stops, never per packet.
 	mu         sync.Mutex
 	transports [numEncaps]conn.Transport
 	peerStats  map[string]*peerCounters // by node name, kept across plans
+	paths      map[[4]byte]*pathMTU     // by peer address, kept across plans
 	running    bool
 	stopped    bool
 	loops      sync.WaitGroup
@@ -72,7 +86,14 @@ func New(cfg Config) (*Router, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Router{tun: cfg.TUN, nat: cfg.NAT, log: log, bufSize: encap.Headroom + 65535}
+	r := &Router{tun: cfg.TUN, nat: cfg.NAT, log: log, bufSize: encap.Headroom + 65535,
+		pathNews: make(chan [4]byte, 16), pathProbe: cfg.PathMTU, pathRecheck: cfg.PathRecheck}
+	if r.pathProbe == nil {
+		r.pathProbe = conn.PathMTU
+	}
+	if r.pathRecheck <= 0 {
+		r.pathRecheck = defaultPathRecheck
+	}
 	if err := r.Update(cfg.Plan, cfg.VXLAN, cfg.IPIP); err != nil {
 		return nil, err
 	}
@@ -112,12 +133,20 @@ func (r *Router) Update(p *plan.Plan, vxlan, ipip conn.Transport) error {
 		r.peerStats = map[string]*peerCounters{}
 	}
 	t := newTable(p, r.transports)
+	paths := make(map[[4]byte]*pathMTU, len(t.peers))
 	for _, pe := range t.peers {
 		if r.peerStats[pe.name] == nil {
 			r.peerStats[pe.name] = new(peerCounters)
 		}
 		pe.counters = r.peerStats[pe.name]
+		// What was learned of the path to an address stays across plans;
+		// the state of an address no peer has any longer is dropped.
+		if pe.path = r.paths[pe.addr]; pe.path == nil {
+			pe.path = new(pathMTU)
+		}
+		paths[pe.addr] = pe.path
 	}
+	r.paths = paths
 	r.table.Store(t)
 	return nil
 }
@@ -151,7 +180,16 @@ func (r *Router) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for name, c := range r.peerStats {
-		s.Peers[name] = PeerStats{c.txPackets.Load(), c.txBytes.Load(), c.rxPackets.Load(), c.rxBytes.Load()}
+		s.Peers[name] = PeerStats{TxPackets: c.txPackets.Load(), TxBytes: c.txBytes.Load(), RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load()}
+	}
+	t := r.table.Load()
+	for _, pe := range t.peers {
+		ps := s.Peers[pe.name]
+		ps.PathMTU = t.plan.UnderlayMTU
+		if m := int(pe.path.mtu.Load()); m != 0 {
+			ps.PathMTU = m
+		}
+		s.Peers[pe.name] = ps
 	}
 	return s
 }
@@ -194,6 +232,7 @@ func (r *Router) Run(ctx context.Context) error {
 			r.loopFailed("tun", err)
 		}
 	})
+	r.loops.Go(func() { r.watchPathMTUs(ctx) })
 	for kind, tr := range r.transports {
 		if tr != nil {
 			r.startUnderlayLoop(plan.Encap(kind))

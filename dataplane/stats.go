@@ -25,8 +25,8 @@ const (
 	DropNoRoute
 	// DropNotIPv4: a packet from the TUN that is not IPv4.
 	DropNotIPv4
-	// DropTooBig: a DF packet too big for the tunnel (answered ICMP
-	// fragmentation needed).
+	// DropTooBig: a DF packet too big for the tunnel, or for the path to
+	// its peer when that is smaller (answered ICMP fragmentation needed).
 	DropTooBig
 	// DropNotOverlay: a packet from the TUN for a destination outside every
 	// pool that nothing NATs.
@@ -111,6 +111,8 @@ type counters struct {
 	icmpSent           atomic.Uint64
 	natPackets         atomic.Uint64
 	ioErrors           [numIOErrors]atomic.Uint64
+	// pathMTUsLearned is written by the path MTU watcher, not a loop.
+	pathMTUsLearned atomic.Uint64
 }
 
 func addAll(dst []atomic.Uint64, src []uint64) {
@@ -198,6 +200,9 @@ type Stats struct {
 	// IOErrors by the call that failed: tun_read, tun_write, socket_read,
 	// socket_write.
 	IOErrors map[string]uint64
+	// PathMTUsLearned counts the times the path to a peer was found
+	// smaller than the underlay MTU, or smaller than it was.
+	PathMTUsLearned uint64
 	// Peers: packets and bytes to and from each node, by name.
 	Peers map[string]PeerStats
 }
@@ -205,6 +210,10 @@ type Stats struct {
 // PeerStats is one peer's traffic.
 type PeerStats struct {
 	TxPackets, TxBytes, RxPackets, RxBytes uint64
+	// PathMTU is the underlay path MTU toward the peer: the underlay MTU,
+	// or the kernel's smaller path MTU once a send was refused for it.
+	// Zero for a node no longer in the plan.
+	PathMTU int
 }
 
 func (c *counters) snapshot() Stats {
@@ -216,6 +225,8 @@ func (c *counters) snapshot() Stats {
 		ARPReplies: c.arpReplies.Load(),
 		ICMPSent:   c.icmpSent.Load(),
 		NATPackets: c.natPackets.Load(),
+
+		PathMTUsLearned: c.pathMTUsLearned.Load(),
 	}
 	for e := range numEncaps {
 		name := plan.Encap(e).String()

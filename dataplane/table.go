@@ -25,6 +25,9 @@ type peer struct {
 	// tunnelAddr is the node's tunnel address, zero if it has none.
 	tunnelAddr [4]byte
 	counters   *peerCounters
+	// path is what is known of the underlay path to the node; nil in a
+	// table not built by a router (tests).
+	path *pathMTU
 }
 
 // table is an immutable snapshot of the routing decisions of one plan. A new
