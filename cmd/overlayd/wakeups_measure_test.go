@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMeasureWakeups counts, per ping through VXLAN from node-a's workload
+// to node-c's, the context switches (voluntary and involuntary, summed over
+// every thread of each overlayd) and the system calls (strace -c -f) of
+// node-a's and node-c's overlayd, and reads the round-trip times ping
+// reports at three paces. Counts do not depend on the machine being quiet,
+// as times do. A measurement for people, not a check: run it with
+//
+//	OVERLAYD_MEASURE=1 go test -count=1 -v -run TestMeasureWakeups ./cmd/overlayd/
+func TestMeasureWakeups(t *testing.T) {
+	if os.Getenv(measureEnv) != "1" {
+		t.Skipf("a measurement, not a check: set %s=1 to run it", measureEnv)
+	}
+	c := startCluster(t, "vxlan-always.toml")
+	c.ping("node-a", "node-c") // ARP and the first packets out of the way
+	nodes := []string{"node-a", "node-c"}
+	for _, pace := range []struct {
+		interval string
+		count    int
+	}{{"0.001", 1000}, {"0.01", 500}, {"0.2", 50}} {
+		before := map[string]int{}
+		for _, n := range nodes {
+			before[n] = contextSwitches(t, c.procs[n].Pid())
+		}
+		rtts := c.pingTimes(pace.interval, pace.count)
+		for _, n := range nodes {
+			cs := contextSwitches(t, c.procs[n].Pid()) - before[n]
+			t.Logf("pace %ss: %s: %.2f context switches per round trip", pace.interval, n, float64(cs)/float64(pace.count))
+		}
+		t.Logf("pace %ss: RTT p50 %.0f µs, p99 %.0f µs (%d replies)", pace.interval, percentile(rtts, 50), percentile(rtts, 99), len(rtts))
+	}
+	// strace slows every system call down, so it gets a run of its own.
+	const traced = 200
+	var tracers []*exec.Cmd
+	outs := map[string]string{}
+	for _, n := range nodes {
+		out := filepath.Join(t.TempDir(), n+".strace")
+		outs[n] = out
+		cmd := exec.Command("strace", "-c", "-f", "-o", out, "-p", strconv.Itoa(c.procs[n].Pid()))
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("strace: %v", err)
+		}
+		tracers = append(tracers, cmd)
+	}
+	time.Sleep(time.Second) // strace attached to every thread
+	c.pingTimes("0.01", traced)
+	for _, cmd := range tracers {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+	}
+	for _, n := range nodes {
+		calls := straceTotal(t, outs[n])
+		t.Logf("pace 0.01s: %s: %.2f system calls per round trip (strace -c -f)", n, float64(calls)/traced)
+	}
+	for _, n := range nodes {
+		before := cpuTicks(t, c.procs[n].Pid())
+		time.Sleep(10 * time.Second)
+		t.Logf("idle: %s: %d clock ticks of CPU (utime+stime) in 10 s", n, cpuTicks(t, c.procs[n].Pid())-before)
+	}
+}
+
+// pingTimes pings node-c's workload from node-a's count times at interval
+// seconds and returns the round-trip times in microseconds.
+func (c *cluster) pingTimes(interval string, count int) []float64 {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := c.workload["node-a"].Run(ctx, "ping", "-n", "-i", interval, "-c", strconv.Itoa(count), c.addr["node-c"].String())
+	if err != nil {
+		c.t.Fatalf("ping: %v", err)
+	}
+	var rtts []float64
+	for _, m := range pingTime.FindAllSubmatch(out, -1) {
+		ms, _ := strconv.ParseFloat(string(m[1]), 64)
+		rtts = append(rtts, ms*1000)
+	}
+	return rtts
+}
+
+var pingTime = regexp.MustCompile(`time=([0-9.]+) ms`)
+
+func percentile(v []float64, p int) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[min(len(s)-1, len(s)*p/100)]
+}
+
+// contextSwitches sums voluntary and involuntary context switches over a
+// process's threads.
+func contextSwitches(t *testing.T, pid int) int {
+	t.Helper()
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	if err != nil || len(tasks) == 0 {
+		t.Fatalf("threads of %d: %v", pid, err)
+	}
+	sum := 0
+	for _, task := range tasks {
+		b, err := os.ReadFile(task)
+		if err != nil {
+			continue // the thread ended
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "voluntary_ctxt_switches:") || strings.HasPrefix(line, "nonvoluntary_ctxt_switches:") {
+				n, _ := strconv.Atoi(strings.TrimSpace(line[strings.IndexByte(line, ':')+1:]))
+				sum += n
+			}
+		}
+	}
+	return sum
+}
+
+// cpuTicks is a process's utime+stime in clock ticks.
+func cpuTicks(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the command name, which ends at the last ')': state is
+	// field 3, utime 14, stime 15.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return utime + stime
+}
+
+// straceTotal reads the "total" line of strace -c's summary.
+func straceTotal(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s:\n%s", filepath.Base(path), b)
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 4 && f[len(f)-1] == "total" {
+			n, _ := strconv.Atoi(f[3])
+			return n
+		}
+	}
+	t.Fatalf("no total in %s", path)
+	return 0
+}
