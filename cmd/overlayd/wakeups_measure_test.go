@@ -33,14 +33,24 @@ func TestMeasureWakeups(t *testing.T) {
 		interval string
 		count    int
 	}{{"0.001", 1000}, {"0.01", 500}, {"0.2", 50}} {
-		before := map[string]int{}
+		before := map[string]map[string][2]int{}
 		for _, n := range nodes {
 			before[n] = contextSwitches(t, c.procs[n].Pid())
 		}
 		rtts := c.pingTimes(pace.interval, pace.count)
 		for _, n := range nodes {
-			cs := contextSwitches(t, c.procs[n].Pid()) - before[n]
-			t.Logf("pace %ss: %s: %.2f context switches per round trip", pace.interval, n, float64(cs)/float64(pace.count))
+			var vol, invol int
+			var threads []string
+			for tid, cs := range contextSwitches(t, c.procs[n].Pid()) {
+				dv, di := cs[0]-before[n][tid][0], cs[1]-before[n][tid][1]
+				vol, invol = vol+dv, invol+di
+				if dv+di > pace.count/10 {
+					threads = append(threads, fmt.Sprintf("%s:%.2f+%.2f", tid, float64(dv)/float64(pace.count), float64(di)/float64(pace.count)))
+				}
+			}
+			slices.Sort(threads)
+			t.Logf("pace %ss: %s: %.2f context switches per round trip (%.2f voluntary, %.2f involuntary; busy threads %v)", pace.interval, n,
+				float64(vol+invol)/float64(pace.count), float64(vol)/float64(pace.count), float64(invol)/float64(pace.count), threads)
 		}
 		t.Logf("pace %ss: RTT p50 %.0f µs, p99 %.0f µs (%d replies)", pace.interval, percentile(rtts, 50), percentile(rtts, 99), len(rtts))
 	}
@@ -103,28 +113,31 @@ func percentile(v []float64, p int) float64 {
 	return s[min(len(s)-1, len(s)*p/100)]
 }
 
-// contextSwitches sums voluntary and involuntary context switches over a
-// process's threads.
-func contextSwitches(t *testing.T, pid int) int {
+// contextSwitches reads the voluntary and involuntary context switches of
+// each of a process's threads, by thread ID.
+func contextSwitches(t *testing.T, pid int) map[string][2]int {
 	t.Helper()
 	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
 	if err != nil || len(tasks) == 0 {
 		t.Fatalf("threads of %d: %v", pid, err)
 	}
-	sum := 0
+	counts := map[string][2]int{}
 	for _, task := range tasks {
 		b, err := os.ReadFile(task)
 		if err != nil {
 			continue // the thread ended
 		}
+		var cs [2]int
 		for _, line := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(line, "voluntary_ctxt_switches:") || strings.HasPrefix(line, "nonvoluntary_ctxt_switches:") {
-				n, _ := strconv.Atoi(strings.TrimSpace(line[strings.IndexByte(line, ':')+1:]))
-				sum += n
+			for i, key := range []string{"voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"} {
+				if v, ok := strings.CutPrefix(line, key); ok {
+					cs[i], _ = strconv.Atoi(strings.TrimSpace(v))
+				}
 			}
 		}
+		counts[filepath.Base(filepath.Dir(task))] = cs
 	}
-	return sum
+	return counts
 }
 
 // cpuTicks is a process's utime+stime in clock ticks.
