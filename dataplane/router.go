@@ -21,6 +21,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
 
@@ -39,6 +40,9 @@ type Config struct {
 	// natOutgoing pool to outside every pool. nil: no NAT, they are dropped.
 	NAT    func(pkt []byte)
 	Logger *slog.Logger
+	// Spin bounds how long a loop that has just moved traffic keeps
+	// polling for more before it sleeps (see spin); 0: never.
+	Spin time.Duration
 }
 
 // Router moves packets between the TUN device and the underlay.
@@ -51,6 +55,7 @@ type Router struct {
 	// bufSize is each data-path buffer's size: a TUN with offloads can hand
 	// over and coalesce up to 64 KiB packets.
 	bufSize int
+	spin    time.Duration
 
 	// mu guards the transports and the loops' lifecycle; it is taken when
 	// the plan changes or the router stops, never per packet.
@@ -72,7 +77,10 @@ func New(cfg Config) (*Router, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Router{tun: cfg.TUN, nat: cfg.NAT, log: log, bufSize: encap.Headroom + 65535}
+	if cfg.Spin < 0 {
+		return nil, fmt.Errorf("router: spin %v is negative", cfg.Spin)
+	}
+	r := &Router{tun: cfg.TUN, nat: cfg.NAT, log: log, bufSize: encap.Headroom + 65535, spin: cfg.Spin}
 	if err := r.Update(cfg.Plan, cfg.VXLAN, cfg.IPIP); err != nil {
 		return nil, err
 	}

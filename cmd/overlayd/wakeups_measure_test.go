@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -22,11 +23,25 @@ import (
 // as times do. A measurement for people, not a check: run it with
 //
 //	OVERLAYD_MEASURE=1 go test -count=1 -v -run TestMeasureWakeups ./cmd/overlayd/
+//
+// and OVERLAYD_BUSY_POLL=50us to run the nodes with that [tunnel] busyPoll.
 func TestMeasureWakeups(t *testing.T) {
 	if os.Getenv(measureEnv) != "1" {
 		t.Skipf("a measurement, not a check: set %s=1 to run it", measureEnv)
 	}
-	c := startCluster(t, "vxlan-always.toml")
+	file := "vxlan-always.toml"
+	if spin := os.Getenv("OVERLAYD_BUSY_POLL"); spin != "" {
+		example, err := os.ReadFile(filepath.Join("..", "..", "examples", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		file = filepath.Join(t.TempDir(), file)
+		if err := os.WriteFile(file, append([]byte("[tunnel]\nbusyPoll = \""+spin+"\"\n"), example...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("[tunnel] busyPoll = %q", spin)
+	}
+	c := startCluster(t, file)
 	c.ping("node-a", "node-c") // ARP and the first packets out of the way
 	nodes := []string{"node-a", "node-c"}
 	for _, pace := range []struct {
@@ -53,6 +68,29 @@ func TestMeasureWakeups(t *testing.T) {
 				float64(vol+invol)/float64(pace.count), float64(vol)/float64(pace.count), float64(invol)/float64(pace.count), threads)
 		}
 		t.Logf("pace %ss: RTT p50 %.0f µs, p99 %.0f µs (%d replies)", pace.interval, percentile(rtts, 50), percentile(rtts, 99), len(rtts))
+	}
+	// Back to back (ping -f) and a TCP stream, where packets follow each
+	// other closely enough for a spin to catch them.
+	before := map[string]map[string][2]int{}
+	for _, n := range nodes {
+		before[n] = contextSwitches(t, c.procs[n].Pid())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := c.workload["node-a"].Run(ctx, "ping", "-n", "-q", "-f", "-c", "5000", c.addr["node-c"].String())
+	if err != nil {
+		t.Fatalf("ping -f: %v", err)
+	}
+	for _, n := range nodes {
+		t.Logf("flood: %s: %.2f context switches per round trip", n, float64(switchesSince(t, c.procs[n].Pid(), before[n]))/5000)
+	}
+	t.Logf("flood: %s", bytes.TrimSpace(out[bytes.LastIndex(out, []byte("rtt")):]))
+	for _, n := range nodes {
+		before[n] = contextSwitches(t, c.procs[n].Pid())
+	}
+	c.transfer("node-a", "node-c", 5201)
+	for _, n := range nodes {
+		t.Logf("TCP 10 MB each way: %s: %.0f context switches per MB", n, float64(switchesSince(t, c.procs[n].Pid(), before[n]))/20)
 	}
 	// strace slows every system call down, so it gets a run of its own.
 	const traced = 200
@@ -82,6 +120,15 @@ func TestMeasureWakeups(t *testing.T) {
 		time.Sleep(10 * time.Second)
 		t.Logf("idle: %s: %d clock ticks of CPU (utime+stime) in 10 s", n, cpuTicks(t, c.procs[n].Pid())-before)
 	}
+}
+
+// switchesSince sums a process's context switches since before.
+func switchesSince(t *testing.T, pid int, before map[string][2]int) int {
+	sum := 0
+	for tid, cs := range contextSwitches(t, pid) {
+		sum += cs[0] + cs[1] - before[tid][0] - before[tid][1]
+	}
+	return sum
 }
 
 // pingTimes pings node-c's workload from node-a's count times at interval
