@@ -72,8 +72,9 @@ func TestMeasureWakeups(t *testing.T) {
 	// Back to back (ping -f) and a TCP stream, where packets follow each
 	// other closely enough for a spin to catch them.
 	before := map[string]map[string][2]int{}
+	cpu := map[string]int{}
 	for _, n := range nodes {
-		before[n] = contextSwitches(t, c.procs[n].Pid())
+		before[n], cpu[n] = contextSwitches(t, c.procs[n].Pid()), cpuTicks(t, c.procs[n].Pid())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -82,15 +83,17 @@ func TestMeasureWakeups(t *testing.T) {
 		t.Fatalf("ping -f: %v", err)
 	}
 	for _, n := range nodes {
-		t.Logf("flood: %s: %.2f context switches per round trip", n, float64(switchesSince(t, c.procs[n].Pid(), before[n]))/5000)
+		t.Logf("flood: %s: %.2f context switches per round trip, %d clock ticks of CPU", n,
+			float64(switchesSince(t, c.procs[n].Pid(), before[n]))/5000, cpuTicks(t, c.procs[n].Pid())-cpu[n])
 	}
 	t.Logf("flood: %s", bytes.TrimSpace(out[bytes.LastIndex(out, []byte("rtt")):]))
 	for _, n := range nodes {
-		before[n] = contextSwitches(t, c.procs[n].Pid())
+		before[n], cpu[n] = contextSwitches(t, c.procs[n].Pid()), cpuTicks(t, c.procs[n].Pid())
 	}
 	c.transfer("node-a", "node-c", 5201)
 	for _, n := range nodes {
-		t.Logf("TCP 10 MB each way: %s: %.0f context switches per MB", n, float64(switchesSince(t, c.procs[n].Pid(), before[n]))/20)
+		t.Logf("TCP 10 MB each way: %s: %.0f context switches per MB, %d clock ticks of CPU", n,
+			float64(switchesSince(t, c.procs[n].Pid(), before[n]))/20, cpuTicks(t, c.procs[n].Pid())-cpu[n])
 	}
 	// strace slows every system call down, so it gets a run of its own.
 	const traced = 200
