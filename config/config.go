@@ -69,7 +69,15 @@ type Tunnel struct {
 	// FD is a TUN file descriptor handed over by whoever started overlayd,
 	// used instead of creating a device; -1 when there is none.
 	FD int
+	// BusyPoll is how long a packet loop that has just moved traffic may
+	// keep polling for more before it sleeps, at most MaxBusyPoll; 0: it
+	// sleeps at once. Read at start.
+	BusyPoll time.Duration
 }
+
+// MaxBusyPoll bounds [tunnel] busyPoll: a loop that spins longer takes the
+// CPU its workloads need, and waking a sleeping thread costs less.
+const MaxBusyPoll = time.Millisecond
 
 // VXLAN holds the VXLAN parameters shared by all nodes.
 type VXLAN struct {
@@ -190,6 +198,8 @@ type fileTunnel struct {
 	MTU    int    `toml:"mtu"`
 	Mode   string `toml:"mode"`
 	FD     *int   `toml:"fd"`
+	// BusyPoll is a duration ("50us"); a string, as the NAT timeouts are.
+	BusyPoll string `toml:"busyPoll"`
 }
 
 type fileVXLAN struct {
@@ -234,7 +244,7 @@ type fileNode struct {
 var allowedKeys = map[string][]string{
 	"":          {"tunnel", "vxlan", "metrics", "admin", "nat", "datastore", "netstack", "forward", "pools", "nodes"},
 	"datastore": {"type", "endpoints", "prefix", "caFile", "certFile", "keyFile", "stateDir", "maxBlocksPerNode"},
-	"tunnel":    {"device", "mtu", "mode", "fd"},
+	"tunnel":    {"device", "mtu", "mode", "fd", "busyPoll"},
 	"netstack":  {"socks5", "socks5User", "socks5PasswordFile", "socks5AllowUnauthenticated"},
 	"forward":   {"listen", "to", "reverse"},
 	"vxlan":     {"vni", "port"},
@@ -491,6 +501,13 @@ func (p *parser) settings(root fileRoot, c *Cluster) error {
 	}
 	if m := c.Tunnel.MTU; m != 0 && (m < 576 || m > 65535) {
 		return p.errAt("tunnel", 0, "", "mtu", "%d is out of range: 0 (derive from the underlay MTU) or 576 to 65535", m)
+	}
+	if v := root.Tunnel.BusyPoll; v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > MaxBusyPoll {
+			return p.errAt("tunnel", 0, "", "busyPoll", "%q is not a duration from 0 (off) to %v (e.g. \"50us\")", v, MaxBusyPoll)
+		}
+		c.Tunnel.BusyPoll = d
 	}
 
 	if err := p.userspace(root, c); err != nil {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/overlayd/overlayd/pool"
 )
@@ -32,8 +33,8 @@ vxlanMode = "Always"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Tunnel.Device != DefaultDevice || c.Tunnel.MTU != 0 {
-		t.Errorf("tunnel = %+v, want device %q and mtu 0", c.Tunnel, DefaultDevice)
+	if c.Tunnel.Device != DefaultDevice || c.Tunnel.MTU != 0 || c.Tunnel.BusyPoll != 0 {
+		t.Errorf("tunnel = %+v, want device %q, mtu 0 and no busy polling", c.Tunnel, DefaultDevice)
 	}
 	if c.VXLAN.VNI != 4096 || c.VXLAN.Port != 4789 {
 		t.Errorf("vxlan = %+v, want VNI 4096 port 4789", c.VXLAN)
@@ -53,6 +54,31 @@ vxlanMode = "Always"
 	}
 	if a.TunnelAddr != netip.MustParseAddr("192.168.0.0") {
 		t.Errorf("node-a tunnel address = %s, want the first address of its block", a.TunnelAddr)
+	}
+}
+
+func TestParseBusyPoll(t *testing.T) {
+	const pools = "[[pools]]\nname = \"p\"\ncidr = \"192.168.0.0/16\"\nvxlanMode = \"Always\"\n"
+	tests := []struct {
+		value string
+		want  time.Duration
+	}{
+		{"0", 0},
+		{"0s", 0},
+		{"50us", 50 * time.Microsecond},
+		{"50µs", 50 * time.Microsecond},
+		{"1ms", time.Millisecond},
+	}
+	for _, tc := range tests {
+		t.Run(tc.value, func(t *testing.T) {
+			c, err := Parse("cluster.toml", []byte("[tunnel]\nbusyPoll = \""+tc.value+"\"\n"+pools+minimalNodes))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Tunnel.BusyPoll != tc.want {
+				t.Errorf("busyPoll = %v, want %v", c.Tunnel.BusyPoll, tc.want)
+			}
+		})
 	}
 }
 
@@ -247,6 +273,21 @@ ipipMod = "Always"
 			name:     "tunnel MTU too small",
 			src:      "[tunnel]\nmtu = 100\n" + pools + minimalNodes,
 			wantLine: 2, wantKey: "[tunnel] mtu", wantMsg: "out of range",
+		},
+		{
+			name:     "busy poll not a duration",
+			src:      "[tunnel]\nbusyPoll = \"50\"\n" + pools + minimalNodes,
+			wantLine: 2, wantKey: "[tunnel] busyPoll", wantMsg: `"50" is not a duration from 0 (off) to 1ms`,
+		},
+		{
+			name:     "busy poll negative",
+			src:      "[tunnel]\nbusyPoll = \"-5us\"\n" + pools + minimalNodes,
+			wantLine: 2, wantKey: "[tunnel] busyPoll", wantMsg: "from 0 (off) to 1ms",
+		},
+		{
+			name:     "busy poll beyond its bound",
+			src:      "[tunnel]\nbusyPoll = \"2ms\"\n" + pools + minimalNodes,
+			wantLine: 2, wantKey: "[tunnel] busyPoll", wantMsg: "from 0 (off) to 1ms",
 		},
 		{
 			name:     "bad NAT exclusion",

@@ -70,6 +70,21 @@ type Transport interface {
 	Close() error
 }
 
+// Pollable is a Transport whose receives can be looked for outside Go's
+// poller: a loop that has just moved traffic polls FD without blocking for
+// a little while (busy polling), and calls ReadBatch once FD is readable,
+// so that a packet following closely finds the loop awake instead of
+// parked, which costs hand-offs between threads to wake it.
+type Pollable interface {
+	// FD is the receiving socket's descriptor. It is valid until Close;
+	// the caller must not read from it, close it or change its mode.
+	FD() int
+	// Buffered reports whether ReadBatch has packets on hand that it
+	// returns without asking the kernel: the socket may then be empty
+	// while packets wait. Like ReadBatch, for one goroutine at a time.
+	Buffered() bool
+}
+
 // MaxBatch is the most messages one ReadBatch receives; WriteBatch sends
 // longer slices in several system calls.
 const MaxBatch = 128

@@ -17,7 +17,10 @@ type IPIPConn struct {
 	*batchConn
 }
 
-var _ Transport = (*IPIPConn)(nil)
+var (
+	_ Transport = (*IPIPConn)(nil)
+	_ Pollable  = (*IPIPConn)(nil)
+)
 
 // ErrNoRawSocket is what ListenIPIP's error wraps when the process may not
 // open raw sockets, with the errno wrapped beside it.
@@ -67,5 +70,10 @@ func ListenIPIP(local netip.Addr) (*IPIPConn, error) {
 		ipc.Close()
 		return nil, fmt.Errorf("IP-in-IP socket buffers: %w", err)
 	}
-	return &IPIPConn{batchConn: newBatchConn(rc, ipc.Close, false)}, nil
+	bc, err := newBatchConn(rc, ipc.Close, false)
+	if err != nil {
+		ipc.Close()
+		return nil, fmt.Errorf("IP-in-IP socket on %s: %w", local, err)
+	}
+	return &IPIPConn{batchConn: bc}, nil
 }

@@ -68,6 +68,7 @@ const udpIPv4Headers = header.IPv4MinimumSize + header.UDPMinimumSize
 // batchConn is a socket with one batch per direction.
 type batchConn struct {
 	rc    syscall.RawConn
+	fd    int // rc's descriptor, for Pollable
 	close func() error
 	rd    batch
 	wr    batch
@@ -82,12 +83,23 @@ type batchConn struct {
 	wmu        sync.Mutex
 }
 
-func newBatchConn(rc syscall.RawConn, closer func() error, withPort bool) *batchConn {
+func newBatchConn(rc syscall.RawConn, closer func() error, withPort bool) (*batchConn, error) {
 	c := &batchConn{rc: rc, close: closer, withPort: withPort}
 	c.rd.op = c.recvmmsg
 	c.wr.op = c.sendmmsg
-	return c
+	// Control, unlike os.File.Fd, leaves the descriptor non-blocking and
+	// under the poller.
+	if err := rc.Control(func(fd uintptr) { c.fd = int(fd) }); err != nil {
+		return nil, fmt.Errorf("the socket's descriptor: %w", err)
+	}
+	return c, nil
 }
+
+// FD is the socket's descriptor; see Pollable.
+func (c *batchConn) FD() int { return c.fd }
+
+// Buffered is always false: every ReadBatch asks the kernel; see Pollable.
+func (c *batchConn) Buffered() bool { return false }
 
 // prepareRead points one header at each of msgs, at most MaxBatch of them,
 // with room, on a UDP socket, for the control messages of the TOS and, when

@@ -5,6 +5,9 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestUDPOffloads sends runs the sender joins into GSO trains and checks
@@ -180,5 +183,62 @@ func TestUDPSpreadAllocatesNothing(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("a spread WriteBatch and its ReadBatch allocate %v times, want 0", allocs)
+	}
+}
+
+// TestUDPPollable checks what a loop polling the socket itself relies on:
+// FD is the receiving socket, readable when a datagram waits, and Buffered
+// says when ReadBatch holds datagrams the socket no longer shows.
+func TestUDPPollable(t *testing.T) {
+	a, b := listenUDP(t), listenUDP(t)
+	if gso, gro := a.Offloads(); !gso || !gro {
+		t.Skipf("skipping: this kernel has no UDP GSO (%v) or GRO (%v)", gso, gro)
+	}
+	sa, err := unix.Getsockname(b.FD())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if port := sa.(*unix.SockaddrInet4).Port; port != int(b.LocalAddr().Port()) {
+		t.Fatalf("FD is bound to port %d, want the socket's %d", port, b.LocalAddr().Port())
+	}
+	readable := func() bool {
+		fds := []unix.PollFd{{Fd: int32(b.FD()), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		return err == nil && n > 0
+	}
+	if readable() || b.Buffered() {
+		t.Fatal("an idle socket is readable or has datagrams on hand")
+	}
+	// One GSO train of ten: GRO hands it over as one message.
+	out := make([]Message, 10)
+	to := b.LocalAddr()
+	for i := range out {
+		out[i] = Message{Buf: payload(i, 1000), Addr: to.Addr().As4(), Port: to.Port()}
+	}
+	if sent, err := a.WriteBatch(out); err != nil || sent != len(out) {
+		t.Fatalf("WriteBatch: %d of %d sent, %v", sent, len(out), err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for !readable() {
+		if time.Now().After(deadline) {
+			t.Fatal("FD never became readable with datagrams sent to the socket")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	in := []Message{{Buf: make([]byte, 2000)}, {Buf: make([]byte, 2000)}}
+	got := 0
+	for got < len(out) {
+		n, err := b.ReadBatch(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got += n
+		// A loop that polls FD unless Buffered would wait for ever here.
+		if got < len(out) && !readable() && !b.Buffered() {
+			t.Fatalf("after %d of %d datagrams: neither FD nor Buffered says that more are there", got, len(out))
+		}
+	}
+	if b.Buffered() {
+		t.Error("Buffered after every datagram was read")
 	}
 }

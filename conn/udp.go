@@ -92,7 +92,10 @@ type groQueue struct {
 	coalesced uint64
 }
 
-var _ Transport = (*UDPConn)(nil)
+var (
+	_ Transport = (*UDPConn)(nil)
+	_ Pollable  = (*UDPConn)(nil)
+)
 
 // ListenUDP opens a UDP socket bound to local, the node's underlay address
 // and VXLAN port, and needs no privilege. Where the kernel offers UDP GSO,
@@ -169,7 +172,11 @@ func openUDP(local netip.AddrPort, withGRO, df bool) (pc *net.UDPConn, bc *batch
 		pc.Close()
 		return nil, nil, false, false, fmt.Errorf("setting up UDP %s: %w", local, err)
 	}
-	return pc, newBatchConn(rc, pc.Close, true), gso, gro, nil
+	if bc, err = newBatchConn(rc, pc.Close, true); err != nil {
+		pc.Close()
+		return nil, nil, false, false, fmt.Errorf("UDP %s: %w", local, err)
+	}
+	return pc, bc, gso, gro, nil
 }
 
 // SpreadSourcePorts makes the socket send from n sockets of its own, each
@@ -373,6 +380,10 @@ func (c *UDPConn) ReadBatch(msgs []Message) (int, error) {
 	}
 	return out, nil
 }
+
+// Buffered reports whether datagrams the kernel coalesced are still on
+// hand, split in part; see Pollable.
+func (c *UDPConn) Buffered() bool { return c.gro != nil && c.gro.next < c.gro.n }
 
 // LocalAddr is the address the socket is bound to (with the port the
 // kernel chose, if local's was 0).

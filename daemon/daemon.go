@@ -78,6 +78,7 @@ type daemon struct {
 	device      string // the TUN device's name: the option's, the file's or the handed-over device's
 	side        workloadSide
 	underlayMTU int
+	busyPoll    time.Duration // [tunnel] busyPoll, read at start
 	source      datastore.Source
 	kernel      *kernel.Handle
 	router      *dataplane.Router
@@ -112,7 +113,7 @@ func Run(ctx context.Context, o Options) error {
 	if c.Node(o.Node) == nil {
 		return badInput(fmt.Errorf("node %q is not in %s (its nodes: %v)", o.Node, o.ConfigPath, c.NodeNames()))
 	}
-	d := &daemon{opts: o, log: log, device: o.Device, underlayMTU: o.UnderlayMTU, started: time.Now()}
+	d := &daemon{opts: o, log: log, device: o.Device, underlayMTU: o.UnderlayMTU, busyPoll: c.Tunnel.BusyPoll, started: time.Now()}
 	if d.device == "" {
 		d.device = c.Tunnel.Device
 	}
@@ -281,7 +282,7 @@ func (d *daemon) apply(p *plan.Plan) (kernel.Changes, error) {
 	}
 	var old *plan.Plan
 	if d.router == nil {
-		d.router, err = dataplane.New(dataplane.Config{Plan: p, TUN: d.side.dev, VXLAN: vx, IPIP: ipip, NAT: d.nat.Deliver, Logger: d.log})
+		d.router, err = dataplane.New(dataplane.Config{Plan: p, TUN: d.side.dev, VXLAN: vx, IPIP: ipip, NAT: d.nat.Deliver, Logger: d.log, Spin: d.busyPoll})
 	} else {
 		old = d.router.Plan()
 		err = d.router.Update(p, vx, ipip)

@@ -1,7 +1,11 @@
 package dataplane
 
 import (
+	"fmt"
+	"os"
 	"time"
+
+	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/overlayd/overlayd/conn"
 	"github.com/overlayd/overlayd/encap"
@@ -41,8 +45,15 @@ func (r *Router) tunLoop() error {
 		limits  [numEncaps]int
 		failing bool // the last read failed
 	)
+	w := r.spinWaitFor(deviceFD(r.tun))
 	for {
+		if w != nil {
+			w.beforeRead()
+		}
 		n, err := r.tun.Read(in.Bufs, in.Sizes, encap.Headroom)
+		if w != nil {
+			w.afterRead()
+		}
 		if err != nil {
 			if isClosed(err) {
 				return err
@@ -138,6 +149,45 @@ func (r *Router) tunLoop() error {
 	}
 }
 
+// spinWaitFor makes the spinWait of a loop that reads fd, or nil when the
+// spin is off or there is no descriptor to poll: fd < 0 (a device or
+// transport in memory, or the netstack's), or err (the device closed as
+// the loop started, say; the read then says so).
+func (r *Router) spinWaitFor(fd int, err error) *spinWait {
+	if r.spin == 0 || fd < 0 || err != nil {
+		return nil
+	}
+	return newSpinWait(fd, r.spin)
+}
+
+// deviceFD is the descriptor of a kernel TUN device (wireguard-go's
+// NativeTun has File), or -1. Control, unlike os.File.Fd, leaves the
+// descriptor non-blocking and under Go's poller, where the device's own
+// reads expect it.
+func deviceFD(dev tun.Device) (int, error) {
+	f, ok := dev.(interface{ File() *os.File })
+	if !ok || f.File() == nil {
+		return -1, nil
+	}
+	rc, err := f.File().SyscallConn()
+	if err != nil {
+		return -1, fmt.Errorf("the TUN device's descriptor: %w", err)
+	}
+	fd := -1
+	if err := rc.Control(func(d uintptr) { fd = int(d) }); err != nil {
+		return -1, fmt.Errorf("the TUN device's descriptor: %w", err)
+	}
+	return fd, nil
+}
+
+// transportFD is a transport's receiving descriptor, or -1.
+func transportFD(p conn.Pollable) (int, error) {
+	if p == nil {
+		return -1, nil
+	}
+	return p.FD(), nil
+}
+
 // replyQueue collects the ICMP errors a batch answers, each built in a
 // buffer of its own at Headroom, ready for one TUN write.
 type replyQueue struct {
@@ -198,11 +248,19 @@ func (r *Router) underlayLoop(tr conn.Transport, kind plan.Encap) error {
 		lead = encap.IPIPOverhead
 	}
 	var t tally
+	pollable, _ := tr.(conn.Pollable)
+	w := r.spinWaitFor(transportFD(pollable))
 	for {
 		for i := range msgs {
 			msgs[i] = conn.Message{Buf: in.Bufs[i][encap.Headroom-lead:]}
 		}
+		if w != nil && !pollable.Buffered() {
+			w.beforeRead()
+		}
 		n, err := tr.ReadBatch(msgs)
+		if w != nil {
+			w.afterRead()
+		}
 		if err != nil {
 			if isClosed(err) {
 				return err

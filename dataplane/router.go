@@ -45,6 +45,9 @@ type Config struct {
 	// found smaller than the underlay is asked again (0: every 5 s).
 	PathMTU     func(dst [4]byte) (int, error)
 	PathRecheck time.Duration
+	// Spin bounds how long a loop that has just moved traffic keeps
+	// polling for more before it sleeps (see spin); 0: never.
+	Spin time.Duration
 }
 
 // Router moves packets between the TUN device and the underlay.
@@ -64,6 +67,7 @@ type Router struct {
 	pathNews    chan [4]byte
 	pathProbe   func(dst [4]byte) (int, error)
 	pathRecheck time.Duration
+	spin        time.Duration
 
 	// mu guards the transports and the loops' lifecycle; it is taken when
 	// the plan changes or the router stops, never per packet.
@@ -86,7 +90,10 @@ func New(cfg Config) (*Router, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Router{tun: cfg.TUN, nat: cfg.NAT, log: log, bufSize: encap.Headroom + 65535,
+	if cfg.Spin < 0 {
+		return nil, fmt.Errorf("router: spin %v is negative", cfg.Spin)
+	}
+	r := &Router{tun: cfg.TUN, nat: cfg.NAT, log: log, bufSize: encap.Headroom + 65535, spin: cfg.Spin,
 		pathNews: make(chan [4]byte, 16), pathProbe: cfg.PathMTU, pathRecheck: cfg.PathRecheck}
 	if r.pathProbe == nil {
 		r.pathProbe = conn.PathMTU
