@@ -3,6 +3,7 @@ package nat_test
 import (
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -58,6 +59,7 @@ func FuzzNATPacket(f *testing.F) {
 			mu   sync.Mutex
 			sent [][]byte
 		)
+		goroutines := runtime.NumGoroutine()
 		n, err := nat.New(nat.Config{
 			Outside: nodeAddr, Net: hostNet, Timeouts: shortTimeouts,
 			Out: func(bufs [][]byte) error {
@@ -84,6 +86,13 @@ func FuzzNATPacket(f *testing.F) {
 		}
 		if err := n.Close(); err != nil {
 			t.Fatal(err)
+		}
+		// Inputs run one after another in a worker: a goroutine left
+		// behind by Close would pile up.
+		for deadline := time.Now().Add(time.Second); runtime.NumGoroutine() > goroutines; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d goroutines before the NAT, %d after it closed", goroutines, runtime.NumGoroutine())
+			}
 		}
 		s := n.Stats()
 		live := 0
