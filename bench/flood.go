@@ -30,7 +30,8 @@ type floodResult struct {
 	Ratio           float64 `json:"ratio"`
 	// Sent is the forged packets the flooders' kernels took, over every
 	// flooded run; Counted what node C's overlayd counted as drops over
-	// them, Overflowed what node C's sockets had no room for.
+	// them, Overflowed what node C's sockets had no room for (the genuine
+	// stream's packets included).
 	Sent       uint64  `json:"forgedSent"`
 	Counted    uint64  `json:"forgedCounted"`
 	Overflowed uint64  `json:"socketOverflows"`
@@ -189,7 +190,8 @@ func floodTable(results []result) string {
 		}
 		if !started {
 			b.WriteString("\nForged flood: one-stream TCP node A -> node C alone and while forged VXLAN packets flood node C " +
-				"(unknown source, wrong VNI, spoofed inner source; one sendmmsg socket each). The issue's target: at least 0.70 of the rate\n")
+				"(unknown source, wrong VNI, spoofed inner source; one sendmmsg socket each). The issue's target: at least 0.70 of the rate. "+
+				"Node C's socket overflows include the genuine stream's\n")
 			fmt.Fprintf(tw, "MODE\tTCP x1 Gbit/s alone\tunder the flood\tratio\tforged kpps offered\tcounted by overlayd kpps\tsent / counted / socket overflows\n")
 			started = true
 		}
