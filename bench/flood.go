@@ -190,7 +190,7 @@ func floodTable(results []result) string {
 		}
 		if !started {
 			b.WriteString("\nForged flood: one-stream TCP node A -> node C alone and while forged VXLAN packets flood node C " +
-				"(unknown source, wrong VNI, spoofed inner source; one sendmmsg socket each). The issue's target: at least 0.70 of the rate. "+
+				"(unknown source, wrong VNI, spoofed inner source; one sendmmsg socket each). The issue's target: at least 0.70 of the rate. " +
 				"Node C's socket overflows include the genuine stream's\n")
 			fmt.Fprintf(tw, "MODE\tTCP x1 Gbit/s alone\tunder the flood\tratio\tforged kpps offered\tcounted by overlayd kpps\tsent / counted / socket overflows\n")
 			started = true
