@@ -64,6 +64,9 @@ func TestQuickPass(t *testing.T) {
 			uint64(f.UDPLost+f.BurstLost+f.TCPLost) > f.Counted+f.BacklogDrops+f.LinkDrops) {
 			t.Errorf("%s: NAT flows %+v: want rates, and no flow lost that no counter accounts for", m.Name, f)
 		}
+		if f := r.Flood; m.flood && (f == nil || f.TCP1Gbps <= 0 || f.FloodedTCP1Gbps <= 0 || f.Sent == 0 || f.Counted == 0) {
+			t.Errorf("%s: forged flood %+v: want both rates and forged packets sent and counted", m.Name, f)
+		}
 		p.noteReference(m, r)
 	}
 	files, err := writeReports(dir, "quick", results, p, true)

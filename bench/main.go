@@ -45,6 +45,8 @@ type result struct {
 	PeakRSSMiB   float64 `json:"peakRSSMiB"`
 	// NATFlows is the NAT flows section, for the modes that measure it.
 	NATFlows *natFlowsResult `json:"natFlows,omitempty"`
+	// Flood is the forged flood section (flood.go), likewise.
+	Flood *floodResult `json:"forgedFlood,omitempty"`
 }
 
 // plan is how long and how often each measurement runs.
@@ -54,6 +56,8 @@ type plan struct {
 	// is measured or by --paced-kpps (pacedGiven); 0: not run.
 	pacedPPS   float64
 	pacedGiven bool
+	// floodOnly: measure the forged flood section alone.
+	floodOnly bool
 }
 
 // noteReference sets the paced test's rate from the reference mode's
@@ -89,6 +93,7 @@ func main() {
 	only := flag.String("mode", "", "measure only the mode with this name")
 	render := flag.String("render", "", "measure nothing: write the reports of a saved run (its .json) again")
 	pacedKpps := flag.Float64("paced-kpps", 0, "offer the paced UDP test this rate instead of 0.8x kernel VXLAN's (for a --mode run without the reference)")
+	floodOnly := flag.Bool("flood-only", false, "measure only the forged flood section (of the modes that have it)")
 	flag.StringVar(&e.profileDir, "profile", "", "write CPU and allocation profiles of each overlayd during the one-stream TCP run to this directory")
 	flag.Parse()
 	if *render != "" {
@@ -103,6 +108,7 @@ func main() {
 		p = plan{tcpSeconds: 1, repeats: 1, udpSeconds: 1, pingSamples: 100}
 	}
 	p.pacedPPS, p.pacedGiven = *pacedKpps*1000, *pacedKpps > 0
+	p.floodOnly = *floodOnly
 	for _, path := range []*string{&e.overlayd, &e.wireguardGo, &e.examples, out, &e.profileDir} {
 		if *path != "" {
 			abs, err := filepath.Abs(*path)
@@ -125,7 +131,7 @@ func main() {
 	start := time.Now()
 	var results []result
 	for _, m := range all {
-		if *only != "" && m.Name != *only {
+		if *only != "" && m.Name != *only || p.floodOnly && !m.flood {
 			continue
 		}
 		if ctx.Err() != nil {
@@ -230,6 +236,22 @@ func runMode(ctx context.Context, e *env, m mode, p plan, start time.Time) resul
 			res.NATFlows = &f
 			return err
 		}},
+		{"forged flood", func() error {
+			if !m.flood {
+				return nil
+			}
+			forged, err := floods(bed, m.cfg, ep.client, ep.server)
+			if err != nil {
+				return err
+			}
+			f, err := measureFlood(ctx, ep, forged, p.tcpSeconds, p.repeats)
+			res.Flood = &f
+			return err
+		}},
+	}
+	if p.floodOnly {
+		steps = steps[len(steps)-1:]
+		res.Skipped = "--flood-only: the forged flood section alone"
 	}
 	for _, s := range steps {
 		if ctx.Err() != nil {

@@ -34,6 +34,9 @@ type mode struct {
 	// natFlows: the mode also measures the NAT flows section, for which
 	// node A's overlayd serves its metrics.
 	natFlows bool
+	// flood: the mode also measures the forged flood section, for which
+	// node C's overlayd serves its metrics.
+	flood bool
 	// setup builds the mode on a fresh standard bed and says where to
 	// measure: a client and a server host and the server's address.
 	setup func(e *env, bed *testbed.Bed, m mode) (*endpoints, error)
@@ -79,7 +82,7 @@ func modes(examples string) ([]mode, error) {
 		{Name: "overlayd IP-in-IP", What: "overlayd, ipipMode Always",
 			file: "ipip-always.toml", setup: setupOverlayd},
 		{Name: "overlayd VXLAN", What: "overlayd, vxlanMode Always",
-			file: "vxlan-always.toml", setup: setupOverlayd},
+			file: "vxlan-always.toml", flood: true, setup: setupOverlayd},
 		{Name: "wireguard-go", What: "wireguard-go between the nodes (encrypting, TUN offloads)", Overhead: wireguardOverhead, MTU: wireguardMTU,
 			setup: setupWireguardGo},
 		{Name: "overlayd NAT", What: "workload to the outside host through natOutgoing",
@@ -167,8 +170,9 @@ func setupOverlayd(e *env, bed *testbed.Bed, m mode) (*endpoints, error) {
 		// the filesystem; pprof is served on it only for a profiled run.
 		ep.adminSockets[name] = filepath.Join(os.TempDir(), "overlayd-bench-"+bed.ID()+"-"+name+".sock")
 		metrics := []string{"--no-metrics", "--admin-socket", ep.adminSockets[name]}
-		if m.natFlows {
-			// The NAT flows section reads /metrics in the node's namespace.
+		if m.natFlows || m.flood {
+			// The NAT flows and forged flood sections read /metrics in
+			// the node's namespace.
 			metrics = []string{"--metrics-listen", metricsListen, "--admin-socket", ep.adminSockets[name]}
 		}
 		if e.profileDir != "" {

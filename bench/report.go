@@ -69,6 +69,7 @@ func table(results []result) string {
 		b.WriteString(n + "\n")
 	}
 	b.WriteString(natFlowsTable(results))
+	b.WriteString(floodTable(results))
 	return b.String()
 }
 

@@ -54,6 +54,9 @@ func echoReply(buf []byte, dst, workload netip.Addr, ident, seq uint16, data []b
 	m.SetIdent(ident)
 	m.SetSequence(seq)
 	copy(m.Payload(), data)
+	// buf may hold the echo reply the host socket read, in place: its
+	// checksum must not count in the new one.
+	m.SetChecksum(0)
 	m.SetChecksum(^checksum.Checksum(m, 0))
 	return buf
 }
@@ -113,6 +116,9 @@ func echoRequestMsg(ident, seq uint16, data []byte) []byte {
 	m.SetIdent(ident)
 	m.SetSequence(seq)
 	copy(m.Payload(), data)
+	// buf may hold the echo reply the host socket read, in place: its
+	// checksum must not count in the new one.
+	m.SetChecksum(0)
 	m.SetChecksum(^checksum.Checksum(m, 0))
 	return m
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/overlayd/overlayd/encap"
@@ -69,13 +70,30 @@ func TestEchoReply(t *testing.T) {
 	tests := []struct {
 		name string
 		data []byte
+		// inPlace: the reply is built where the host socket's own echo
+		// reply (another identifier, its checksum set) was read, as
+		// echoReplies does.
+		inPlace bool
 	}{
-		{"with a payload", []byte("payload of a ping, odd length")},
-		{"empty", nil},
+		{"with a payload", []byte("payload of a ping, odd length"), false},
+		{"empty", nil, false},
+		{"over the host's reply", []byte("payload of a ping, odd length"), true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			pkt := packetOf(echoReply(nil, netip.MustParseAddr("198.18.3.10"), netip.MustParseAddr("10.1.0.5"), 0x1234, 7, tc.data))
+			var buf []byte
+			data := tc.data
+			if tc.inPlace {
+				buf = make([]byte, encap.Headroom+header.IPv4MinimumSize+header.ICMPv4MinimumSize+len(tc.data))
+				host := header.ICMPv4(buf[encap.Headroom+header.IPv4MinimumSize:])
+				host.SetType(header.ICMPv4EchoReply)
+				host.SetIdent(0x9999)
+				host.SetSequence(7)
+				data = host.Payload()
+				copy(data, tc.data)
+				host.SetChecksum(^checksum.Checksum(host, 0))
+			}
+			pkt := packetOf(echoReply(buf, netip.MustParseAddr("198.18.3.10"), netip.MustParseAddr("10.1.0.5"), 0x1234, 7, data))
 			ip, icmp := decode(t, pkt)
 			if !ipEq(ip.SrcIP, "198.18.3.10") || !ipEq(ip.DstIP, "10.1.0.5") || ip.Protocol != layers.IPProtocolICMPv4 {
 				t.Errorf("IP %s -> %s proto %v, want 198.18.3.10 -> 10.1.0.5 ICMP", ip.SrcIP, ip.DstIP, ip.Protocol)

@@ -346,11 +346,16 @@ func (t *table) end(e *entry) {
 }
 
 // remove takes a flow out of the table at once, for a flow that never got
-// going (its host socket could not be opened).
+// going (its host socket could not be opened). It counts as ended, as a TCP
+// flow whose dial failed does, so that every flow created is accounted
+// live, ended or expired.
 func (t *table) remove(e *entry) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.flows[e.key] == e {
+		if e.getState() != stateClosed {
+			t.ended.Add(1)
+		}
 		t.dropLocked(e)
 	}
 }
@@ -416,11 +421,14 @@ func (t *table) expire(now time.Time) int {
 	return n
 }
 
-// stopAll ends every flow, for Close.
+// stopAll ends every flow, for Close; the live ones count as ended.
 func (t *table) stopAll() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, e := range t.flows {
+		if e.getState() != stateClosed {
+			t.ended.Add(1)
+		}
 		t.dropLocked(e)
 	}
 }

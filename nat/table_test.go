@@ -173,6 +173,28 @@ func TestTableCountsExpiredAndEnded(t *testing.T) {
 	}
 }
 
+// TestTableAccountsEveryFlow: however a flow leaves (ended, expired,
+// removed when its socket could not be opened, stopped by Close), it is
+// counted once, so that created = listed live + ended + expired.
+func TestTableAccountsEveryFlow(t *testing.T) {
+	tb, clk := newFakeTable(10, 10, Timeouts{UDPUnreplied: 10 * time.Second, TCPClose: 5 * time.Second})
+	ended, _, _ := tb.add(key(protoTCP, "10.1.0.5", 1), stateEstablished)
+	tb.end(ended)
+	tb.add(key(protoUDP, "10.1.0.5", 2), stateUnreplied)
+	clk.advance(time.Minute)
+	tb.expire(clk.now())
+	removed, _, _ := tb.add(key(protoUDP, "10.1.0.5", 3), stateUnreplied)
+	tb.remove(removed)
+	tb.add(key(protoTCP, "10.1.0.5", 4), stateEstablished)
+	closed, _, _ := tb.add(key(protoTCP, "10.1.0.5", 5), stateEstablished)
+	tb.end(closed) // listed CLOSED until Close: ended once, not twice
+	tb.stopAll()
+	s := tb.stats()
+	if s.Created != 5 || s.Ended != 4 || s.Expired != 1 || len(tb.snapshot()) != 0 {
+		t.Errorf("created %d ended %d expired %d listed %d, want 5, 4, 1, 0", s.Created, s.Ended, s.Expired, len(tb.snapshot()))
+	}
+}
+
 func TestTableActivityPostponesExpiry(t *testing.T) {
 	tb, clk := newFakeTable(10, 10, Timeouts{UDPUnreplied: 10 * time.Second})
 	e, _, _ := tb.add(key(protoUDP, "10.1.0.5", 1), stateUnreplied)
