@@ -94,7 +94,7 @@ func errorOf(m mode, e *env) error {
 			return errNotMeasured("no binary")
 		}
 	}
-	return nil
+	return m.installed()
 }
 
 // TestModeFigures: the MTU and overhead each mode reports are its plan's.
@@ -106,6 +106,7 @@ func TestModeFigures(t *testing.T) {
 	want := map[string][2]int{ // overhead, MTU
 		"underlay": {0, 1500}, "kernel VXLAN": {50, 1450}, "overlayd direct": {0, 1500},
 		"overlayd IP-in-IP": {20, 1480}, "overlayd VXLAN": {50, 1450}, "wireguard-go": {60, 1420}, "overlayd NAT": {0, 1480},
+		"kernel NAT": {0, 1480}, "pasta": {0, 65520}, "slirp4netns": {0, 65520},
 	}
 	for _, m := range all {
 		if got := [2]int{m.Overhead, m.MTU}; got != want[m.Name] {

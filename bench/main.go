@@ -3,10 +3,11 @@
 // and node C on different subnets behind a router), one mode at a time on a
 // fresh bed: the plain underlay, overlayd direct, IP-in-IP and VXLAN, the
 // kernel's own VXLAN set up as Calico's Felix does, wireguard-go, and
-// overlayd's NAT. It prints a table with each figure's ratio to kernel
-// VXLAN and writes it as Markdown, JSON and an SVG chart under
-// bench/results/. Needs root, iperf3 and wireguard-tools (make bench
-// installs them).
+// overlayd's NAT with its peers: the kernel's MASQUERADE, pasta and
+// slirp4netns. It prints a table with each figure's ratio to kernel VXLAN
+// and writes it as Markdown, JSON and an SVG chart under bench/results/.
+// Needs root, iperf3, wireguard-tools, iptables, pasta and slirp4netns
+// (make bench installs them).
 package main
 
 import (
