@@ -34,7 +34,7 @@ func TestQuickPass(t *testing.T) {
 	e.examples = examples
 	// wireguard-go is measured by make bench; here its absence must be
 	// reported, not hidden.
-	p := plan{tcpSeconds: 1, repeats: 1, udpSeconds: 1, pingSamples: 50}
+	p := plan{tcpSeconds: 1, repeats: 1, udpSeconds: 1, rttPaces: testPaces}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	var results []result
@@ -64,6 +64,14 @@ func TestQuickPass(t *testing.T) {
 			uint64(f.UDPLost+f.BurstLost+f.TCPLost) > f.Counted+f.BacklogDrops+f.LinkDrops) {
 			t.Errorf("%s: NAT flows %+v: want rates, and no flow lost that no counter accounts for", m.Name, f)
 		}
+		if len(r.RTTByPace) != len(p.rttPaces) {
+			t.Errorf("%s: round trips at %d paces, want %d: %+v", m.Name, len(r.RTTByPace), len(p.rttPaces), r.RTTByPace)
+		}
+		for _, rtt := range r.RTTByPace {
+			if rtt.P50us <= 0 || rtt.P99us < rtt.P50us {
+				t.Errorf("%s: round trips %s: p50 %.0f µs, p99 %.0f µs", m.Name, gapName(rtt.GapMicros), rtt.P50us, rtt.P99us)
+			}
+		}
 		p.noteReference(m, r)
 	}
 	files, err := writeReports(dir, "quick", results, p, true)
@@ -84,6 +92,10 @@ func TestQuickPass(t *testing.T) {
 	}
 	t.Logf("\n%s", table(results))
 }
+
+// testPaces are the bench's paces with a few samples each: this test
+// checks that every pace is measured, not its figures.
+var testPaces = []pace{{0, 50}, {time.Millisecond, 20}, {10 * time.Millisecond, 10}, {200 * time.Millisecond, 3}}
 
 // errorOf says whether a mode cannot run here before trying it: the modes
 // that need something absent say so through errNotMeasured.
