@@ -55,7 +55,7 @@ demo-etcd: deps build
 # wireguard-go is built from the Go module proxy at the version
 # go.mod pins (its tool directive keeps that version's dependencies).
 bench: build
-	@scripts/deps.sh ip:iproute2 iperf3:iperf3 wg:wireguard-tools ss:iproute2
+	@scripts/deps.sh ip:iproute2 iperf3:iperf3 wg:wireguard-tools ss:iproute2 iptables:iptables pasta:passt slirp4netns:slirp4netns
 	$(GO) build -o bin/wireguard-go golang.zx2c4.com/wireguard
 	$(GO) run ./bench --overlayd $(BIN) --wireguard-go bin/wireguard-go $(if $(QUICK),--quick) $(if $(PROFILE),--profile $(PROFILE))
 

@@ -34,7 +34,7 @@ func TestQuickPass(t *testing.T) {
 	e.examples = examples
 	// wireguard-go is measured by make bench; here its absence must be
 	// reported, not hidden.
-	p := plan{tcpSeconds: 1, repeats: 1, udpSeconds: 1, pingSamples: 50}
+	p := plan{tcpSeconds: 1, repeats: 1, udpSeconds: 1, rttPaces: testPaces}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	var results []result
@@ -67,6 +67,14 @@ func TestQuickPass(t *testing.T) {
 		if f := r.Flood; m.flood && (f == nil || f.TCP1Gbps <= 0 || f.FloodedTCP1Gbps <= 0 || f.Sent == 0 || f.Counted == 0) {
 			t.Errorf("%s: forged flood %+v: want both rates and forged packets sent and counted", m.Name, f)
 		}
+		if len(r.RTTByPace) != len(p.rttPaces) {
+			t.Errorf("%s: round trips at %d paces, want %d: %+v", m.Name, len(r.RTTByPace), len(p.rttPaces), r.RTTByPace)
+		}
+		for _, rtt := range r.RTTByPace {
+			if rtt.P50us <= 0 || rtt.P99us < rtt.P50us {
+				t.Errorf("%s: round trips %s: p50 %.0f µs, p99 %.0f µs", m.Name, gapName(rtt.GapMicros), rtt.P50us, rtt.P99us)
+			}
+		}
 		p.noteReference(m, r)
 	}
 	files, err := writeReports(dir, "quick", results, p, true)
@@ -88,6 +96,10 @@ func TestQuickPass(t *testing.T) {
 	t.Logf("\n%s", table(results))
 }
 
+// testPaces are the bench's paces with a few samples each: this test
+// checks that every pace is measured, not its figures.
+var testPaces = []pace{{0, 50}, {time.Millisecond, 20}, {10 * time.Millisecond, 10}, {200 * time.Millisecond, 3}}
+
 // errorOf says whether a mode cannot run here before trying it: the modes
 // that need something absent say so through errNotMeasured.
 func errorOf(m mode, e *env) error {
@@ -97,7 +109,7 @@ func errorOf(m mode, e *env) error {
 			return errNotMeasured("no binary")
 		}
 	}
-	return nil
+	return m.installed()
 }
 
 // TestModeFigures: the MTU and overhead each mode reports are its plan's.
@@ -109,6 +121,7 @@ func TestModeFigures(t *testing.T) {
 	want := map[string][2]int{ // overhead, MTU
 		"underlay": {0, 1500}, "kernel VXLAN": {50, 1450}, "overlayd direct": {0, 1500},
 		"overlayd IP-in-IP": {20, 1480}, "overlayd VXLAN": {50, 1450}, "wireguard-go": {60, 1420}, "overlayd NAT": {0, 1480},
+		"kernel NAT": {0, 1480}, "pasta": {0, 65520}, "slirp4netns": {0, 65520},
 	}
 	for _, m := range all {
 		if got := [2]int{m.Overhead, m.MTU}; got != want[m.Name] {

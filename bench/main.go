@@ -3,10 +3,11 @@
 // and node C on different subnets behind a router), one mode at a time on a
 // fresh bed: the plain underlay, overlayd direct, IP-in-IP and VXLAN, the
 // kernel's own VXLAN set up as Calico's Felix does, wireguard-go, and
-// overlayd's NAT. It prints a table with each figure's ratio to kernel
-// VXLAN and writes it as Markdown, JSON and an SVG chart under
-// bench/results/. Needs root, iperf3 and wireguard-tools (make bench
-// installs them).
+// overlayd's NAT with its peers: the kernel's MASQUERADE, pasta and
+// slirp4netns. It prints a table with each figure's ratio to kernel VXLAN
+// and writes it as Markdown, JSON and an SVG chart under bench/results/.
+// Needs root, iperf3, wireguard-tools, iptables, pasta and slirp4netns
+// (make bench installs them).
 package main
 
 import (
@@ -38,11 +39,14 @@ type result struct {
 	// carries, and what it loses of it.
 	PacedKpps    float64 `json:"udp64PacedReceivedKpps,omitempty"`
 	PacedLossPct float64 `json:"udp64PacedLossPercent,omitempty"`
-	RTTp50us     float64 `json:"rttP50Micros"`
-	RTTp99us     float64 `json:"rttP99Micros"`
-	CPUPerGB     float64 `json:"cpuSecondsPerGB"`       // whole machine, over the one-stream TCP run
-	RouterCPUGB  float64 `json:"routerCPUSecondsPerGB"` // the userspace router processes alone
-	PeakRSSMiB   float64 `json:"peakRSSMiB"`
+	// RTTp50us and RTTp99us are the back-to-back round trips; RTTByPace
+	// has them and the paced ones.
+	RTTp50us    float64   `json:"rttP50Micros"`
+	RTTp99us    float64   `json:"rttP99Micros"`
+	RTTByPace   []paceRTT `json:"rttByPace,omitempty"`
+	CPUPerGB    float64   `json:"cpuSecondsPerGB"`       // whole machine, over the one-stream TCP run
+	RouterCPUGB float64   `json:"routerCPUSecondsPerGB"` // the userspace router processes alone
+	PeakRSSMiB  float64   `json:"peakRSSMiB"`
 	// NATFlows is the NAT flows section, for the modes that measure it.
 	NATFlows *natFlowsResult `json:"natFlows,omitempty"`
 	// Flood is the forged flood section (flood.go), likewise.
@@ -51,7 +55,8 @@ type result struct {
 
 // plan is how long and how often each measurement runs.
 type plan struct {
-	tcpSeconds, repeats, udpSeconds, pingSamples int
+	tcpSeconds, repeats, udpSeconds int
+	rttPaces                        []pace
 	// pacedPPS is the rate of the paced UDP test, set once the reference
 	// is measured or by --paced-kpps (pacedGiven); 0: not run.
 	pacedPPS   float64
@@ -103,9 +108,9 @@ func main() {
 		return
 	}
 
-	p := plan{tcpSeconds: 10, repeats: 3, udpSeconds: 5, pingSamples: 1000}
+	p := plan{tcpSeconds: 10, repeats: 3, udpSeconds: 5, rttPaces: fullPaces}
 	if *quick {
-		p = plan{tcpSeconds: 1, repeats: 1, udpSeconds: 1, pingSamples: 100}
+		p = plan{tcpSeconds: 1, repeats: 1, udpSeconds: 1, rttPaces: quickPaces}
 	}
 	p.pacedPPS, p.pacedGiven = *pacedKpps*1000, *pacedKpps > 0
 	p.floodOnly = *floodOnly
@@ -219,8 +224,10 @@ func runMode(ctx context.Context, e *env, m mode, p plan, start time.Time) resul
 			return err
 		}},
 		{"round trips", func() error {
-			p50, p99, err := measureLatency(ep, p.pingSamples)
-			res.RTTp50us, res.RTTp99us = float64(p50.Microseconds()), float64(p99.Microseconds())
+			var err error
+			res.RTTByPace, err = measureLatency(ep, p.rttPaces)
+			b2b := backToBack(res.RTTByPace)
+			res.RTTp50us, res.RTTp99us = b2b.P50us, b2b.P99us
 			return err
 		}},
 		// Last: its 10,000 connections end as it returns, and the NAT's

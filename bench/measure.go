@@ -3,11 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -132,68 +129,6 @@ func udpRun(ctx context.Context, ep *endpoints, seconds int, bitrate string) (pp
 		return 0, 0, fmt.Errorf("iperf3 UDP reported no packets")
 	}
 	return (packets - lost) / secs, 100 * lost / packets, nil
-}
-
-// measureLatency does samples round trips of a 64-byte UDP datagram from
-// client to an echo in the server's namespace and returns p50 and p99.
-func measureLatency(ep *endpoints, samples int) (p50, p99 time.Duration, err error) {
-	var echo *net.UDPConn
-	if err := ep.server.Do(func() (err error) {
-		echo, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ep.addr, 7007)))
-		return err
-	}); err != nil {
-		return 0, 0, err
-	}
-	defer echo.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := echo.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = echo.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	var conn *net.UDPConn
-	if err := ep.client.Do(func() (err error) {
-		conn, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(ep.addr, 7007)))
-		return err
-	}); err != nil {
-		return 0, 0, err
-	}
-	defer conn.Close()
-	msg, buf := make([]byte, 64), make([]byte, 2048)
-	rtts := make([]time.Duration, 0, samples)
-	for i := range samples + 20 { // the first 20 warm ARP and caches up
-		// Each datagram carries its number: the echo of one that timed out
-		// may arrive during a later round trip, and must not end it early.
-		binary.BigEndian.PutUint32(msg, uint32(i))
-		start := time.Now()
-		if _, err := conn.Write(msg); err != nil {
-			return 0, 0, err
-		}
-		if err := conn.SetReadDeadline(start.Add(time.Second)); err != nil {
-			return 0, 0, err
-		}
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				break // a lost round trip is not a sample
-			}
-			if n >= 4 && binary.BigEndian.Uint32(buf) == uint32(i) {
-				if i >= 20 {
-					rtts = append(rtts, time.Since(start))
-				}
-				break
-			}
-		}
-	}
-	if len(rtts) < samples/2 {
-		return 0, 0, fmt.Errorf("only %d of %d round trips came back", len(rtts), samples)
-	}
-	slices.Sort(rtts)
-	return rtts[len(rtts)/2], rtts[len(rtts)*99/100], nil
 }
 
 // busyCPU is the machine's busy CPU time in seconds (all cores, from

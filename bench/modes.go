@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -37,6 +38,9 @@ type mode struct {
 	// flood: the mode also measures the forged flood section, for which
 	// node C's overlayd serves its metrics.
 	flood bool
+	// needs is a command the mode runs that make bench installs ("":
+	// none); without it the mode is not measured.
+	needs string
 	// setup builds the mode on a fresh standard bed and says where to
 	// measure: a client and a server host and the server's address.
 	setup func(e *env, bed *testbed.Bed, m mode) (*endpoints, error)
@@ -87,6 +91,14 @@ func modes(examples string) ([]mode, error) {
 			setup: setupWireguardGo},
 		{Name: "overlayd NAT", What: "workload to the outside host through natOutgoing",
 			file: "nat-outgoing.toml", outside: true, natFlows: true, setup: setupNAT},
+		// The NAT's peers (peers.go), from the same workload on node A to
+		// the same outside host.
+		{Name: "kernel NAT", What: "workload to the outside host through iptables MASQUERADE on node A (conntrack)",
+			file: "nat-outgoing.toml", outside: true, needs: "iptables", setup: setupKernelNAT},
+		{Name: "pasta", What: "workload namespace to the outside host through pasta in node A (rootless podman's default)",
+			MTU: userspaceStackMTU, needs: "pasta", setup: setupPasta},
+		{Name: "slirp4netns", What: "workload namespace to the outside host through slirp4netns in node A",
+			MTU: userspaceStackMTU, needs: "slirp4netns", setup: setupSlirp4netns},
 	}
 	for i := range ms {
 		if err := ms[i].load(examples); err != nil {
@@ -119,6 +131,18 @@ func (m *mode) load(examples string) error {
 				m.Overhead = r.Encap.Overhead()
 			}
 		}
+	}
+	return nil
+}
+
+// installed says, as errNotMeasured, when the command the mode needs is
+// missing.
+func (m mode) installed() error {
+	if m.needs == "" {
+		return nil
+	}
+	if _, err := exec.LookPath(m.needs); err != nil {
+		return errNotMeasured(m.needs + " is not installed (make bench installs it)")
 	}
 	return nil
 }

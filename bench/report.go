@@ -68,6 +68,7 @@ func table(results []result) string {
 	for _, n := range notes {
 		b.WriteString(n + "\n")
 	}
+	b.WriteString(rttTable(results))
 	b.WriteString(natFlowsTable(results))
 	b.WriteString(floodTable(results))
 	return b.String()
@@ -83,7 +84,7 @@ func writeReports(dir, stamp string, results []result, p plan, quick bool) ([]st
 		Date: time.Now().UTC().Format(time.RFC3339), Quick: quick,
 		Kernel: strings.TrimSpace(readFirstLine("/proc/sys/kernel/osrelease")), Host: host,
 		Load:    strings.TrimSpace(readFirstLine("/proc/loadavg")),
-		Plan:    fmt.Sprintf("TCP %d s x %d (median), UDP %d s (%s), %d round trips", p.tcpSeconds, p.repeats, p.udpSeconds, p.pacedNote(), p.pingSamples),
+		Plan:    fmt.Sprintf("TCP %d s x %d (median), UDP %d s (%s), %s", p.tcpSeconds, p.repeats, p.udpSeconds, p.pacedNote(), pacesNote(p.rttPaces)),
 		Results: results,
 	}
 	js, err := json.MarshalIndent(doc, "", "  ")
