@@ -276,6 +276,9 @@ func TestSoak(t *testing.T) {
 
 	stop := make(chan struct{})
 	var traffic sync.WaitGroup
+	// Once at the end, or when the test stops early.
+	stopTraffic := sync.OnceFunc(func() { close(stop); traffic.Wait() })
+	defer stopTraffic()
 	start := time.Now()
 	udp, natTCP, natUDP := soakCounter{start: start}, soakCounter{start: start}, soakCounter{start: start}
 	outside := c.bed.Host("outside")
@@ -341,8 +344,7 @@ func TestSoak(t *testing.T) {
 		}
 	}
 
-	close(stop)
-	traffic.Wait()
+	stopTraffic()
 	sum.Phases = append(sum.Phases, soakPhaseDrops(t, c, entered, soakPhases[phase%len(soakPhases)], counted))
 	sum.UDPRequests, sum.NATTCP, sum.NATUDP = udp.count(), natTCP.count(), natUDP.count()
 	for _, st := range streams {
