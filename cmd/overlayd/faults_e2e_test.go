@@ -42,6 +42,8 @@ func ownedKernelState(t *testing.T, h *testbed.Host) []string {
 // left.
 func TestE2EFaultsUnderAStream(t *testing.T) {
 	testbed.Require(t)
+	// Parallel with the soak: see TestSoak.
+	t.Parallel()
 	faults := []struct {
 		name  string
 		fault func(t *testing.T, c *cluster)

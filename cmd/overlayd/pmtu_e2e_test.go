@@ -27,6 +27,8 @@ import (
 // expiry, shortened for the test from Linux's 10 minutes).
 func TestE2EPathMTUDrop(t *testing.T) {
 	testbed.Require(t)
+	// Parallel with the soak: see TestSoak.
+	t.Parallel()
 	const (
 		lowMTU = 1300
 		// expiry is node A's (and its workload's) PMTU cache expiry for

@@ -213,6 +213,10 @@ const (
 // dropped but the expected.
 func TestSoak(t *testing.T) {
 	testbed.Require(t)
+	// The soak and the other long tests that mostly wait (path MTU expiry,
+	// a link down, restarts) overlap at the end of the package's run, each
+	// on its own bed, which keeps make test under its ten minutes.
+	t.Parallel()
 	duration := soakDefault
 	if v := os.Getenv(soakDurationEnv); v != "" {
 		d, err := time.ParseDuration(v)
