@@ -21,20 +21,7 @@ func TestE2EBusyPoll(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "cluster.toml")
 	write := func(mode string) {
 		t.Helper()
-		src := "[tunnel]\nbusyPoll = \"50us\"\n\n[[pools]]\nname = \"pool\"\ncidr = \"192.168.0.0/16\"\n" + mode + `
-
-[[nodes]]
-name = "node-a"
-address = "198.18.1.10/24"
-
-[[nodes]]
-name = "node-b"
-address = "198.18.1.11/24"
-
-[[nodes]]
-name = "node-c"
-address = "198.18.2.10/24"
-`
+		src := "[tunnel]\nbusyPoll = \"50us\"\n\n[[pools]]\nname = \"pool\"\ncidr = \"192.168.0.0/16\"\n" + mode + "\n" + bedNodesTOML
 		if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
 			t.Fatal(err)
 		}

@@ -792,10 +792,9 @@ func startStream(t *testing.T, client, server *testbed.Host, addr netip.AddrPort
 // goes IP-in-IP Always, VXLAN Always, VXLAN CrossSubnet and back, reloaded
 // on each node in turn; the stream never resets and every byte arrives. A
 // file that fails validation is refused on the way, and counted.
-func TestE2EHitlessModeSwitch(t *testing.T) {
-	testbed.Require(t)
-	file := filepath.Join(t.TempDir(), "cluster.toml")
-	const nodesTOML = `
+// bedNodesTOML is the cluster file's [[nodes]] for the standard bed's three
+// nodes, for tests that write their own pools.
+const bedNodesTOML = `
 [[nodes]]
 name = "node-a"
 address = "198.18.1.10/24"
@@ -808,9 +807,13 @@ address = "198.18.1.11/24"
 name = "node-c"
 address = "198.18.2.10/24"
 `
+
+func TestE2EHitlessModeSwitch(t *testing.T) {
+	testbed.Require(t)
+	file := filepath.Join(t.TempDir(), "cluster.toml")
 	write := func(modes string) {
 		t.Helper()
-		src := "[[pools]]\nname = \"pool\"\ncidr = \"192.168.0.0/16\"\n" + modes + "\n" + nodesTOML
+		src := "[[pools]]\nname = \"pool\"\ncidr = \"192.168.0.0/16\"\n" + modes + "\n" + bedNodesTOML
 		if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
 			t.Fatal(err)
 		}
