@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -159,23 +157,7 @@ func measureFlood(ctx context.Context, ep *endpoints, forged []testbed.Forged, s
 
 // dropsCounted sums overlayd_drops_total over every reason.
 func dropsCounted(p *testbed.Process) (uint64, error) {
-	body, err := fetch(p.Host.Do, "/metrics", 10*time.Second)
-	if err != nil {
-		return 0, fmt.Errorf("overlayd's metrics on %s: %w", p.Host.Name, err)
-	}
-	var sum uint64
-	sc := bufio.NewScanner(strings.NewReader(string(body)))
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "overlayd_drops_total{") {
-			continue
-		}
-		f := strings.Fields(line)
-		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
-			sum += uint64(v)
-		}
-	}
-	return sum, sc.Err()
+	return metricsSum(p, "overlayd_drops_total{")
 }
 
 // floodTable renders the section, for the modes that measured it.

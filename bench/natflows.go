@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -448,21 +449,26 @@ func rssBytes(p *testbed.Process) int64 {
 // by every reason, refused flows and packets ignored as malformed, and
 // its TUN's queue drops.
 func natCounted(p *testbed.Process) (uint64, error) {
+	return metricsSum(p, "overlayd_nat_drops_total", "overlayd_nat_flows_refused_total",
+		"overlayd_nat_ignored_total", "overlayd_tun_queue_drops_total")
+}
+
+// metricsSum adds up every sample of overlayd's metrics on p's node whose
+// line starts with one of prefixes.
+func metricsSum(p *testbed.Process, prefixes ...string) (uint64, error) {
 	body, err := fetch(p.Host.Do, "/metrics", 10*time.Second)
 	if err != nil {
-		return 0, fmt.Errorf("overlayd's metrics: %w", err)
+		return 0, fmt.Errorf("overlayd's metrics on %s: %w", p.Host.Name, err)
 	}
 	var sum uint64
 	sc := bufio.NewScanner(strings.NewReader(string(body)))
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, "overlayd_nat_drops_total") && !strings.HasPrefix(line, "overlayd_nat_flows_refused_total") &&
-			!strings.HasPrefix(line, "overlayd_nat_ignored_total") && !strings.HasPrefix(line, "overlayd_tun_queue_drops_total") {
+		if !slices.ContainsFunc(prefixes, func(prefix string) bool { return strings.HasPrefix(line, prefix) }) {
 			continue
 		}
 		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err == nil {
+		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
 			sum += uint64(v)
 		}
 	}
