@@ -193,7 +193,7 @@ func runMode(ctx context.Context, e *env, m mode, p plan, start time.Time) resul
 		run  func() error
 	}{
 		{"TCP, 1 stream", func() error {
-			profiled := startProfiles(e, ep, m, p.tcpSeconds*p.repeats)
+			profiled := startProfiles(e, ep, m, "", p.tcpSeconds*p.repeats)
 			r, err := measureTCP(ctx, ep, 1, p.tcpSeconds, p.repeats)
 			profiled()
 			if err == nil && r.bytes > 0 {
@@ -251,7 +251,9 @@ func runMode(ctx context.Context, e *env, m mode, p plan, start time.Time) resul
 			if err != nil {
 				return err
 			}
-			f, err := measureFlood(ctx, ep, forged, p.tcpSeconds, p.repeats)
+			// The flooded runs' profiles: where node C's time goes.
+			profile := func() (wait func()) { return startProfiles(e, ep, m, "flooded", p.tcpSeconds) }
+			f, err := measureFlood(ctx, ep, forged, p.tcpSeconds, p.repeats, profile)
 			res.Flood = &f
 			return err
 		}},

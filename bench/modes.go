@@ -36,7 +36,7 @@ type mode struct {
 	// node A's overlayd serves its metrics.
 	natFlows bool
 	// flood: the mode also measures the forged flood section, for which
-	// node C's overlayd serves its metrics.
+	// node C's overlayd, where it runs one, serves its metrics.
 	flood bool
 	// needs is a command the mode runs that make bench installs ("":
 	// none); without it the mode is not measured.
@@ -80,7 +80,7 @@ func modes(examples string) ([]mode, error) {
 		// The reference first: the paced UDP test offers the others a share
 		// of its rate.
 		{Name: "kernel VXLAN", What: "Linux vxlan devices set up as Calico's Felix does: the in-kernel reference",
-			file: "vxlan-always.toml", setup: setupKernelVXLAN},
+			file: "vxlan-always.toml", flood: true, setup: setupKernelVXLAN},
 		{Name: "overlayd direct", What: "overlayd, ipipMode and vxlanMode Never (the underlay routes the pool)",
 			file: "never.toml", setup: setupOverlayd},
 		{Name: "overlayd IP-in-IP", What: "overlayd, ipipMode Always",

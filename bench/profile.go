@@ -15,9 +15,11 @@ import (
 
 // startProfiles fetches a CPU profile of seconds, then an allocation
 // profile, from every overlayd of ep while the caller measures; the
-// returned function waits for them. A profile that fails is reported and
-// the run goes on: profiles explain figures, they are not figures.
-func startProfiles(e *env, ep *endpoints, m mode, seconds int) (wait func()) {
+// returned function waits for them. The files are named after the mode,
+// the run (tag, "" for the one-stream TCP run) and the node. A profile
+// that fails is reported and the run goes on: profiles explain figures,
+// they are not figures.
+func startProfiles(e *env, ep *endpoints, m mode, tag string, seconds int) (wait func()) {
 	if e.profileDir == "" || len(ep.routers) == 0 || !strings.HasPrefix(m.Name, "overlayd") {
 		return func() {}
 	}
@@ -28,7 +30,11 @@ func startProfiles(e *env, ep *endpoints, m mode, seconds int) (wait func()) {
 	var wg sync.WaitGroup
 	for _, proc := range ep.routers {
 		wg.Go(func() {
-			base := filepath.Join(e.profileDir, strings.ReplaceAll(m.Name, " ", "-")+"."+proc.Host.Name)
+			name := strings.ReplaceAll(m.Name, " ", "-")
+			if tag != "" {
+				name += "." + tag
+			}
+			base := filepath.Join(e.profileDir, name+"."+proc.Host.Name)
 			for _, p := range []struct{ path, file string }{
 				{fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), base + ".cpu.pprof"},
 				{"/debug/pprof/allocs", base + ".allocs.pprof"},

@@ -114,6 +114,13 @@ func ListenUDP(local netip.AddrPort) (*UDPConn, error) {
 		pc.Close()
 		return nil, fmt.Errorf("the VXLAN socket for datagrams the kernel may fragment: %w", err)
 	}
+	// The sockets that only send would otherwise queue whatever reaches
+	// their ports, unread, up to their buffers' size.
+	if err := attachFilter(fragBC, dropAll); err != nil {
+		pc.Close()
+		fragPC.Close()
+		return nil, fmt.Errorf("the VXLAN socket for datagrams the kernel may fragment: %w", err)
+	}
 	c := &UDPConn{batchConn: bc, pc: pc, frag: &udpSender{batchConn: fragBC, pc: fragPC}}
 	if gso {
 		c.gsoSegment.Store(defaultUnderlayMTU - udpIPv4Headers)
@@ -192,6 +199,11 @@ func (c *UDPConn) SpreadSourcePorts(n int) error {
 	senders := make([]*udpSender, 0, n)
 	for range n {
 		pc, bc, _, _, err := openUDP(local, false, true)
+		if err == nil {
+			if err = attachFilter(bc, dropAll); err != nil {
+				pc.Close()
+			}
+		}
 		if err != nil {
 			for _, s := range senders {
 				s.pc.Close()

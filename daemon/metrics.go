@@ -22,6 +22,7 @@ type routerCollector struct {
 	overhead, routes, ioErrors     *prometheus.Desc
 	peerPackets, peerBytes         *prometheus.Desc
 	peerPathMTU, pathMTUsLearned   *prometheus.Desc
+	socketDrops                    *prometheus.Desc
 }
 
 func newRouterCollector(r *dataplane.Router) *routerCollector {
@@ -55,13 +56,17 @@ func newRouterCollector(r *dataplane.Router) *routerCollector {
 			"The underlay path MTU toward each node: the underlay MTU, or less once a router on the way said so.", []string{"peer"}, nil),
 		pathMTUsLearned: prometheus.NewDesc("overlayd_path_mtus_learned_total",
 			"Times the underlay path toward a node was found smaller than the underlay MTU, or than it was.", nil, nil),
+		socketDrops: prometheus.NewDesc("overlayd_socket_drops_total",
+			"Packets the kernel dropped at the underlay sockets, by encapsulation: refused by their filter "+
+				"(an outer source that is no node, or another VNI) or with no room in the receive buffer; the kernel counts both as one.",
+			[]string{"encap"}, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *routerCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.txPackets, c.txBytes, c.rxPackets, c.rxBytes, c.drops, c.arpReplies,
-		c.icmpReplies, c.overhead, c.routes, c.ioErrors, c.peerPackets, c.peerBytes, c.peerPathMTU, c.pathMTUsLearned} {
+		c.icmpReplies, c.overhead, c.routes, c.ioErrors, c.peerPackets, c.peerBytes, c.peerPathMTU, c.pathMTUsLearned, c.socketDrops} {
 		ch <- d
 	}
 }
@@ -73,7 +78,7 @@ func (c *routerCollector) Collect(ch chan<- prometheus.Metric) {
 		desc *prometheus.Desc
 		vals map[string]uint64
 	}{{c.txPackets, s.TxPackets}, {c.txBytes, s.TxBytes}, {c.rxPackets, s.RxPackets}, {c.rxBytes, s.RxBytes},
-		{c.drops, s.Drops}, {c.ioErrors, s.IOErrors}} {
+		{c.drops, s.Drops}, {c.ioErrors, s.IOErrors}, {c.socketDrops, s.SocketDrops}} {
 		for label, v := range e.vals {
 			ch <- prometheus.MustNewConstMetric(e.desc, prometheus.CounterValue, float64(v), label)
 		}

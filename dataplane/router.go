@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -155,7 +156,32 @@ func (r *Router) Update(p *plan.Plan, vxlan, ipip conn.Transport) error {
 	}
 	r.paths = paths
 	r.table.Store(t)
+	r.filterSources(p)
 	return nil
+}
+
+// filterSources has the kernel drop, at the transports' sockets, what no
+// peer of plan p sent (filter.go in conn). It follows the table: a new
+// peer's packets were dropped by the table's check until now anyway. A
+// filter the kernel refuses leaves that check alone on guard.
+func (r *Router) filterSources(p *plan.Plan) {
+	peers := make([]netip.Addr, len(p.Peers))
+	for i, pp := range p.Peers {
+		peers[i] = pp.Addr
+	}
+	for kind, tr := range r.transports {
+		f, ok := tr.(conn.SourceFilter)
+		if !ok {
+			continue
+		}
+		filtered, err := f.FilterSources(peers, p.VNI)
+		switch {
+		case err != nil:
+			r.log.Warn("the kernel refused the underlay socket's source filter: forged packets are dropped after they are read", "encap", plan.Encap(kind), "err", err)
+		case !filtered:
+			r.log.Warn("too many peers for the underlay socket's source filter: unknown sources are dropped after they are read", "encap", plan.Encap(kind), "peers", len(peers))
+		}
+	}
 }
 
 // WriteTUN writes packets toward the workloads, for the NAT's replies:
@@ -188,6 +214,14 @@ func (r *Router) Stats() Stats {
 	defer r.mu.Unlock()
 	for name, c := range r.peerStats {
 		s.Peers[name] = PeerStats{TxPackets: c.txPackets.Load(), TxBytes: c.txBytes.Load(), RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load()}
+	}
+	s.SocketDrops = map[string]uint64{}
+	for kind, tr := range r.transports {
+		if f, ok := tr.(conn.SourceFilter); ok {
+			if n, err := f.SocketDrops(); err == nil {
+				s.SocketDrops[plan.Encap(kind).String()] = n
+			}
+		}
 	}
 	t := r.table.Load()
 	for _, pe := range t.peers {

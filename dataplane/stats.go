@@ -205,6 +205,11 @@ type Stats struct {
 	PathMTUsLearned uint64
 	// Peers: packets and bytes to and from each node, by name.
 	Peers map[string]PeerStats
+	// SocketDrops: packets the kernel dropped at the underlay sockets, by
+	// encapsulation: refused by the source filter (conn.SourceFilter) or
+	// for want of room in the receive buffer, which the kernel counts as
+	// one.
+	SocketDrops map[string]uint64
 }
 
 // PeerStats is one peer's traffic.

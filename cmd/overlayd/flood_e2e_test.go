@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +19,10 @@ type forgedKind struct {
 	name   string
 	floods []testbed.Forged
 	reason string
+	// filtered: the VXLAN socket's filter refuses the kind's VXLAN part
+	// (an outer source that is no node, another VNI) before overlayd
+	// reads it, and the kernel counts it in overlayd's socket drops.
+	filtered bool
 }
 
 // forgedKinds are the forged floods toward node C's underlay address: from
@@ -47,17 +52,30 @@ func forgedKinds(t *testing.T, c *cluster) []forgedKind {
 	}
 	outside, nodeB := c.bed.Host("outside"), c.bed.Host("node-b")
 	return []forgedKind{
-		{"unknown source, VXLAN and IP-in-IP", both(outside, vni, fromB), "unknown_peer"},
-		{"node B, wrong VNI", both(nodeB, vni+1, fromB)[:1], "wrong_vni"},
-		{"node B, spoofed inner source, VXLAN and IP-in-IP", both(nodeB, vni, spoofed), "spoofed_source"},
+		{"unknown source, VXLAN and IP-in-IP", both(outside, vni, fromB), "unknown_peer", true},
+		{"node B, wrong VNI", both(nodeB, vni+1, fromB)[:1], "wrong_vni", true},
+		{"node B, spoofed inner source, VXLAN and IP-in-IP", both(nodeB, vni, spoofed), "spoofed_source", false},
 	}
 }
 
 // floodAccount is what can account for a forged packet sent to node C:
-// overlayd's count of the reason, node C's sockets' overflows, and the
-// drops of the links on the way (the router's and node C's).
+// overlayd's count of the reason, what the kernel dropped at overlayd's
+// sockets (its VXLAN socket's filter refuses unknown sources and other
+// VNIs; the count includes overflows), node C's sockets' overflows, and
+// the drops of the links on the way (the router's and node C's).
 type floodAccount struct {
-	reason, overflow, links uint64
+	reason, socket, overflow, links uint64
+}
+
+// counted is what overlayd counted of the forged packets: under the
+// kind's reason, and refused by its socket's filter (its socket drops
+// less the overflows among them).
+func (a floodAccount) counted(t *testing.T) uint64 {
+	t.Helper()
+	if a.socket < a.overflow {
+		t.Fatalf("overlayd's sockets dropped %d packets, fewer than the %d overflows node C's kernel counted", a.socket, a.overflow)
+	}
+	return a.reason + a.socket - a.overflow
 }
 
 func accountFlood(t *testing.T, c *cluster, reason string) floodAccount {
@@ -66,7 +84,13 @@ func accountFlood(t *testing.T, c *cluster, reason string) floodAccount {
 	defer cancel()
 	nodeC := c.bed.Host("node-c")
 	var a floodAccount
-	a.reason = uint64(scrape(t, nodeC)[fmt.Sprintf(`overlayd_drops_total{reason=%q}`, reason)])
+	metrics := scrape(t, nodeC)
+	a.reason = uint64(metrics[fmt.Sprintf(`overlayd_drops_total{reason=%q}`, reason)])
+	for name, v := range metrics {
+		if strings.HasPrefix(name, "overlayd_socket_drops_total{") {
+			a.socket += uint64(v)
+		}
+	}
 	udp, ipip, err := nodeC.SocketOverflows(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -88,7 +112,8 @@ func accountFlood(t *testing.T, c *cluster, reason string) floodAccount {
 // a TCP stream runs from node A's workload to node C's over VXLAN, forged VXLAN and IP-in-IP packets flood node C as
 // fast as a socket in the outside host and in node B sends them, one kind
 // after another. The stream arrives byte for byte, and every forged packet
-// sent is accounted for: counted by overlayd under the kind's reason, or
+// sent is accounted for: counted by overlayd under the kind's reason or
+// as refused by its VXLAN socket's filter, or
 // counted by node C's kernel as a socket receive-buffer overflow, or, if
 // links on the way dropped packets, at most that many lost there. Where
 // nothing overflowed and no link dropped, overlayd's count is exactly what
@@ -130,19 +155,24 @@ func TestE2EForgedFlood(t *testing.T) {
 			var got, last floodAccount
 			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 				after := accountFlood(t, c, kind.reason)
-				last, got = got, floodAccount{after.reason - before.reason, after.overflow - before.overflow, after.links - before.links}
-				if got == last && got.reason+got.overflow+got.links >= total || time.Now().After(deadline) {
+				last, got = got, floodAccount{after.reason - before.reason, after.socket - before.socket,
+					after.overflow - before.overflow, after.links - before.links}
+				if got == last && got.counted(t)+got.overflow+got.links >= total || time.Now().After(deadline) {
 					break
 				}
 			}
-			t.Logf("sent %d (%v) in %v: %d counted %s, %d overflowed node C's sockets, links on the way dropped %d",
-				total, sent, floodFor, got.reason, kind.reason, got.overflow, got.links)
+			counted := got.counted(t)
+			t.Logf("sent %d (%v) in %v: overlayd counted %d (%d as %s, %d refused by its socket's filter), %d overflowed node C's sockets, links on the way dropped %d",
+				total, sent, floodFor, counted, got.reason, kind.reason, counted-got.reason, got.overflow, got.links)
 			// overlayd counts no more than were sent; an overflow may
 			// also be the genuine stream's, so only together with the
 			// links does it bound what is missing.
-			if got.reason > total || got.reason+got.overflow+got.links < total {
-				t.Errorf("sent %d forged packets; overlayd counted %d as %s, node C's sockets overflowed %d times, links on the way dropped %d",
-					total, got.reason, kind.reason, got.overflow, got.links)
+			if counted > total || counted+got.overflow+got.links < total {
+				t.Errorf("sent %d forged packets; overlayd counted %d (%d as %s, %d refused by its socket's filter), node C's sockets overflowed %d times, links on the way dropped %d",
+					total, counted, got.reason, kind.reason, counted-got.reason, got.overflow, got.links)
+			}
+			if kind.filtered && counted-got.reason == 0 {
+				t.Errorf("the VXLAN socket's filter refused none of the %d forged packets", total)
 			}
 		})
 	}
