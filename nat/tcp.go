@@ -76,7 +76,16 @@ func (n *NAT) handleTCP(r *tcp.ForwarderRequest) {
 		e.setOutside(tc.AddrPort())
 	}
 	n.table.setState(e, stateEstablished)
-	n.relayTCP(e, gonet.NewTCPConn(&wq, ep), ep, &wq, out)
+	in := gonet.NewTCPConn(&wq, ep)
+	// The relay, which an idle flow keeps for its whole life, gets a
+	// goroutine of its own: this one's stack grew in the dial and the
+	// handshake, and goroutine stacks, not the heap, were most of an idle
+	// flow's memory.
+	if !n.goTracked(func() { n.relayTCP(e, in, ep, &wq, out) }) {
+		ep.Abort() // Close has begun
+		resetConn(out)
+		n.table.end(e)
+	}
 }
 
 // dialOutside connects the flow's host socket to its destination, with the
@@ -200,11 +209,13 @@ func resetConn(c net.Conn) {
 // the other is done; a reset or error on either side resets both; so does
 // the flow's end (expiry, NAT closed).
 //
-// An idle flow holds no buffer and one goroutine: the host's direction
-// waits in the runtime's poller for its socket to have something to read
-// (or to end) before it takes a buffer from the pool; the workload's has a
-// goroutine only while its endpoint has something. Each gives its buffer
-// back once it has read what there was.
+// An idle flow holds no buffer and one goroutine, whose stack stays
+// small: it waits in the runtime's poller for the host's socket to have
+// something to read (or to end), then hands the reading to a goroutine
+// that lives until the socket has nothing more, and waits for it; the
+// workload's direction likewise has a goroutine only while its endpoint
+// has something. Each takes a buffer from the pool for what there is and
+// gives it back once it has read it.
 func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, wq *waiter.Queue, out net.Conn) {
 	var resetOnce sync.Once
 	resetBoth := func() {
@@ -364,7 +375,32 @@ func (n *NAT) relayTCP(e *entry, in *gonet.TCPConn, ep tcpip.Endpoint, wq *waite
 	wq.EventRegister(&inEntry)
 	wake(readable) // what came before the registration
 
-	pipe(in, out, hostReadable(out), nil, in.CloseWrite, true)
+	// The host's direction: the drain reads what the wait found, and what
+	// follows it without a pause, then returns (false) once a read did not
+	// fill its buffer, to let this goroutine wait again.
+	var (
+		hostErr   error
+		hostFresh bool
+	)
+	hostWaited := func() error { return hostErr }
+	hostReady := func() bool {
+		fresh := hostFresh
+		hostFresh = false
+		return fresh
+	}
+	hostEnded := make(chan bool, 1)
+	hostDrain := func() { hostEnded <- pipe(in, out, hostWaited, hostReady, in.CloseWrite, true) }
+	waitHost := hostReadable(out)
+	for {
+		hostErr, hostFresh = waitHost(), true
+		if !n.goTracked(hostDrain) {
+			resetBoth() // Close has begun
+			break
+		}
+		if <-hostEnded {
+			break
+		}
+	}
 	<-inDone
 	wq.EventUnregister(&inEntry)
 	// Disarm the reset before ending the flow (which cancels its
