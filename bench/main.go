@@ -99,7 +99,7 @@ func main() {
 	render := flag.String("render", "", "measure nothing: write the reports of a saved run (its .json) again")
 	pacedKpps := flag.Float64("paced-kpps", 0, "offer the paced UDP test this rate instead of 0.8x kernel VXLAN's (for a --mode run without the reference)")
 	floodOnly := flag.Bool("flood-only", false, "measure only the forged flood section (of the modes that have it)")
-	flag.StringVar(&e.profileDir, "profile", "", "write CPU and allocation profiles of each overlayd during the one-stream TCP run to this directory")
+	flag.StringVar(&e.profileDir, "profile", "", "write to this directory profiles of each overlayd: CPU and allocations in the one-stream TCP run and under the forged flood, CPU of the NAT flow runs and the heap of its idle flows")
 	flag.Parse()
 	if *render != "" {
 		if err := rerender(*render); err != nil {
@@ -239,7 +239,11 @@ func runMode(ctx context.Context, e *env, m mode, p plan, start time.Time) resul
 			// The RSS column is the throughput tests' peak, as for the
 			// other modes, not the 10,000 flows'.
 			res.PeakRSSMiB = peakRSS(ep)
-			f, err := measureNATFlows(ctx, ep)
+			// The flows' profiles: node A's overlayd holds the NAT.
+			profile := func(tag, kind, path string, seconds int) (wait func()) {
+				return profileNode(e, ep, m, ep.routers[0], tag, kind, path, seconds)
+			}
+			f, err := measureNATFlows(ctx, ep, profile)
 			res.NATFlows = &f
 			return err
 		}},

@@ -107,8 +107,10 @@ func natFlowsConfig(path string) (string, error) {
 }
 
 // measureNATFlows runs the section against ep, whose first router is node
-// A's overlayd, serving its metrics on metricsListen.
-func measureNATFlows(ctx context.Context, ep *endpoints) (natFlowsResult, error) {
+// A's overlayd, serving its metrics on metricsListen. profile fetches its
+// CPU profiles of the UDP and TCP flow runs and its heap with the idle
+// TCP flows open (with --profile).
+func measureNATFlows(ctx context.Context, ep *endpoints, profile func(tag, kind, path string, seconds int) (wait func())) (natFlowsResult, error) {
 	var res natFlowsResult
 	if len(ep.routers) == 0 {
 		return res, errors.New("no overlayd to measure")
@@ -144,7 +146,9 @@ func measureNATFlows(ctx context.Context, ep *endpoints) (natFlowsResult, error)
 	if err != nil {
 		return res, err
 	}
+	profiled := profile("udp-flows", "cpu.pprof", "/debug/pprof/profile?seconds=1", 1)
 	res.UDPFlowsPerSec, res.UDPLost = runFlows(udp, natFlowsWindow, func(fd int) bool { return udpExchange(fd, dst) })
+	profiled()
 	// The NAT's flows stay until their idle timeout; the workload's
 	// sockets go, to leave descriptors for the TCP connections, which must
 	// stay open.
@@ -165,9 +169,16 @@ func measureNATFlows(ctx context.Context, ep *endpoints) (natFlowsResult, error)
 		return res, err
 	}
 	defer closeAll(tcp)
+	profiled = profile("tcp-flows", "cpu.pprof", "/debug/pprof/profile?seconds=1", 1)
 	res.TCPConnsPerSec, res.TCPLost = runFlows(tcp, natFlowsWindow, func(fd int) bool { return tcpConnect(fd, dst) })
+	profiled()
 	time.Sleep(500 * time.Millisecond)
 	res.TCPBytesPerFlow = float64(rssBytes(node)-rss1) / natIdleFlows
+	// What the idle flows hold, UDP's expired and TCP's all open: the heap,
+	// and the runtime's memory statistics (goroutine stacks are not heap).
+	profile("idle-tcp-flows", "heap.pprof", "/debug/pprof/heap", 0)()
+	profile("idle-tcp-flows", "memstats.txt", "/debug/pprof/heap?debug=1", 0)()
+	profile("idle-tcp-flows", "goroutines.txt", "/debug/pprof/goroutine?debug=1", 0)()
 
 	// A burst: new flows' datagrams all sent at once.
 	res.BurstFlows = natBurstFlows

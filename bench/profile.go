@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/overlayd/overlayd/daemon"
+	"github.com/overlayd/overlayd/internal/testbed"
 )
 
 // startProfiles fetches a CPU profile of seconds, then an allocation
@@ -20,32 +21,41 @@ import (
 // that fails is reported and the run goes on: profiles explain figures,
 // they are not figures.
 func startProfiles(e *env, ep *endpoints, m mode, tag string, seconds int) (wait func()) {
-	if e.profileDir == "" || len(ep.routers) == 0 || !strings.HasPrefix(m.Name, "overlayd") {
+	var wg sync.WaitGroup
+	for _, proc := range ep.routers {
+		wg.Go(func() {
+			profileNode(e, ep, m, proc, tag, "cpu.pprof", fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), seconds)()
+			profileNode(e, ep, m, proc, tag, "allocs.pprof", "/debug/pprof/allocs", 0)()
+		})
+	}
+	return wg.Wait
+}
+
+// profileNode fetches one profile (path, taking seconds) of the overlayd
+// proc into DIR/MODE[.TAG].NODE.KIND while the caller goes on; the
+// returned function waits for it. Without --profile, or for a mode that
+// runs no overlayd, it does nothing.
+func profileNode(e *env, ep *endpoints, m mode, proc *testbed.Process, tag, kind, path string, seconds int) (wait func()) {
+	if e.profileDir == "" || !strings.HasPrefix(m.Name, "overlayd") {
 		return func() {}
 	}
 	if err := os.MkdirAll(e.profileDir, 0o755); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: profiles: %v\n", err)
 		return func() {}
 	}
-	var wg sync.WaitGroup
-	for _, proc := range ep.routers {
-		wg.Go(func() {
-			name := strings.ReplaceAll(m.Name, " ", "-")
-			if tag != "" {
-				name += "." + tag
-			}
-			base := filepath.Join(e.profileDir, name+"."+proc.Host.Name)
-			for _, p := range []struct{ path, file string }{
-				{fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), base + ".cpu.pprof"},
-				{"/debug/pprof/allocs", base + ".allocs.pprof"},
-			} {
-				if err := fetchProfile(ep.adminSockets[proc.Host.Name], p.path, p.file, time.Duration(seconds+30)*time.Second); err != nil {
-					fmt.Fprintf(os.Stderr, "bench: profile %s: %v\n", p.file, err)
-				}
-			}
-		})
+	name := strings.ReplaceAll(m.Name, " ", "-")
+	if tag != "" {
+		name += "." + tag
 	}
-	return wg.Wait
+	file := filepath.Join(e.profileDir, name+"."+proc.Host.Name+"."+kind)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := fetchProfile(ep.adminSockets[proc.Host.Name], path, file, time.Duration(seconds+30)*time.Second); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: profile %s: %v\n", file, err)
+		}
+	}()
+	return func() { <-done }
 }
 
 // fetchProfile GETs path from the overlayd whose admin socket is socket
