@@ -99,7 +99,7 @@ func main() {
 	render := flag.String("render", "", "measure nothing: write the reports of a saved run (its .json) again")
 	pacedKpps := flag.Float64("paced-kpps", 0, "offer the paced UDP test this rate instead of 0.8x kernel VXLAN's (for a --mode run without the reference)")
 	floodOnly := flag.Bool("flood-only", false, "measure only the forged flood section (of the modes that have it)")
-	flag.StringVar(&e.profileDir, "profile", "", "write to this directory profiles of each overlayd: CPU and allocations in the one-stream TCP run and under the forged flood, CPU of the NAT flow runs and the heap of its idle flows")
+	flag.StringVar(&e.profileDir, "profile", "", "write to this directory profiles of each overlayd: CPU and allocations in the one-stream TCP run, the paced UDP run and under the forged flood, CPU of the NAT flow runs and the heap of its idle flows")
 	flag.Parse()
 	if *render != "" {
 		if err := rerender(*render); err != nil {
@@ -219,7 +219,9 @@ func runMode(ctx context.Context, e *env, m mode, p plan, start time.Time) resul
 				return nil
 			}
 			var pps float64
+			profiled := startProfiles(e, ep, m, "udp-paced", p.udpSeconds)
 			pps, res.PacedLossPct, err = measureUDPPaced(ctx, ep, p.udpSeconds, p.pacedPPS)
+			profiled()
 			res.PacedKpps = pps / 1000
 			return err
 		}},
