@@ -149,6 +149,16 @@ func (w *udpWriter) send(s *udpSock, payload []byte) error {
 // fragments (every other UDP datagram is sent by admit without it). It
 // runs in the inbound loop, as InjectInbound's callee.
 func (n *NAT) handleUDPPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	// The netstack takes its packets' checksums as checked (for GRO), so
+	// the reassembled datagram's is checked here, as admit checks a whole
+	// one's.
+	ip, u := header.IPv4(pkt.NetworkHeader().Slice()), header.UDP(pkt.TransportHeader().Slice())
+	payload := pkt.Data().AsRange().ToSlice()
+	if len(u) < header.UDPMinimumSize || u.Checksum() != 0 &&
+		!u.IsChecksumValid(ip.SourceAddress(), ip.DestinationAddress(), checksum.Checksum(payload, 0)) {
+		n.ignored.Add(1)
+		return true
+	}
 	k := keyOf(protoUDP, id)
 	e := n.table.lookup(k)
 	if e == nil {
@@ -161,7 +171,7 @@ func (n *NAT) handleUDPPacket(id stack.TransportEndpointID, pkt *stack.PacketBuf
 		}
 	}
 	// Fragmented datagrams are rare: a copy into one slice is fine here.
-	n.udpOut(e, pkt.Data().AsRange().ToSlice())
+	n.udpOut(e, payload)
 	return true
 }
 

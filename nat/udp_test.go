@@ -232,3 +232,69 @@ func TestUDPSendAllocatesNothing(t *testing.T) {
 		t.Errorf("stats %+v: every datagram should have been sent", st)
 	}
 }
+
+// TestFragmentedUDPChecksum: a workload's datagram in fragments, which the
+// netstack reassembles, is sent on only if its checksum is right, as a
+// whole one is: the netstack takes its packets' checksums as checked.
+func TestFragmentedUDPChecksum(t *testing.T) {
+	addr := hostAddr(t)
+	peer, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	n, err := New(Config{Outside: addr, Out: func([][]byte) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	dst := peer.LocalAddr().(*net.UDPAddr).AddrPort()
+	tests := []struct {
+		name    string
+		corrupt bool
+	}{
+		{"a right checksum is sent on", false},
+		{"a wrong checksum is dropped and counted", true},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			const payloadLen = 32
+			whole := make([]byte, udpReplyHeaders+payloadLen)
+			for j := range payloadLen {
+				whole[udpReplyHeaders+j] = byte(i*64 + j)
+			}
+			// A reply's builder makes the workload's datagram just as well.
+			putUDPReply(whole, payloadLen, netip.MustParseAddrPort("10.1.0.5:40000"), dst, uint16(100+i))
+			if tc.corrupt {
+				whole[len(whole)-1] ^= 1
+			}
+			ignored := n.ignored.Load()
+			for _, f := range []struct {
+				from, to int // of the IPv4 payload, in multiples of 8
+				more     bool
+			}{{0, 16, true}, {16, 8 + payloadLen, false}} {
+				frag := append(append([]byte(nil), whole[:header.IPv4MinimumSize]...), whole[header.IPv4MinimumSize+f.from:header.IPv4MinimumSize+f.to]...)
+				ip := header.IPv4(frag)
+				ip.SetTotalLength(uint16(len(frag)))
+				var flags uint8
+				if f.more {
+					flags = header.IPv4FlagMoreFragments
+				}
+				ip.SetFlagsFragmentOffset(flags, uint16(f.from))
+				ip.SetChecksum(0)
+				ip.SetChecksum(^ip.CalculateChecksum())
+				n.Deliver(frag)
+			}
+			_ = peer.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			buf := make([]byte, 64)
+			k, err := peer.Read(buf)
+			sent := err == nil && bytes.Equal(buf[:k], whole[udpReplyHeaders:])
+			if sent == tc.corrupt {
+				t.Errorf("sent on %v (read %d bytes, %v), want %v", sent, k, err, !tc.corrupt)
+			}
+			if tc.corrupt && n.ignored.Load() == ignored {
+				t.Error("the datagram with a wrong checksum was not counted as ignored")
+			}
+		})
+	}
+}
