@@ -64,8 +64,11 @@ func TestQuickPass(t *testing.T) {
 			uint64(f.UDPLost+f.BurstLost+f.TCPLost) > f.Counted+f.BacklogDrops+f.LinkDrops) {
 			t.Errorf("%s: NAT flows %+v: want rates, and no flow lost that no counter accounts for", m.Name, f)
 		}
-		if f := r.Flood; m.flood && (f == nil || f.TCP1Gbps <= 0 || f.FloodedTCP1Gbps <= 0 || f.Sent == 0 || f.Counted == 0) {
-			t.Errorf("%s: forged flood %+v: want both rates and forged packets sent and counted", m.Name, f)
+		// Kernel VXLAN, the reference, has no overlayd on node C to count.
+		wantCounts := strings.HasPrefix(m.Name, "overlayd")
+		if f := r.Flood; m.flood && (f == nil || f.TCP1Gbps <= 0 || f.FloodedTCP1Gbps <= 0 || f.Sent == 0 ||
+			f.Counts != wantCounts || wantCounts && f.Counted == 0) {
+			t.Errorf("%s: forged flood %+v: want both rates and forged packets sent, and counted where overlayd runs", m.Name, f)
 		}
 		if len(r.RTTByPace) != len(p.rttPaces) {
 			t.Errorf("%s: round trips at %d paces, want %d: %+v", m.Name, len(r.RTTByPace), len(p.rttPaces), r.RTTByPace)
