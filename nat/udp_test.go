@@ -162,21 +162,30 @@ func TestUDPChecksumValid(t *testing.T) {
 	}
 }
 
-// TestLateDatagrams: a datagram that waited too long in the queue is
-// dropped and counted when its flow has a socket, and sent otherwise: a
-// new flow's first datagram opens its flow however late.
-func TestLateDatagrams(t *testing.T) {
+// natAndPeer is a NAT whose replies go nowhere and a UDP socket on the
+// host's address for it to send workloads' datagrams to; both are closed
+// when the test ends.
+func natAndPeer(t *testing.T) (*NAT, *net.UDPConn) {
+	t.Helper()
 	addr := hostAddr(t)
 	peer, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer peer.Close()
+	t.Cleanup(func() { peer.Close() })
 	n, err := New(Config{Outside: addr, Out: func([][]byte) error { return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer n.Close()
+	t.Cleanup(func() { n.Close() })
+	return n, peer
+}
+
+// TestLateDatagrams: a datagram that waited too long in the queue is
+// dropped and counted when its flow has a socket, and sent otherwise: a
+// new flow's first datagram opens its flow however late.
+func TestLateDatagrams(t *testing.T) {
+	n, peer := natAndPeer(t)
 	dst := peer.LocalAddr().(*net.UDPAddr).AddrPort()
 	pkt := make([]byte, udpReplyHeaders+1)
 	tests := []struct {
@@ -237,17 +246,7 @@ func TestUDPSendAllocatesNothing(t *testing.T) {
 // netstack reassembles, is sent on only if its checksum is right, as a
 // whole one is: the netstack takes its packets' checksums as checked.
 func TestFragmentedUDPChecksum(t *testing.T) {
-	addr := hostAddr(t)
-	peer, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	n, err := New(Config{Outside: addr, Out: func([][]byte) error { return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
+	n, peer := natAndPeer(t)
 	dst := peer.LocalAddr().(*net.UDPAddr).AddrPort()
 	tests := []struct {
 		name    string
