@@ -57,8 +57,11 @@ const outerSourceOff = 1<<32 - 0x100000 + 12
 // filter starts, of the VXLAN header's second word: VNI << 8 | reserved.
 const vxlanVNIWord = 8 + 4
 
-// dropAll refuses every packet: for the sockets that only send.
-var dropAll = []bpf.Instruction{bpf.RetConstant{Val: 0}}
+// refuseAll has the kernel refuse every packet to a socket that only
+// sends, which would otherwise queue, unread, whatever reaches its port.
+func refuseAll(c *batchConn) error {
+	return attachFilter(c, []bpf.Instruction{bpf.RetConstant{Val: 0}})
+}
 
 // vxlanProgram is the VXLAN socket's filter: the VNI, then, withSources,
 // the outer source. A datagram too short to hold a VXLAN header fails the

@@ -114,9 +114,7 @@ func ListenUDP(local netip.AddrPort) (*UDPConn, error) {
 		pc.Close()
 		return nil, fmt.Errorf("the VXLAN socket for datagrams the kernel may fragment: %w", err)
 	}
-	// The sockets that only send would otherwise queue whatever reaches
-	// their ports, unread, up to their buffers' size.
-	if err := attachFilter(fragBC, dropAll); err != nil {
+	if err := refuseAll(fragBC); err != nil {
 		pc.Close()
 		fragPC.Close()
 		return nil, fmt.Errorf("the VXLAN socket for datagrams the kernel may fragment: %w", err)
@@ -200,7 +198,7 @@ func (c *UDPConn) SpreadSourcePorts(n int) error {
 	for range n {
 		pc, bc, _, _, err := openUDP(local, false, true)
 		if err == nil {
-			if err = attachFilter(bc, dropAll); err != nil {
+			if err = refuseAll(bc); err != nil {
 				pc.Close()
 			}
 		}

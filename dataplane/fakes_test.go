@@ -243,6 +243,9 @@ type memTransport struct {
 	// may not be fragmented, as the sockets do.
 	pathMTU *atomic.Int32
 
+	// socketDrops is what SocketDrops reports, as a socket's kernel count.
+	socketDrops atomic.Uint64
+
 	in        *queue[datagram]
 	scratch   []datagram
 	readCalls atomic.Int64
@@ -255,6 +258,9 @@ type memTransport struct {
 func newMemTransport(kind plan.Encap, addr [4]byte, port uint16) *memTransport {
 	return &memTransport{kind: kind, addr: addr, port: port, in: newQueue[datagram](0), scratch: make([]datagram, conn.MaxBatch)}
 }
+
+// SocketDrops implements conn.DropCounter.
+func (tr *memTransport) SocketDrops() (uint64, error) { return tr.socketDrops.Load(), nil }
 
 // inject queues datagrams for ReadBatch, all at once.
 func (tr *memTransport) inject(ds ...datagram) { tr.in.push(ds...) }

@@ -217,7 +217,7 @@ func (r *Router) Stats() Stats {
 	}
 	s.SocketDrops = map[string]uint64{}
 	for kind, tr := range r.transports {
-		if f, ok := tr.(conn.SourceFilter); ok {
+		if f, ok := tr.(conn.DropCounter); ok {
 			if n, err := f.SocketDrops(); err == nil {
 				s.SocketDrops[plan.Encap(kind).String()] = n
 			}

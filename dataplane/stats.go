@@ -206,8 +206,8 @@ type Stats struct {
 	// Peers: packets and bytes to and from each node, by name.
 	Peers map[string]PeerStats
 	// SocketDrops: packets the kernel dropped at the underlay sockets, by
-	// encapsulation: refused by the source filter (conn.SourceFilter) or
-	// for want of room in the receive buffer, which the kernel counts as
+	// encapsulation (conn.DropCounter): refused by VXLAN's source filter
+	// or for want of room in a receive buffer, which the kernel counts as
 	// one.
 	SocketDrops map[string]uint64
 }

@@ -1,6 +1,9 @@
 package dataplane
 
-import "testing"
+import (
+	"maps"
+	"testing"
+)
 
 // TestPeerRunsCountEveryPacket: a batch's packets are counted per run of
 // one peer, and every packet and byte reaches its own peer's counters
@@ -43,5 +46,18 @@ func TestPeerRunsCountEveryPacket(t *testing.T) {
 				t.Errorf("the tally is not cleared after flush: %+v", tl)
 			}
 		})
+	}
+}
+
+// TestStatsSocketDrops: what the kernel dropped at each transport's
+// sockets is reported by encapsulation, IP-in-IP's (which has no source
+// filter) as VXLAN's.
+func TestStatsSocketDrops(t *testing.T) {
+	n := newNode(t, nil, planFor(t, testCluster, "node-a"), nodeOpts{})
+	n.vxlan.socketDrops.Store(3)
+	n.ipip.socketDrops.Store(5)
+	got := n.r.Stats().SocketDrops
+	if want := map[string]uint64{"vxlan": 3, "ipip": 5}; !maps.Equal(got, want) {
+		t.Errorf("SocketDrops %v, want %v", got, want)
 	}
 }
