@@ -1,7 +1,6 @@
 package dataplane
 
 import (
-	"fmt"
 	"os"
 	"time"
 
@@ -150,42 +149,29 @@ func (r *Router) tunLoop() error {
 }
 
 // spinWaitFor makes the spinWait of a loop that reads fd, or nil when the
-// spin is off or there is no descriptor to poll: fd < 0 (a device or
-// transport in memory, or the netstack's), or err (the device closed as
-// the loop started, say; the read then says so).
-func (r *Router) spinWaitFor(fd int, err error) *spinWait {
-	if r.spin == 0 || fd < 0 || err != nil {
+// spin is off or there is no descriptor to poll (fd < 0).
+func (r *Router) spinWaitFor(fd int) *spinWait {
+	if r.spin == 0 || fd < 0 {
 		return nil
 	}
 	return newSpinWait(fd, r.spin)
 }
 
 // deviceFD is the descriptor of a kernel TUN device (wireguard-go's
-// NativeTun has File), or -1. Control, unlike os.File.Fd, leaves the
-// descriptor non-blocking and under Go's poller, where the device's own
-// reads expect it.
-func deviceFD(dev tun.Device) (int, error) {
+// NativeTun has File), or -1: for a device in memory or the netstack's,
+// or one closed as the loop started (its read then says so). Control,
+// unlike os.File.Fd, leaves the descriptor non-blocking and under Go's
+// poller, where the device's own reads expect it.
+func deviceFD(dev tun.Device) int {
 	f, ok := dev.(interface{ File() *os.File })
 	if !ok || f.File() == nil {
-		return -1, nil
-	}
-	rc, err := f.File().SyscallConn()
-	if err != nil {
-		return -1, fmt.Errorf("the TUN device's descriptor: %w", err)
+		return -1
 	}
 	fd := -1
-	if err := rc.Control(func(d uintptr) { fd = int(d) }); err != nil {
-		return -1, fmt.Errorf("the TUN device's descriptor: %w", err)
+	if rc, err := f.File().SyscallConn(); err == nil {
+		_ = rc.Control(func(d uintptr) { fd = int(d) })
 	}
-	return fd, nil
-}
-
-// transportFD is a transport's receiving descriptor, or -1.
-func transportFD(p conn.Pollable) (int, error) {
-	if p == nil {
-		return -1, nil
-	}
-	return p.FD(), nil
+	return fd
 }
 
 // replyQueue collects the ICMP errors a batch answers, each built in a
@@ -248,8 +234,12 @@ func (r *Router) underlayLoop(tr conn.Transport, kind plan.Encap) error {
 		lead = encap.IPIPOverhead
 	}
 	var t tally
+	fd := -1
 	pollable, _ := tr.(conn.Pollable)
-	w := r.spinWaitFor(transportFD(pollable))
+	if pollable != nil {
+		fd = pollable.FD()
+	}
+	w := r.spinWaitFor(fd)
 	for {
 		for i := range msgs {
 			msgs[i] = conn.Message{Buf: in.Bufs[i][encap.Headroom-lead:]}
