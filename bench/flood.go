@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
-	"text/tabwriter"
 	"time"
 
 	"github.com/overlayd/overlayd/config"
@@ -181,28 +179,22 @@ func dropsCounted(p *testbed.Process) (uint64, error) {
 
 // floodTable renders the section, for the modes that measured it.
 func floodTable(results []result) string {
-	var b strings.Builder
-	tw := tabwriter.NewWriter(&b, 2, 0, 2, ' ', 0)
-	started := false
-	for _, r := range results {
+	intro := "Forged flood: one-stream TCP node A -> node C alone and while forged VXLAN packets flood node C " +
+		"(unknown source, wrong VNI, spoofed inner source; one sendmmsg socket each). The issue's target: at least 0.70 of the rate. " +
+		"Node C's socket overflows include the genuine stream's"
+	header := func(result) string {
+		return "MODE\tTCP x1 Gbit/s alone\tunder the flood\tratio\tforged kpps offered\tcounted by overlayd kpps\tsent / counted / socket overflows"
+	}
+	return sectionTable(results, intro, header, func(r result) (string, bool) {
 		f := r.Flood
 		if f == nil {
-			continue
-		}
-		if !started {
-			b.WriteString("\nForged flood: one-stream TCP node A -> node C alone and while forged VXLAN packets flood node C " +
-				"(unknown source, wrong VNI, spoofed inner source; one sendmmsg socket each). The issue's target: at least 0.70 of the rate. " +
-				"Node C's socket overflows include the genuine stream's\n")
-			fmt.Fprintf(tw, "MODE\tTCP x1 Gbit/s alone\tunder the flood\tratio\tforged kpps offered\tcounted by overlayd kpps\tsent / counted / socket overflows\n")
-			started = true
+			return "", false
 		}
 		counted, accounting := fmt.Sprintf("%.0f", f.CountedPPS/1000), fmt.Sprintf("%d / %d / %d", f.Sent, f.Counted, f.Overflowed)
 		if !f.Counts {
 			counted, accounting = "-", fmt.Sprintf("%d / - / -", f.Sent)
 		}
-		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.0f\t%s\t%s\n", r.Mode.Name, f.TCP1Gbps, f.FloodedTCP1Gbps, f.Ratio,
-			f.OfferedPPS/1000, counted, accounting)
-	}
-	tw.Flush()
-	return b.String()
+		return fmt.Sprintf("%s\t%.2f\t%.2f\t%.2f\t%.0f\t%s\t%s", r.Mode.Name, f.TCP1Gbps, f.FloodedTCP1Gbps, f.Ratio,
+			f.OfferedPPS/1000, counted, accounting), true
+	})
 }

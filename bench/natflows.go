@@ -16,7 +16,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"text/tabwriter"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -532,25 +531,22 @@ func fetchTo(do func(func() error) error, path string, timeout time.Duration, re
 
 // natFlowsTable renders the section, for the modes that measured it.
 func natFlowsTable(results []result) string {
+	intro := "NAT flows: the workload on node A opens new flows to the outside host, one socket each. " +
+		"Lost flows are set against overlayd's counters (drops, refusals), the kernel's input backlog drops and node A's link drops (its TUN's included); " +
+		"RSS is overlayd's growth per idle flow"
+	header := func(r result) string {
+		return fmt.Sprintf("MODE\tUDP new flows/s (lost)\tUDP burst of %d at once: lost\tTCP new conns/s (lost)\tcounted by overlayd / kernel backlog / node A links\tRSS per idle UDP / TCP flow (at %d each)",
+			r.NATFlows.BurstFlows, r.NATFlows.IdleFlows)
+	}
 	var b strings.Builder
-	tw := tabwriter.NewWriter(&b, 2, 0, 2, ' ', 0)
-	started := false
-	for _, r := range results {
+	b.WriteString(sectionTable(results, intro, header, func(r result) (string, bool) {
 		f := r.NATFlows
 		if f == nil {
-			continue
+			return "", false
 		}
-		if !started {
-			b.WriteString("\nNAT flows: the workload on node A opens new flows to the outside host, one socket each. " +
-				"Lost flows are set against overlayd's counters (drops, refusals), the kernel's input backlog drops and node A's link drops (its TUN's included); " +
-				"RSS is overlayd's growth per idle flow\n")
-			fmt.Fprintf(tw, "MODE\tUDP new flows/s (lost)\tUDP burst of %d at once: lost\tTCP new conns/s (lost)\tcounted by overlayd / kernel backlog / node A links\tRSS per idle UDP / TCP flow (at %d each)\n", f.BurstFlows, f.IdleFlows)
-			started = true
-		}
-		fmt.Fprintf(tw, "%s\t%.0f (%d)\t%d\t%.0f (%d)\t%d / %d / %d\t%.0f / %.0f B\n", r.Mode.Name,
-			f.UDPFlowsPerSec, f.UDPLost, f.BurstLost, f.TCPConnsPerSec, f.TCPLost, f.Counted, f.BacklogDrops, f.LinkDrops, f.UDPBytesPerFlow, f.TCPBytesPerFlow)
-	}
-	tw.Flush()
+		return fmt.Sprintf("%s\t%.0f (%d)\t%d\t%.0f (%d)\t%d / %d / %d\t%.0f / %.0f B", r.Mode.Name,
+			f.UDPFlowsPerSec, f.UDPLost, f.BurstLost, f.TCPConnsPerSec, f.TCPLost, f.Counted, f.BacklogDrops, f.LinkDrops, f.UDPBytesPerFlow, f.TCPBytesPerFlow), true
+	}))
 	for _, r := range results {
 		if f := r.NATFlows; f != nil && len(f.LinkDropsBy) > 0 {
 			fmt.Fprintf(&b, "%s: node A's links dropped %v\n", r.Mode.Name, f.LinkDropsBy)

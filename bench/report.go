@@ -181,3 +181,26 @@ func svg(results []result) string {
 	b.WriteString("</svg>\n")
 	return b.String()
 }
+
+// sectionTable renders one section of the report for the results that
+// have it (row's ok): its intro and its header (tab-separated, made from
+// the first such result) once, then a row each; "" when none has it.
+func sectionTable(results []result, intro string, header func(result) string, row func(result) (line string, ok bool)) string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 2, 0, 2, ' ', 0)
+	started := false
+	for _, r := range results {
+		line, ok := row(r)
+		if !ok {
+			continue
+		}
+		if !started {
+			b.WriteString("\n" + intro + "\n")
+			fmt.Fprintln(tw, header(r))
+			started = true
+		}
+		fmt.Fprintln(tw, line)
+	}
+	tw.Flush()
+	return b.String()
+}
